@@ -1,0 +1,99 @@
+"""Error kinds, classified by what happens next.
+
+``StalledError`` needs a fix in git (no retry until the revision changes),
+``WaitingError`` retries at a known time, ``TransientError`` retries with
+backoff. Every error carries a stable CamelCase ``Reason`` shown on the page
+and stored in history. Adapters translate library errors into these.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Stable reason codes; never rename one, the store and the page key on them."""
+
+    RECONCILIATION_SUCCEEDED = "ReconciliationSucceeded"
+    NO_CHANGE = "NoChange"
+    SOURCE_FETCH_FAILED = "SourceFetchFailed"
+    MANIFEST_INVALID = "ManifestInvalid"
+    BUILD_FAILED = "BuildFailed"
+    APPLY_FAILED = "ApplyFailed"
+    HEALTH_CHECK_FAILED = "HealthCheckFailed"
+    ROLLED_BACK = "RolledBack"
+    ROLLBACK_FAILED = "RollbackFailed"
+    PORT_CONFLICT = "PortConflict"
+    SECRET_MISSING = "SecretMissing"
+    RUNTIME_UNAVAILABLE = "RuntimeUnavailable"
+    INTERRUPTED = "Interrupted"
+    INTERNAL_ERROR = "InternalError"
+
+
+class DeployerError(Exception):
+    """Base of every error deployer raises on purpose; ``str()`` is the user message."""
+
+    reason: Reason = Reason.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class StalledError(DeployerError):
+    """Retrying cannot help: the input in git (or the config) has to change."""
+
+
+class WaitingError(DeployerError):
+    """Retry at a known time (``retry_after`` seconds)."""
+
+    def __init__(self, message: str, *, reason: Reason | None = None, retry_after: float = 30.0) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
+
+
+class TransientError(DeployerError):
+    """Something outside was briefly unavailable; retry with backoff."""
+
+
+class ConfigError(StalledError):
+    """deployer.toml or the environment holds a wrong key or value."""
+
+
+class ManifestError(StalledError):
+    """service.yaml is invalid; ``problems`` lists every "file:line:col: path: message"."""
+
+    reason = Reason.MANIFEST_INVALID
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class SourceError(TransientError):
+    reason = Reason.SOURCE_FETCH_FAILED
+
+
+class BuildError(StalledError):
+    reason = Reason.BUILD_FAILED
+
+    def __init__(self, message: str, *, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+class RuntimeUnavailable(TransientError):
+    reason = Reason.RUNTIME_UNAVAILABLE
+
+
+class ApplyError(DeployerError):
+    reason = Reason.APPLY_FAILED
+
+
+class PortConflict(StalledError):
+    reason = Reason.PORT_CONFLICT

@@ -1,0 +1,75 @@
+"""The desired state of one service: a manifest entry resolved against one commit.
+
+A ``DesiredService`` is what a revision stores (as JSON) and what a runtime
+applies. Its ``spec_hash`` decides whether anything changed: it covers the
+resolved spec and the git tree of the service's folder, not the commit sha, so
+a push that touches only another service of a monorepo changes nothing here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployer.model.manifest import (
+    DemoSpec,
+    DockerSpec,
+    GatewaySpec,
+    HealthSpec,
+    HooksSpec,
+    InfoSpec,
+    ResourcesSpec,
+    RuntimeName,
+)
+
+# Fields that describe where a spec came from, not what it is.
+_PROVENANCE = frozenset({"sha", "source"})
+
+
+class DesiredService(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    source: str
+    sha: str = Field(description="the commit this spec was resolved from")
+    tree: str = Field(description="git tree id of the service's folder at that commit")
+    path: str = "."
+    runtime: RuntimeName
+    command: str | None = None
+    argv: tuple[str, ...] = ()
+    requirements: str | None = None
+    requirements_hash: str | None = None
+    port: int
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    info: InfoSpec = Field(default_factory=InfoSpec)
+    group: str | None = None
+    demo: tuple[DemoSpec, ...] = ()
+    gateway: GatewaySpec | None = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    replicas: int = 1
+    hooks: HooksSpec = Field(default_factory=HooksSpec)
+    docker: DockerSpec = Field(default_factory=DockerSpec)
+
+    def spec(self) -> dict[str, Any]:
+        """The resolved spec as plain JSON data (what a revision stores)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def spec_hash(self) -> str:
+        return spec_hash(self.spec())
+
+    @property
+    def short_hash(self) -> str:
+        return self.spec_hash[:12]
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a spec, provenance fields left out."""
+    content = {key: value for key, value in spec.items() if key not in _PROVENANCE}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()

@@ -1,0 +1,167 @@
+"""The shape of ``service.yaml``: one service at top level, or ``services:`` (a monorepo).
+
+Validation lives here (pydantic, unknown keys forbidden); locating errors in
+the YAML text is the loader's job. The configured port range arrives through
+the validation context as ``{"port_range": (first, last)}``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+RUNTIMES = ("supervisor", "docker", "swarm")
+RuntimeName = Literal["supervisor", "docker", "swarm"]
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _relative_path(value: str) -> str:
+    """A path inside the repository: relative, no ``..``, no control characters."""
+    if not value or _CONTROL.search(value):
+        raise ValueError("must be a non-empty path without control characters")
+    pure = PurePosixPath(value)
+    if pure.is_absolute() or value.startswith("\\"):
+        raise ValueError(f"must be relative to the repository root (got {value!r})")
+    if ".." in pure.parts:
+        raise ValueError(f"must stay inside the repository, '..' is not allowed (got {value!r})")
+    return str(pure)
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (newline, carriage return, NUL ...)")
+    return value
+
+
+def _scalar_to_str(value: Any) -> Any:
+    """YAML turns ``5`` and ``true`` into numbers and booleans; environment values are text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+RelPath = Annotated[str, AfterValidator(_relative_path)]
+EnvValue = Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_no_control)]
+EnvKey = Annotated[str, Field(pattern=ENV_KEY_PATTERN)]
+UrlPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~/%-]*$", max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthSpec(Strict):
+    path: UrlPath = "/health"
+    timeout: float = Field(default=60, gt=0, le=3600, description="seconds until healthy, else the attempt fails")
+    interval: float = Field(default=0.25, gt=0, le=60, description="seconds between health probes")
+
+
+class InfoSpec(Strict):
+    path: UrlPath = "/info"
+    expect: dict[str, Any] = Field(default_factory=dict)
+
+
+class DemoSpec(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    input: RelPath | None = None
+    file: RelPath | None = None
+    status: int = Field(default=200, ge=100, le=599)
+    json_keys: list[str] = Field(default_factory=list)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> DemoSpec:
+        if (self.input is None) == (self.file is None):
+            raise ValueError("give exactly one of 'input' (a JSON file) or 'file' (sent as multipart)")
+        return self
+
+
+class GatewaySpec(Strict):
+    path: UrlPath
+
+
+class ResourcesSpec(Strict):
+    memory: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?[kmgKMG]?$")] | None = None
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+    gpus: int = Field(default=0, ge=0, le=64)
+
+
+class HooksSpec(Strict):
+    pre_deploy: RelPath | None = None
+    post_deploy: RelPath | None = None
+
+
+class DockerSpec(Strict):
+    dockerfile: RelPath | None = None
+    build_args: dict[EnvKey, EnvValue] = Field(default_factory=dict)
+
+
+class ServiceManifest(Strict):
+    """One service as written in ``service.yaml``."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="unique across all sources")]
+    path: RelPath = "."
+    runtime: RuntimeName | None = None
+    command: Annotated[str, AfterValidator(_no_control), Field(min_length=1, max_length=4096)] | None = None
+    requirements: RelPath | None = None
+    port: Literal["auto"] | int = "auto"
+    env: dict[EnvKey, EnvValue] = Field(default_factory=dict)
+    secrets: list[EnvKey] = Field(default_factory=list)
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    info: InfoSpec = Field(default_factory=InfoSpec)
+    group: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    demo: list[DemoSpec] = Field(default_factory=list)
+    gateway: GatewaySpec | None = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    replicas: int = Field(default=1, ge=1, le=100)
+    hooks: HooksSpec = Field(default_factory=HooksSpec)
+    docker: DockerSpec = Field(default_factory=DockerSpec)
+
+    @field_validator("port")
+    @classmethod
+    def _port_in_range(cls, value: Literal["auto"] | int, info: ValidationInfo) -> Literal["auto"] | int:
+        if value == "auto":
+            return value
+        first, last = (info.context or {}).get("port_range", (1024, 65535))
+        if not first <= value <= last:
+            raise ValueError(f"must be between {first} and {last} (got {value})")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted({"PORT", "HOST"} & set(value))
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)} is set by deployer and cannot be overridden")
+        return value
+
+
+class ManifestFile(Strict):
+    """The whole file, normalised to a list of services."""
+
+    services: list[ServiceManifest] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ManifestFile:
+        seen: set[str] = set()
+        for service in self.services:
+            if service.name in seen:
+                raise ValueError(f"service name {service.name!r} is used twice")
+            seen.add(service.name)
+        return self

@@ -1,0 +1,86 @@
+"""Outcomes, triggers and the read models the page and the JSON API show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    INTERRUPTED = "interrupted"
+
+
+class Trigger(StrEnum):
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    SCHEDULE = "schedule"
+    CLI = "cli"
+    STARTUP = "startup"
+    ROLLBACK = "rollback"
+
+
+class DeliveryResult(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class StepView:
+    name: str
+    duration: float
+    ok: bool
+    output_tail: str = ""
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    id: int
+    service: str
+    revision: int | None
+    trigger: str
+    outcome: str
+    reason: str
+    message: str
+    started_at: datetime
+    finished_at: datetime | None
+    rolled_back_to: int | None = None
+    steps: tuple[StepView, ...] = ()
+
+
+@dataclass(frozen=True)
+class RevisionView:
+    id: int
+    service: str
+    sha: str
+    author: str
+    message: str
+    spec_hash: str
+    created_at: datetime
+    spec: dict[str, object] = field(default_factory=dict)
+    manifest_text: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """One row of the status page and of ``GET /api/services``."""
+
+    name: str
+    source: str
+    runtime: str
+    state: str
+    healthy: bool
+    port: int | None
+    desired_sha: str | None
+    running_sha: str | None
+    desired_revision: int | None
+    running_revision: int | None
+    last_attempt: AttemptView | None
+    override: str | None = None
+    observed_at: datetime | None = None

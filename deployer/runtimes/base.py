@@ -1,0 +1,38 @@
+"""The Runtime protocol every runtime implements.
+
+Observing is one listing per call (not one request per service). ``apply``
+installs a deployment and starts it, replacing whatever ran under that name;
+it returns once the runtime has accepted it, the health gate is the caller's.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from deployer.model.actual import ActualService
+from deployer.model.deployment import Deployment
+
+
+class Runtime(Protocol):
+    name: str
+
+    def check(self) -> None:
+        """Raise ``RuntimeUnavailable`` when the runtime cannot be reached."""
+
+    def observe(self) -> dict[str, ActualService]:
+        """Every service this runtime manages for deployer, keyed by name."""
+
+    def apply(self, deployment: Deployment) -> None:
+        """Install and start ``deployment``, replacing what runs under its name."""
+
+    def start(self, name: str) -> None:
+        """Start an installed but stopped service; already running is fine."""
+
+    def stop(self, name: str) -> None:
+        """Stop a service and keep it installed; already stopped is fine."""
+
+    def remove(self, name: str) -> None:
+        """Stop and uninstall a service; already absent is fine."""
+
+    def logs(self, name: str, max_bytes: int = 8192) -> str:
+        """The last ``max_bytes`` of the service's output, decoded with replacement."""
