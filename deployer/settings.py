@@ -15,7 +15,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from deployer.errors import ConfigError
 
@@ -36,6 +47,15 @@ SHORT_FORMS: dict[str, tuple[str, str]] = {
 # Keys that hold a secret: allowed from the environment, never in the toml itself.
 SECRET_KEYS = {("gitea", "webhook_secret"), ("gitea", "token"), ("api", "token")}
 NOT_FROM_ENV = {"DEPLOYER_CONFIG"}
+
+
+def _empty_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# An empty string in the toml or environment means "not set", not the current directory.
+OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_none)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_is_none)]
 
 
 class Section(BaseModel):
@@ -69,10 +89,10 @@ class DatabaseSettings(Section):
 
 class GiteaSettings(Section):
     url: str = ""
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    webhook_secret: SecretStr | None = None
-    webhook_secret_file: Path | None = None
+    token: OptionalSecret = None
+    token_file: OptionalPath = None
+    webhook_secret: OptionalSecret = None
+    webhook_secret_file: OptionalPath = None
     allowed_owners: list[str] = Field(default_factory=list)
     repo_prefix: str = ""
     branch: str = "main"
@@ -113,7 +133,7 @@ class PortSettings(Section):
 
 class SupervisorSettings(Section):
     socket: str = "embedded"
-    include_dir: Path | None = None
+    include_dir: OptionalPath = None
     user: str = ""
 
 
@@ -130,14 +150,14 @@ class GatewaySettings(Section):
 
 
 class ApiSettings(Section):
-    token: SecretStr | None = None
-    token_file: Path | None = None
+    token: OptionalSecret = None
+    token_file: OptionalPath = None
 
 
 class PathSettings(Section):
     state_dir: Path = Path("state")
-    templates: Path | None = None
-    secrets_dir: Path | None = None
+    templates: OptionalPath = None
+    secrets_dir: OptionalPath = None
 
 
 class BuildSettings(Section):

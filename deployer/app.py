@@ -1,0 +1,172 @@
+"""The composition root: the only place that builds settings' consumers.
+
+``build`` wires store, runtimes, reconciler, work queue, scheduler and the web
+app from one ``Settings``; ``serve`` runs it under uvicorn and owns start-up
+and shutdown. No other module constructs a dependency or reads the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+import deployer
+from deployer.build import EnvBuilder
+from deployer.errors import DeployerError
+from deployer.model.status import Trigger
+from deployer.ports import is_free
+from deployer.reconcile import Reconciler, SourceSpec
+from deployer.runtimes.base import Runtime
+from deployer.runtimes.supervisor import SupervisorRuntime
+from deployer.scheduler import Request, Scheduler, WorkQueue
+from deployer.secrets import SecretStore
+from deployer.settings import Settings, SourceSettings
+from deployer.store import Store
+from deployer.web.server import WebDeps, build_app
+from deployer.web.webhook import GiteaRouting, WebhookReceiver
+
+log = logging.getLogger("deployer")
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    store: Store
+    runtimes: dict[str, Runtime]
+    reconciler: Reconciler
+    queue: WorkQueue
+    scheduler: Scheduler
+    webhook: WebhookReceiver
+    app: Starlette
+
+
+def templates_dir(settings: Settings) -> Path:
+    """Operator templates: the configured folder, else the checkout's, else the bundled copy."""
+    if settings.paths.templates is not None:
+        return settings.paths.templates
+    checkout = Path(deployer.__file__).resolve().parent.parent / "templates"
+    return checkout if checkout.is_dir() else Path(deployer.__file__).resolve().parent / "_bundled" / "templates"
+
+
+def source_spec(entry: SourceSettings, config_dir: Path) -> SourceSpec:
+    """A ``[[sources]]`` entry; plain paths are relative to the config file's folder."""
+    url = entry.url
+    if "://" not in url and not url.startswith("git@"):
+        url = str((config_dir / url).resolve())
+    name = entry.name or url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    return SourceSpec(name=name, url=url, branch=entry.branch)
+
+
+def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
+    state_dir = settings.paths.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.database_url)
+    store.migrate()
+    interrupted = store.interrupt_running_attempts()
+    if interrupted:
+        log.warning("marked %d attempt(s) interrupted by the last shutdown", interrupted)
+    supervisor = SupervisorRuntime(
+        state_dir=state_dir, socket=settings.supervisor.socket, include_dir=settings.supervisor.include_dir,
+        templates_dir=templates_dir(settings), user=settings.supervisor.user,
+    )
+    runtimes: dict[str, Runtime] = {"supervisor": supervisor}
+    reconciler = Reconciler(
+        store=store, runtimes=runtimes,
+        builder=EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
+                           timeout=settings.build.timeout),
+        secrets=SecretStore(settings.secrets_dir), state_dir=state_dir, port_bounds=settings.ports.bounds,
+        default_runtime=settings.runtime, prune=settings.reconcile.prune, port_is_free=is_free,
+    )
+    _add_sources(reconciler, store, settings, config_dir or Path.cwd())
+    queue = WorkQueue(lambda request: _run_pass(reconciler, request), workers=settings.reconcile.workers)
+    scheduler = Scheduler(reconciler, queue, interval=settings.reconcile.interval,
+                          poll_interval=settings.reconcile.poll_interval)
+    webhook = WebhookReceiver(
+        store=store, reconciler=reconciler, queue=queue, secret=settings.webhook_secret,
+        routing=GiteaRouting(tuple(settings.gitea.allowed_owners), settings.gitea.repo_prefix,
+                             settings.gitea.branch, settings.gitea.url),
+    )
+    daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, app=Starlette())
+    deps = WebDeps(store=store, webhook=webhook, checks=_checks(daemon),
+                   source_errors=lambda: dict(reconciler.source_errors))
+    daemon.app = build_app(deps, lifespan=_lifespan(daemon))
+    return daemon
+
+
+def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, config_dir: Path) -> None:
+    for entry in settings.sources:
+        reconciler.add_source(source_spec(entry, config_dir), origin="config")
+    for record in store.list_sources():  # repos first seen through a webhook stay followed
+        if record.origin == "gitea" and not reconciler.has_source(record.name):
+            reconciler.add_source(SourceSpec(record.name, record.url, record.branch), origin="gitea")
+
+
+def _run_pass(reconciler: Reconciler, request: Request) -> None:
+    result = reconciler.reconcile_source(request.source, trigger=request.trigger, fetch=request.fetch)
+    changed = {name: outcome for name, outcome in result.outcomes.items() if outcome != "noop"}
+    if changed or result.error:
+        log.info("pass %s@%s (%s): %s%s", result.source, (result.sha or "?")[:7], request.trigger.value,
+                 ", ".join(f"{name}={outcome}" for name, outcome in sorted(changed.items())) or "no changes",
+                 f"; {result.error}" if result.error else "")
+
+
+def _checks(daemon: Daemon) -> dict[str, object]:
+    def scheduler_alive() -> None:
+        if not daemon.scheduler.alive() or not daemon.queue.alive():
+            raise RuntimeError("scheduler or workers are not running")
+
+    checks: dict[str, object] = {"store": daemon.store.ping, "scheduler": scheduler_alive}
+    checks.update({name: runtime.check for name, runtime in daemon.runtimes.items()})
+    return checks
+
+
+def _lifespan(daemon: Daemon):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        start(daemon)
+        try:
+            yield
+        finally:
+            stop(daemon)
+
+    return lifespan
+
+
+def start(daemon: Daemon) -> None:
+    for name, runtime in daemon.runtimes.items():
+        try:
+            runtime.check()
+        except DeployerError as exc:
+            log.error("runtime %s unavailable: %s; its services wait until it is back", name, exc)
+    daemon.queue.start()
+    daemon.scheduler.start()
+    daemon.scheduler.poll_all(Trigger.STARTUP)
+    log.info("deployer %s serving on http://%s, following %d source(s)", deployer.__version__,
+             daemon.settings.server.listen, len(daemon.reconciler.source_names()))
+
+
+def stop(daemon: Daemon) -> None:
+    """Stop taking webhooks, let running passes finish, close the store."""
+    daemon.webhook.accepting = False
+    daemon.scheduler.stop()
+    daemon.queue.stop(timeout=60)
+    daemon.store.close()
+    log.info("deployer stopped; services keep running under their runtimes")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(stream=sys.stderr, level=level,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def serve(settings: Settings, *, config_dir: Path | None = None) -> None:
+    daemon = build(settings, config_dir=config_dir)
+    uvicorn.run(daemon.app, host=settings.server.host, port=settings.server.port, log_level="warning",
+                access_log=False, lifespan="on")

@@ -1,0 +1,62 @@
+"""HTTP probes of a service: the health gate and the quick check of a running service.
+
+The gate polls ``GET health.path`` until it answers 200 or ``health.timeout``
+passes; a runtime that reports the process failed ends the wait at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from deployer.errors import DeployerError, Reason
+
+
+class HealthCheckFailed(DeployerError):
+    reason = Reason.HEALTH_CHECK_FAILED
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    detail: str
+
+
+def probe(url: str, timeout: float = 2.0) -> Probe:
+    """One GET; ``ok`` only for a 200."""
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return Probe(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    return Probe(response.status_code == 200, f"HTTP {response.status_code}")
+
+
+def wait_healthy(
+    url: str,
+    *,
+    timeout: float,
+    interval: float = 0.25,
+    failed: Callable[[], str | None] = lambda: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Block until ``url`` answers 200; return the seconds it took.
+
+    ``failed`` is asked between probes and returns a message when the runtime
+    already knows the process is dead (no point waiting out the timeout).
+    """
+    started = clock()
+    last = Probe(False, "not probed yet")
+    while True:
+        last = probe(url, timeout=min(5.0, max(interval * 4, 1.0)))
+        if last.ok:
+            return clock() - started
+        dead = failed()
+        if dead:
+            raise HealthCheckFailed(f"process failed before becoming healthy: {dead}")
+        if clock() - started >= timeout:
+            raise HealthCheckFailed(f"{url} not healthy after {timeout:g}s (last: {last.detail})")
+        sleep(interval)

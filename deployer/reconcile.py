@@ -1,0 +1,476 @@
+"""The reconciler: fetch → load → desired → observe → plan → execute → health → record.
+
+One pass handles one source. Each service is isolated (its own lock, its own
+try/except), so one broken service never blocks the others, and every attempt
+ends with a recorded outcome on every path. A failed new revision is replaced
+by the last good one and is not re-applied until its spec changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shlex
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deployer.build import EnvBuilder
+from deployer.errors import DeployerError, Reason, SourceError, StalledError
+from deployer.health import probe, wait_healthy
+from deployer.loader import load_manifest_file
+from deployer.model.actual import ActualService, ServiceState
+from deployer.model.deployment import Deployment
+from deployer.model.desired import DesiredService
+from deployer.model.manifest import ServiceManifest
+from deployer.model.plan import Action, ActionKind, Plan, plan
+from deployer.model.status import Outcome, RevisionView, Trigger
+from deployer.runtimes.base import Runtime
+from deployer.secrets import SecretStore
+from deployer.source import GitSource
+from deployer.store import Store
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "service.yaml"
+SERVICE_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    url: str
+    branch: str = "main"
+
+
+@dataclass
+class PassResult:
+    """What one pass over one source did, for logs, the CLI and tests."""
+
+    source: str
+    sha: str | None = None
+    plan: Plan | None = None
+    error: str | None = None
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Resolved:
+    """A source's manifest at one commit, resolved; cached per commit when it had no errors."""
+
+    sha: str
+    desired: dict[str, DesiredService] = field(default_factory=dict)
+    revisions: dict[str, RevisionView] = field(default_factory=dict)
+    errors: dict[str, DeployerError] = field(default_factory=dict)
+    actual: dict[str, ActualService] = field(default_factory=dict)
+
+
+class _Step:
+    """Collects a step's output so it is stored with the step."""
+
+    def __init__(self) -> None:
+        self.output = ""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runtimes: Mapping[str, Runtime],
+        builder: EnvBuilder,
+        secrets: SecretStore,
+        state_dir: Path,
+        port_bounds: tuple[int, int],
+        default_runtime: str = "supervisor",
+        prune: bool = True,
+        port_is_free: Callable[[int], bool],
+    ) -> None:
+        self.store = store
+        self.runtimes = dict(runtimes)
+        self.builder = builder
+        self.secrets = secrets
+        self.state_dir = state_dir
+        self.port_bounds = port_bounds
+        self.default_runtime = default_runtime
+        self.prune = prune
+        self.port_is_free = port_is_free
+        self._sources: dict[str, GitSource] = {}
+        self._service_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._stalled: dict[str, str] = {}  # source or service -> failure already recorded
+        self._resolved: dict[str, _Resolved] = {}  # source -> last clean resolution
+        self.source_errors: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ sources
+
+    def add_source(self, spec: SourceSpec, *, origin: str = "config") -> None:
+        self.store.upsert_source(spec.name, spec.url, spec.branch, origin)
+        with self._locks_guard:
+            if spec.name not in self._sources:
+                self._sources[spec.name] = GitSource(spec.name, spec.url, spec.branch, self.state_dir)
+
+    def source_names(self) -> list[str]:
+        with self._locks_guard:
+            return sorted(self._sources)
+
+    def has_source(self, name: str) -> bool:
+        with self._locks_guard:
+            return name in self._sources
+
+    def _git(self, name: str) -> GitSource:
+        with self._locks_guard:
+            return self._sources[name]
+
+    # ------------------------------------------------------------------ one pass
+
+    def reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool = True) -> PassResult:
+        """Bring every service of one source to the state its branch head describes."""
+        result = PassResult(source=name)
+        source = self._git(name)
+        try:
+            result.sha = self._head(source, fetch)
+        except SourceError as exc:
+            result.error = self.source_errors[name] = str(exc)
+            log.warning("source %s: %s; retrying at the next poll", name, exc)
+            return result
+        self.source_errors.pop(name, None)
+        self.store.set_source_head(name, result.sha)
+        resolved = self._resolution(source, result.sha, trigger)
+        if resolved is None:
+            result.error = f"{MANIFEST} at {result.sha[:7]} is invalid"
+            return result
+        result.plan = self._plan(name, resolved)
+        for action in result.plan.actions:
+            result.outcomes[action.service] = self._execute_isolated(action, resolved, trigger)
+        return result
+
+    def _head(self, source: GitSource, fetch: bool) -> str:
+        if not fetch:
+            try:
+                return source.head()
+            except SourceError:
+                pass  # never fetched yet: fall through and fetch
+        source.fetch()
+        return source.head()
+
+    def _plan(self, name: str, resolved: _Resolved) -> Plan:
+        inventory = self.store.inventory(name) - set(resolved.errors)
+        resolved.actual = self._observe(set(resolved.desired) | inventory)
+        return plan(resolved.desired, resolved.actual, inventory, prune=self.prune)
+
+    def _observe(self, names: set[str]) -> dict[str, ActualService]:
+        """One listing per runtime in use; unreachable runtimes simply contribute nothing."""
+        actual: dict[str, ActualService] = {}
+        for runtime in self.runtimes.values():
+            try:
+                seen = runtime.observe()
+            except DeployerError as exc:
+                log.warning("runtime %s: %s", runtime.name, exc)
+                continue
+            actual.update({key: value for key, value in seen.items() if key in names})
+        return actual
+
+    # ------------------------------------------------------------------ desired state
+
+    def _resolution(self, source: GitSource, sha: str, trigger: Trigger) -> _Resolved | None:
+        cached = self._resolved.get(source.name)
+        if cached is not None and cached.sha == sha:
+            return cached
+        resolved = self._resolve_source(source, sha, trigger)
+        if resolved is not None and not resolved.errors:
+            self._resolved[source.name] = resolved
+        return resolved
+
+    def _resolve_source(self, source: GitSource, sha: str, trigger: Trigger) -> _Resolved | None:
+        try:
+            checkout = source.checkout(sha)
+            manifest = load_manifest_file(checkout / MANIFEST, repo_root=checkout, port_range=self.port_bounds)
+            text = (checkout / MANIFEST).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self._record_stalled(source.name, sha, StalledError(f"{MANIFEST}: not found at {sha[:7]}",
+                                                                reason=Reason.MANIFEST_INVALID), trigger)
+            return None
+        except StalledError as exc:
+            self._record_stalled(source.name, sha, exc, trigger)
+            return None
+        except SourceError as exc:
+            self.source_errors[source.name] = str(exc)
+            return None
+        self._stalled.pop(source.name, None)
+        resolved = _Resolved(sha=sha)
+        info = source.commit_info(sha)
+        for entry in manifest.services:
+            try:
+                desired = self._resolve(source, sha, entry, checkout)
+            except DeployerError as exc:
+                resolved.errors[entry.name] = exc
+                continue
+            revision = self.store.add_revision(desired, author=info.author, message=info.message,
+                                               manifest_text=text)
+            self.store.set_desired(desired.name, revision.id)
+            resolved.desired[desired.name] = desired
+            resolved.revisions[desired.name] = revision
+        return resolved
+
+    def _resolve(self, source: GitSource, sha: str, entry: ServiceManifest, checkout: Path) -> DesiredService:
+        owner = self.store.service_source(entry.name)
+        if owner is not None and owner != source.name:
+            raise StalledError(f"{entry.name}: service name already belongs to source {owner!r}; "
+                               "names are unique across sources")
+        runtime = entry.runtime or self.default_runtime
+        if runtime not in self.runtimes:
+            raise StalledError(f"{entry.name}: runtime {runtime!r} is not enabled on this host "
+                               f"(enabled: {', '.join(sorted(self.runtimes))})")
+        if runtime == "supervisor" and not entry.command:
+            raise StalledError(f"{entry.name}: 'command' is required for runtime supervisor",
+                               reason=Reason.MANIFEST_INVALID)
+        self.store.upsert_service(entry.name, source.name, runtime)
+        port = self._port(entry)
+        requirements, requirements_hash = _requirements(checkout / entry.path, entry.requirements)
+        return DesiredService(
+            name=entry.name, source=source.name, sha=sha, tree=source.tree_id(sha, entry.path),
+            path=entry.path, runtime=runtime, command=entry.command,
+            argv=_argv(entry.command, port), requirements=requirements, requirements_hash=requirements_hash,
+            port=port, env=dict(entry.env), secrets=tuple(entry.secrets), health=entry.health, info=entry.info,
+            group=entry.group, demo=tuple(entry.demo), gateway=entry.gateway, resources=entry.resources,
+            replicas=entry.replicas, hooks=entry.hooks, docker=entry.docker,
+        )
+
+    def _port(self, entry: ServiceManifest) -> int:
+        if entry.port == "auto":
+            return self.store.allocate_port(entry.name, self.port_bounds, self.port_is_free)
+        held = self.store.port_of(entry.name)
+        if held != entry.port and not self.port_is_free(entry.port):
+            raise StalledError(f"{entry.name}: port {entry.port} is in use by a process outside deployer",
+                               reason=Reason.PORT_CONFLICT)
+        self.store.claim_port(entry.name, entry.port)
+        return entry.port
+
+    def _record_stalled(self, source: str, sha: str, exc: DeployerError, trigger: Trigger) -> None:
+        """A broken manifest is recorded once per commit against every service of the source."""
+        self.source_errors[source] = str(exc)
+        if self._stalled.get(source) == sha:
+            return
+        self._stalled[source] = sha
+        log.warning("source %s at %s: %s; the running revisions keep serving", source, sha[:7], exc)
+        for service in sorted(self.store.inventory(source)):
+            attempt = self.store.start_attempt(service, None, trigger)
+            self.store.finish_attempt(attempt, Outcome.FAILED, exc.reason.value,
+                                      f"{exc} (commit {sha[:7]}); the previous revision keeps serving")
+
+    # ------------------------------------------------------------------ execute
+
+    def _execute_isolated(self, action: Action, resolved: _Resolved, trigger: Trigger) -> str:
+        with self._lock(action.service):
+            try:
+                return self._execute(action, resolved, trigger)
+            except Exception:  # one service's bug must not stop the others
+                log.exception("%s: unexpected error while reconciling", action.service)
+                return "error"
+
+    def _execute(self, action: Action, resolved: _Resolved, trigger: Trigger) -> str:
+        error = resolved.errors.get(action.service)
+        if error is not None:
+            self._record_resolution_error(action.service, error, trigger)
+            return "stalled"
+        if action.kind is ActionKind.REMOVE:
+            return self._remove(action.service)
+        if action.kind is ActionKind.NOOP or action.desired is None:
+            self._observe_health(action.service, action.desired, resolved.actual.get(action.service))
+            return "noop"
+        return self._apply(action.desired, action, resolved, trigger)
+
+    def _apply(self, desired: DesiredService, action: Action, resolved: _Resolved, trigger: Trigger) -> str:
+        revision = resolved.revisions[desired.name]
+        if self.store.failed_revision(desired.name, desired.spec_hash):
+            note = f"revision {revision.id} failed before; waiting for a new commit"
+            self._observe_health(desired.name, None, note=note)
+            return "held"
+        try:
+            self.secrets.resolve(desired.secrets, service=desired.name)
+        except DeployerError as exc:  # waiting for an operator, not a bad revision
+            self._record_resolution_error(desired.name, exc, trigger)
+            return "waiting"
+        log.info("%s: %s", desired.name, action.describe())
+        return self.deploy(desired, revision, trigger).value
+
+    def _record_resolution_error(self, service: str, error: DeployerError, trigger: Trigger) -> None:
+        key = f"{service}:{error}"
+        if self._stalled.get(service) == key:
+            return
+        self._stalled[service] = key
+        attempt = self.store.start_attempt(service, None, trigger)
+        self.store.finish_attempt(attempt, Outcome.FAILED, error.reason.value,
+                                  f"{error}; the previous revision keeps serving")
+
+    def _remove(self, name: str) -> str:
+        runtime = self._runtime_of(name)
+        if runtime is not None:
+            runtime.remove(name)
+        self.store.mark_removed(name)
+        self.store.release_port(name)
+        self.store.record_observation(name, ServiceState.ABSENT.value, False, "removed: no longer in the manifest")
+        log.info("%s: removed (no longer in any manifest)", name)
+        return "removed"
+
+    def _runtime_of(self, name: str) -> Runtime | None:
+        for runtime in self.runtimes.values():
+            if name in runtime.observe():
+                return runtime
+        return None
+
+    # ------------------------------------------------------------------ one deploy
+
+    def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger) -> Outcome:
+        """Build, apply and health-gate one revision; roll back on failure. Always records."""
+        attempt = self.store.start_attempt(desired.name, revision.id, trigger)
+        outcome, reason, message, rolled_back_to = Outcome.FAILED, Reason.INTERNAL_ERROR.value, "", None
+        try:
+            self._roll_out(desired, revision.id, attempt, prefix="")
+            self.store.set_running(desired.name, revision.id)
+            outcome, reason = Outcome.SUCCEEDED, Reason.RECONCILIATION_SUCCEEDED.value
+            message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
+        except DeployerError as exc:
+            reason, message = exc.reason.value, str(exc)
+            rolled_back_to = self._roll_back(desired.name, revision.id, attempt)
+            if rolled_back_to is not None:
+                outcome = Outcome.ROLLED_BACK
+                message += f"; rolled back to revision {rolled_back_to}"
+        except Exception as exc:
+            log.exception("%s: deploy crashed", desired.name)
+            message = f"internal error: {type(exc).__name__}"
+        finally:
+            self.store.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
+            self._observe_health(desired.name, desired if outcome is Outcome.SUCCEEDED else None)
+        log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message)
+        return outcome
+
+    def _roll_out(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> None:
+        runtime = self.runtimes[desired.runtime]
+        deployment = self._prepare(desired, revision, attempt, prefix)
+        with self._step(attempt, f"{prefix}apply"):
+            runtime.apply(deployment)
+        with self._step(attempt, f"{prefix}health") as step:
+            try:
+                took = wait_healthy(
+                    f"http://{SERVICE_HOST}:{desired.port}{desired.health.path}",
+                    timeout=desired.health.timeout, interval=desired.health.interval,
+                    failed=lambda: self._failed_detail(runtime, desired.name),
+                )
+            except DeployerError:
+                step.output = runtime.logs(desired.name, 2000)
+                raise
+            step.output = f"healthy after {took:.2f}s"
+
+    def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str) -> Deployment:
+        with self._step(attempt, f"{prefix}checkout") as step:
+            checkout = self._git(desired.source).checkout(desired.sha)
+            workdir = _inside(checkout, desired.path)
+            step.output = f"{desired.sha[:7]} at {workdir}"
+        env_dir = None
+        if desired.runtime == "supervisor":
+            with self._step(attempt, f"{prefix}build") as step:
+                built = self.builder.ensure(workdir, desired.requirements)
+                env_dir = built.env_dir
+                step.output = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
+        secret_env = self.secrets.resolve(desired.secrets, service=desired.name)
+        environment = {**desired.env, "PORT": str(desired.port), "HOST": SERVICE_HOST}
+        return Deployment(desired=desired, revision=revision, workdir=workdir, env_dir=env_dir,
+                          argv=desired.argv, environment=environment, secret_env=secret_env)
+
+    def _roll_back(self, name: str, failed_revision: int, attempt: int) -> int | None:
+        """Put the last good revision back; return its id, or None when there is none or it fails too."""
+        good = self.store.last_good_revision(name, exclude=failed_revision)
+        if good is None:
+            return None
+        desired = DesiredService.model_validate(good.spec)
+        try:
+            self._roll_out(desired, good.id, attempt, prefix="rollback-")
+        except DeployerError as exc:
+            log.error("%s: rollback to revision %s failed too: %s", name, good.id, exc)
+            return None
+        self.store.set_running(name, good.id)
+        return good.id
+
+    def _failed_detail(self, runtime: Runtime, name: str) -> str | None:
+        seen = runtime.observe().get(name)
+        if seen is not None and seen.state is ServiceState.FAILED:
+            return seen.detail or "the runtime reports the process failed"
+        return None
+
+    def _observe_health(self, name: str, desired: DesiredService | None,
+                        seen: ActualService | None = None, *, note: str = "") -> None:
+        """Record state and a quick health probe so the page never calls a runtime.
+
+        ``seen`` comes from the pass's single listing; without it one listing is made.
+        """
+        if seen is None:
+            seen = self._observe({name}).get(name)
+        state = seen.state if seen is not None else ServiceState.ABSENT
+        port = desired.port if desired is not None else self.store.port_of(name)
+        healthy = False
+        detail = seen.detail if seen is not None else ""
+        if state is ServiceState.RUNNING and port is not None:
+            path = desired.health.path if desired is not None else "/health"
+            result = probe(f"http://{SERVICE_HOST}:{port}{path}", timeout=2.0)
+            healthy, detail = result.ok, result.detail
+        self.store.record_observation(name, state.value, healthy, f"{note}; {detail}" if note else detail)
+        if seen is not None and seen.revision is not None and state is ServiceState.RUNNING:
+            self.store.set_running(name, seen.revision)
+
+    # ------------------------------------------------------------------ helpers
+
+    @contextmanager
+    def _step(self, attempt: int, name: str) -> Iterator[_Step]:
+        step = _Step()
+        started = time.monotonic()
+        try:
+            yield step
+        except BaseException as exc:
+            output = step.output or str(exc)
+            self.store.add_step(attempt, name, time.monotonic() - started, False, output)
+            raise
+        self.store.add_step(attempt, name, time.monotonic() - started, True, step.output)
+
+    @contextmanager
+    def _lock(self, service: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._service_locks.setdefault(service, threading.Lock())
+        with lock:
+            yield
+
+
+def _argv(command: str | None, port: int) -> tuple[str, ...]:
+    """Split like a shell (no shell runs it) and substitute ``${PORT}`` and ``${HOST}``."""
+    if not command:
+        return ()
+    return tuple(
+        part.replace("${PORT}", str(port)).replace("${HOST}", SERVICE_HOST) for part in shlex.split(command)
+    )
+
+
+def _requirements(service_dir: Path, named: str | None) -> tuple[str | None, str | None]:
+    """Which dependency file the service uses, and a hash of its content (for the spec)."""
+    candidates = [named] if named else ["requirements.txt", "pyproject.toml"]
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        path = _inside(service_dir, candidate)
+        if path.is_file():
+            return candidate, hashlib.sha256(path.read_bytes()).hexdigest()
+        if named:
+            raise StalledError(f"requirements file {named!r} not found in {service_dir.name}",
+                               reason=Reason.MANIFEST_INVALID)
+    return None, None
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything (a symlink included) that leads outside ``root``."""
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise StalledError(f"{relative!r} leads outside the repository", reason=Reason.MANIFEST_INVALID)
+    return target

@@ -1,0 +1,154 @@
+"""When reconciles run: a coalescing work queue, and the periodic jobs that feed it.
+
+Webhooks, the CLI and APScheduler only *request* a pass for a source. Requests
+for a source that is already waiting merge into one; a source never runs twice
+at once; scheduled jobs never pile up (``max_instances=1``, coalesced, jittered).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from deployer.model.status import Trigger
+from deployer.reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+# When requests merge, the stronger trigger names the pass.
+_STRENGTH = {Trigger.SCHEDULE: 0, Trigger.POLL: 1, Trigger.STARTUP: 2, Trigger.WEBHOOK: 3, Trigger.CLI: 4,
+             Trigger.ROLLBACK: 5}
+
+
+@dataclass
+class Request:
+    source: str
+    trigger: Trigger
+    fetch: bool
+
+    def merge(self, other: Request) -> None:
+        self.fetch = self.fetch or other.fetch
+        if _STRENGTH[other.trigger] > _STRENGTH[self.trigger]:
+            self.trigger = other.trigger
+
+
+class WorkQueue:
+    """Per-source coalescing queue served by a few worker threads."""
+
+    def __init__(self, handler: Callable[[Request], None], *, workers: int = 2) -> None:
+        self._handler = handler
+        self._workers = workers
+        self._pending: OrderedDict[str, Request] = OrderedDict()
+        self._running: set[str] = set()
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self.completed = 0
+
+    def request(self, source: str, trigger: Trigger, *, fetch: bool = True) -> None:
+        with self._cond:
+            incoming = Request(source, trigger, fetch)
+            if source in self._pending:
+                self._pending[source].merge(incoming)
+            else:
+                self._pending[source] = incoming
+            self._cond.notify()
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._pending) + len(self._running)
+
+    def start(self) -> None:
+        for index in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work; let the passes already running finish (up to ``timeout``)."""
+        with self._cond:
+            self._stopping = True
+            self._pending.clear()
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def alive(self) -> bool:
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is pending or running (tests and the CLI use this)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _next(self) -> Request | None:
+        with self._cond:
+            while not self._stopping:
+                ready = next((name for name in self._pending if name not in self._running), None)
+                if ready is not None:
+                    self._running.add(ready)
+                    return self._pending.pop(ready)
+                self._cond.wait()
+            return None
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            try:
+                self._handler(item)
+            except Exception:
+                log.exception("pass for source %s failed", item.source)
+            finally:
+                with self._cond:
+                    self._running.discard(item.source)
+                    self.completed += 1
+                    self._cond.notify_all()
+
+
+class Scheduler:
+    """Periodic reconcile (no fetch, heals drift) and poll (fetch, catches lost webhooks)."""
+
+    def __init__(self, reconciler: Reconciler, queue: WorkQueue, *, interval: float, poll_interval: float) -> None:
+        self._reconciler = reconciler
+        self._queue = queue
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._interval = interval
+        self._poll_interval = poll_interval
+
+    def start(self) -> None:
+        self._add_job(self.reconcile_all, self._interval, "reconcile")
+        self._add_job(self.poll_all, self._poll_interval, "poll")
+        self._scheduler.start()
+
+    def _add_job(self, func: Callable[[], None], seconds: float, job_id: str) -> None:
+        self._scheduler.add_job(
+            func, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True,
+            jitter=max(0.0, min(seconds * 0.1, 5.0)), misfire_grace_time=max(1, int(seconds)),
+        )
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    def alive(self) -> bool:
+        return bool(self._scheduler.running)
+
+    def reconcile_all(self) -> None:
+        for name in self._reconciler.source_names():
+            self._queue.request(name, Trigger.SCHEDULE, fetch=False)
+
+    def poll_all(self, trigger: Trigger = Trigger.POLL) -> None:
+        for name in self._reconciler.source_names():
+            self._queue.request(name, trigger, fetch=True)

@@ -1,0 +1,1 @@
+"""Web layer: webhook receiver, status page, JSON API, metrics."""

@@ -1,0 +1,69 @@
+"""JSON read models for ``/api/services`` (DESIGN.md §11); they read the store only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from deployer.model.status import AttemptView, RevisionView, ServiceView
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def attempt_json(attempt: AttemptView | None, *, steps: bool = False) -> dict[str, Any] | None:
+    if attempt is None:
+        return None
+    data: dict[str, Any] = {
+        "id": attempt.id,
+        "revision": attempt.revision,
+        "trigger": attempt.trigger,
+        "outcome": attempt.outcome,
+        "reason": attempt.reason,
+        "message": attempt.message,
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "rolled_back_to": attempt.rolled_back_to,
+    }
+    if steps:
+        data["steps"] = [
+            {"name": step.name, "duration": round(step.duration, 4), "ok": step.ok, "output": step.output_tail}
+            for step in attempt.steps
+        ]
+    return data
+
+
+def service_json(view: ServiceView) -> dict[str, Any]:
+    return {
+        "name": view.name,
+        "source": view.source,
+        "runtime": view.runtime,
+        "state": view.state,
+        "healthy": view.healthy,
+        "port": view.port,
+        "desired_sha": view.desired_sha,
+        "running_sha": view.running_sha,
+        "desired_revision": view.desired_revision,
+        "running_revision": view.running_revision,
+        "last_attempt": attempt_json(view.last_attempt),
+        "override": view.override,
+        "observed_at": iso(view.observed_at),
+    }
+
+
+def revision_json(revision: RevisionView) -> dict[str, Any]:
+    return {
+        "id": revision.id,
+        "sha": revision.sha,
+        "author": revision.author,
+        "message": revision.message,
+        "spec_hash": revision.spec_hash,
+        "created_at": iso(revision.created_at),
+        "spec": _masked_spec(revision.spec),
+    }
+
+
+def _masked_spec(spec: dict[str, object]) -> dict[str, object]:
+    """Secrets are names only in a spec; nothing to mask but keep the rule in one place."""
+    return dict(spec)

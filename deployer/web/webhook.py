@@ -1,0 +1,162 @@
+"""``POST /hooks/gitea``: verify, dedupe, enqueue, answer — in milliseconds.
+
+Order matters: size cap → secret configured → payload → signature on the exact
+bytes → event → source → branch/test filter → dedupe on (repository, ref,
+after) → record and request a pass. It never clones, renders or touches a
+runtime. Audit rows keep the outcome, never headers or secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from deployer.model.status import DeliveryResult, Trigger
+from deployer.reconcile import Reconciler, SourceSpec
+from deployer.scheduler import WorkQueue
+from deployer.store import Store
+from deployer.web.gitea_push import PushEvent, WebhookError, classify, extract_payload, parse_push, verify_signature
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+_DELIVERY_ID = re.compile(r"[^A-Za-z0-9-]")
+
+
+@dataclass(frozen=True)
+class GiteaRouting:
+    """Which pushes become sources: configured ones, and repos of allowed owners."""
+
+    allowed_owners: tuple[str, ...] = ()
+    repo_prefix: str = ""
+    branch: str = "main"
+    base_url: str = ""
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    delivery_id: str
+    event: str
+    repository: str = ""
+    ref: str = ""
+    after: str = ""
+
+
+class WebhookReceiver:
+    def __init__(self, *, store: Store, reconciler: Reconciler, queue: WorkQueue, secret: str | None,
+                 routing: GiteaRouting) -> None:
+        self._store = store
+        self._reconciler = reconciler
+        self._queue = queue
+        self._secret = secret
+        self._routing = routing
+        self._dedupe = threading.Lock()
+        self.accepting = True
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        delivery = _Delivery(
+            delivery_id=_DELIVERY_ID.sub("", request.headers.get("x-gitea-delivery", ""))[:64],
+            event=_event(request)[:40],
+        )
+        if not self.accepting:
+            return _answer(503, "rejected", "deployer is shutting down; push again or wait for the poll")
+        body = await _read_capped(request, MAX_BODY)
+        if body is None:
+            return await self._reject(delivery, 413, f"body larger than {MAX_BODY} bytes")
+        if not self._secret:
+            return await self._reject(delivery, 403, "webhooks are disabled: no webhook secret is configured "
+                                                     "(set DEPLOYER_WEBHOOK_SECRET_FILE)")
+        try:
+            payload = extract_payload(body, request.headers.get("content-type", ""))
+        except WebhookError as exc:
+            return await self._reject(delivery, 400, str(exc))
+        if not verify_signature(payload, request.headers, self._secret):
+            return await self._reject(delivery, 401, "missing or wrong signature (X-Gitea-Signature)")
+        if delivery.event != "push":
+            return await self._reject(delivery, 400, f"event {delivery.event or '(none)'!r} is not handled; "
+                                                     "configure the webhook for push events only")
+        try:
+            push = parse_push(payload)
+        except WebhookError as exc:
+            return await self._reject(delivery, 400, str(exc))
+        return await run_in_threadpool(self._route, delivery, push)
+
+    def _route(self, delivery: _Delivery, push: PushEvent) -> JSONResponse:
+        delivery = _Delivery(delivery.delivery_id, delivery.event, push.full_name, push.ref, push.after)
+        source = self._source_for(push)
+        if source is None:
+            detail = (f"repository {push.full_name} is not a configured source and its owner is not in "
+                      "gitea.allowed_owners")
+            self._record(delivery, DeliveryResult.REJECTED, detail)
+            return _answer(403, "rejected", detail)
+        ignored = classify(push, source.branch)
+        if ignored is not None:
+            self._record(delivery, DeliveryResult.IGNORED, ignored)
+            return _answer(200, "ignored", ignored)
+        with self._dedupe:
+            if self._store.seen_push(push.full_name, push.ref, push.after):
+                self._record(delivery, DeliveryResult.DUPLICATE, f"{push.after[:7]} was already accepted")
+                return _answer(200, "duplicate", f"{push.after[:7]} was already accepted")
+            self._reconciler.add_source(source, origin="gitea")
+            self._record(delivery, DeliveryResult.ACCEPTED, f"pass requested for source {source.name}")
+        self._queue.request(source.name, Trigger.WEBHOOK, fetch=True)
+        return _answer(202, "accepted", f"pass requested for source {source.name} at {push.after[:7]}")
+
+    def _source_for(self, push: PushEvent) -> SourceSpec | None:
+        for record in self._store.list_sources():
+            if record.name == push.full_name or _same_repo(record.url, push):
+                return SourceSpec(record.name, record.url, record.branch)
+        owner_ok = push.owner.lower() in {owner.lower() for owner in self._routing.allowed_owners}
+        if not owner_ok or not push.name.startswith(self._routing.repo_prefix):
+            return None
+        base = self._routing.base_url.rstrip("/")
+        url = f"{base}/{push.full_name}.git" if base else push.clone_url
+        return SourceSpec(push.full_name, url, self._routing.branch or push.default_branch)
+
+    def _record(self, delivery: _Delivery, result: DeliveryResult, detail: str) -> None:
+        self._store.record_delivery(delivery.delivery_id, delivery.event, delivery.repository, delivery.ref,
+                                    delivery.after, result, detail)
+        log.info("webhook %s %s %s: %s", delivery.delivery_id or "-", delivery.repository or "-",
+                 result.value, detail)
+
+    async def _reject(self, delivery: _Delivery, status: int, detail: str) -> JSONResponse:
+        await run_in_threadpool(self._record, delivery, DeliveryResult.REJECTED, f"{status}: {detail}")
+        return _answer(status, "rejected", detail)
+
+
+def _event(request: Request) -> str:
+    for header in ("x-gitea-event", "x-gogs-event", "x-github-event"):
+        if request.headers.get(header):
+            return request.headers[header]
+    return ""
+
+
+def _same_repo(url: str, push: PushEvent) -> bool:
+    normal = url.rstrip("/").removesuffix(".git")
+    return normal in {push.clone_url.removesuffix(".git"), push.html_url.rstrip("/")} or \
+        normal.endswith(f"/{push.full_name}")
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed ``limit`` (never read whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answer(status: int, result: str, detail: str) -> JSONResponse:
+    return JSONResponse({"result": result, "detail": detail}, status_code=status)
