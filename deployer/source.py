@@ -1,0 +1,304 @@
+"""Git sources: one bare mirror per source, checkouts of exact shas, diffs between commits.
+
+GitPython drives the git CLI. Every GitPython and gitdb error is translated into
+``SourceError`` here, with credentials stripped from URLs, so no layer above sees them.
+A checkout is ``git archive <sha>`` unpacked into a temp folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit, urlunsplit
+
+import git
+from git.exc import GitCommandError, GitError, ODBError
+
+from deployer.errors import ConfigError, SourceError
+
+ZERO_SHA = re.compile(r"0{40}|0{64}")
+_HEX = re.compile(r"[0-9a-f]{4,64}")  # hex only: a value can never be read as a git option
+_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._-]{0,99})?")
+_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+_TMP_PREFIX = ".tmp-"
+# A daemon must never wait for a password prompt nobody will answer.
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
+# export-ignore / export-subst in a repo's .gitattributes would make `git archive`
+# differ from the commit; $GIT_DIR/info/attributes overrides them.
+_EXACT_ARCHIVE_ATTRIBUTES = "* -export-ignore -export-subst\n"
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    author: str  # "Name <email>"
+    summary: str  # first line of the message
+    message: str
+    committed_at: datetime  # timezone-aware, UTC
+
+
+def strip_credentials(url: str) -> str:
+    """``http://user:token@host/x.git`` → ``http://host/x.git``; other URLs and paths unchanged."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def scrub(text: str) -> str:
+    """Strip credentials from every URL inside a free text (git's own messages echo URLs)."""
+    return _URL_USERINFO.sub(r"\1", text)
+
+
+class GitSource:
+    """One followed repository and branch; safe to share between threads.
+
+    Create exactly one instance per source (the composition root does): the lock
+    that serialises mirror operations lives on the instance.
+    """
+
+    def __init__(self, name: str, url: str, branch: str, state_dir: Path, *, timeout: float = 300.0) -> None:
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"source name {name!r} must look like 'name' or 'owner/name'")
+        if not _BRANCH.fullmatch(branch) or ".." in branch:
+            raise ConfigError(f"source {name}: {branch!r} is not a valid branch name")
+        self.name = name
+        self.url = url
+        self.branch = branch
+        self.timeout = timeout
+        self.mirror_dir = state_dir / "mirrors" / f"{name}.git"
+        self.checkouts_dir = state_dir / "checkouts" / name
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"GitSource({self.name!r}, {self.safe_url!r}, branch={self.branch!r})"
+
+    @property
+    def safe_url(self) -> str:
+        return strip_credentials(self.url)
+
+    # ------------------------------------------------------------ mirror
+
+    def fetch(self) -> None:
+        """Bring the mirror up to date: ``clone --mirror`` the first time, ``fetch --prune`` after."""
+        with self._lock, self._translate(f"cannot fetch {self.safe_url}"):
+            if (self.mirror_dir / "HEAD").is_file():
+                self._update_mirror()
+            else:
+                self._clone_mirror()
+
+    def head(self) -> str:
+        """The sha the followed branch points at in the mirror (as of the last fetch)."""
+        with self._session(f"cannot read branch '{self.branch}' of {self.safe_url}") as repo:
+            try:
+                return str(repo.git.rev_parse("--verify", "--quiet", f"refs/heads/{self.branch}^{{commit}}"))
+            except GitCommandError:
+                raise SourceError(f"branch '{self.branch}' not found in {self.safe_url}") from None
+
+    def has_commit(self, sha: str) -> bool:
+        if not _HEX.fullmatch(sha) or not (self.mirror_dir / "HEAD").is_file():
+            return False
+        with self._session(f"cannot read {self.safe_url}") as repo:
+            return _has_commit(repo, sha)
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """True when ``ancestor`` is ``descendant`` or reachable from it (out-of-order deliveries)."""
+        with self._session(f"cannot compare commits in {self.safe_url}") as repo:
+            first, second = self._resolve(repo, ancestor), self._resolve(repo, descendant)
+            status, _, _ = repo.git.merge_base(
+                "--is-ancestor", first, second, with_exceptions=False, with_extended_output=True
+            )
+            if status not in (0, 1):
+                raise SourceError(f"git merge-base failed for {first[:12]} and {second[:12]} (exit {status})")
+            return bool(status == 0)
+
+    # ------------------------------------------------------------ content
+
+    def checkout(self, sha: str) -> Path:
+        """The files of exactly ``sha`` at ``checkouts/<name>/<sha>/``, reused when already there."""
+        with self._session(f"cannot check out {sha[:12]} of {self.safe_url}") as repo:
+            full = self._resolve(repo, sha)
+            target = self.checkouts_dir / full
+            if not target.is_dir():
+                self._export(repo, full, target)
+            return target
+
+    def changed_files(self, before: str, after: str) -> list[str]:
+        """Paths changed between two commits; every file of ``after`` when ``before`` is zero or unknown."""
+        with self._session(f"cannot diff commits in {self.safe_url}") as repo:
+            new = self._resolve(repo, after)
+            if not _HEX.fullmatch(before) or ZERO_SHA.fullmatch(before) or not _has_commit(repo, before):
+                return _nul_list(repo.git.ls_tree("-r", "--name-only", "-z", new))
+            old = self._resolve(repo, before)
+            return _nul_list(repo.git.diff("--name-only", "-z", "--no-renames", old, new, "--"))
+
+    def commit_info(self, sha: str) -> CommitInfo:
+        with self._session(f"cannot read commit {sha[:12]} of {self.safe_url}") as repo:
+            commit = repo.commit(self._resolve(repo, sha))
+            message = _text(commit.message)
+            return CommitInfo(
+                sha=commit.hexsha,
+                author=f"{commit.author.name} <{commit.author.email}>",
+                summary=message.split("\n", 1)[0].strip(),
+                message=message,
+                committed_at=commit.committed_datetime.astimezone(UTC),
+            )
+
+    def tree_id(self, sha: str, path: str = ".") -> str:
+        """Git tree id of a folder at a commit ("." is the root); same content, same id."""
+        with self._session(f"cannot read {path!r} at {sha[:12]} of {self.safe_url}") as repo:
+            tree = repo.commit(self._resolve(repo, sha)).tree
+            relative = _repo_path(path)
+            if relative is None:
+                return str(tree.hexsha)
+            try:
+                entry = tree / relative
+            except KeyError:
+                raise SourceError(f"folder '{relative}' does not exist at {sha[:12]}") from None
+            if entry.type != "tree":
+                raise SourceError(f"'{relative}' is not a folder at {sha[:12]}")
+            return str(entry.hexsha)
+
+    def read_file(self, sha: str, path: str) -> bytes | None:
+        """A file's bytes at a commit, or None when there is no file at that path."""
+        with self._session(f"cannot read {path!r} at {sha[:12]} of {self.safe_url}") as repo:
+            relative = _repo_path(path)
+            tree = repo.commit(self._resolve(repo, sha)).tree
+            try:
+                entry = tree / relative if relative is not None else None
+            except KeyError:
+                return None
+            return bytes(entry.data_stream.read()) if entry is not None and entry.type == "blob" else None
+
+    def prune_checkouts(self, keep: set[str]) -> list[str]:
+        """Remove checkouts of every sha not in ``keep`` (and leftovers of interrupted ones)."""
+        removed: list[str] = []
+        with self._lock, self._translate(f"cannot prune checkouts of {self.name}"):
+            if not self.checkouts_dir.is_dir():
+                return removed
+            for entry in sorted(self.checkouts_dir.iterdir()):
+                # Only names this class creates: an unexpected folder is left alone.
+                ours = _FULL_SHA.fullmatch(entry.name) or entry.name.startswith(_TMP_PREFIX)
+                if ours and entry.name not in keep and entry.is_dir():
+                    shutil.rmtree(entry)
+                    removed.append(entry.name)
+        return removed
+
+    # ------------------------------------------------------------ internals
+
+    @contextmanager
+    def _session(self, action: str) -> Iterator[git.Repo]:
+        """Lock, error translation and an open mirror: the frame of every mirror operation."""
+        with self._lock, self._translate(action), self._repo() as repo:
+            yield repo
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        """Turn GitPython, gitdb and OS errors into ``SourceError`` without credentials."""
+        try:
+            yield
+        except GitCommandError as exc:
+            raise SourceError(f"{action}: {scrub(_git_stderr(exc))}") from None
+        except (GitError, ODBError, ValueError, OSError, tarfile.TarError) as exc:
+            raise SourceError(f"{action}: {scrub(str(exc)) or type(exc).__name__}") from None
+
+    @contextmanager
+    def _repo(self) -> Iterator[git.Repo]:
+        if not (self.mirror_dir / "HEAD").is_file():
+            raise SourceError(f"{self.safe_url} has not been fetched yet")
+        repo = git.Repo(self.mirror_dir)
+        repo.git.update_environment(**_GIT_ENV)
+        try:
+            yield repo
+        finally:
+            repo.close()  # ends GitPython's persistent cat-file processes
+
+    def _clone_mirror(self) -> None:
+        """Clone into a temp folder and rename, so a failed clone never looks like a mirror."""
+        self.mirror_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.mirror_dir, ignore_errors=True)  # a broken earlier attempt
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.mirror_dir.parent))
+        try:
+            git.Git.check_unsafe_protocols(self.url)  # refuses ext:: and friends, as Repo.clone_from does
+            # Repo.clone_from ignores kill_after_timeout, so run the command itself.
+            runner = git.Git(str(tmp.parent))
+            runner.clone("--mirror", "--", self.url, str(tmp), env=_GIT_ENV, kill_after_timeout=self.timeout)
+            (tmp / "info").mkdir(exist_ok=True)
+            (tmp / "info" / "attributes").write_text(_EXACT_ARCHIVE_ATTRIBUTES, encoding="utf-8")
+            tmp.rename(self.mirror_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _update_mirror(self) -> None:
+        with self._repo() as repo:
+            origin = repo.remote("origin")
+            if origin.url != self.url:  # the configured URL changed (new host, rotated token)
+                repo.git.remote("set-url", "origin", self.url)
+            repo.git.fetch("--prune", "origin", env=_GIT_ENV, kill_after_timeout=self.timeout)
+
+    def _resolve(self, repo: git.Repo, sha: str) -> str:
+        """The full sha of a commit given by (a prefix of) its sha."""
+        if not _HEX.fullmatch(sha):
+            raise SourceError(f"{sha[:70]!r} is not a commit sha")
+        try:
+            return str(repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}"))
+        except GitCommandError:
+            raise SourceError(f"commit {sha[:12]} not found in {self.safe_url}") from None
+
+    def _export(self, repo: git.Repo, sha: str, target: Path) -> None:
+        """``git archive`` into a temp folder next to ``target``, then rename: never half a checkout."""
+        self.checkouts_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{sha[:12]}-", dir=self.checkouts_dir))
+        try:
+            process = repo.git.archive("--format=tar", sha, as_process=True)
+            with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
+                # "tar" refuses absolute names and paths leaving the folder; symlinks stay as in git.
+                archive.extractall(tmp, filter="tar")
+            process.wait()
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _has_commit(repo: git.Repo, sha: str) -> bool:
+    status, _, _ = repo.git.cat_file(
+        "-e", f"{sha}^{{commit}}", with_exceptions=False, with_extended_output=True
+    )
+    return bool(status == 0)
+
+
+def _nul_list(output: str) -> list[str]:
+    return [item for item in output.split("\0") if item]
+
+
+def _text(message: str | bytes) -> str:
+    return message if isinstance(message, str) else message.decode("utf-8", "replace")
+
+
+def _repo_path(path: str) -> str | None:
+    """A path inside the repository in git's form; None for the root."""
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise SourceError(f"{path!r} is not a path inside the repository")
+    text = pure.as_posix()
+    return None if text in (".", "") else text
+
+
+def _git_stderr(exc: GitCommandError) -> str:
+    """git's own complaint: GitPython wraps stderr as "\\n  stderr: '...'"; keep the fatal line."""
+    raw = str(exc.stderr or "").strip()
+    raw = raw.removeprefix("stderr:").strip().strip("'").strip()
+    lines = [line.strip() for line in raw.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    chosen = errors or lines[-1:] or [f"git failed (exit {exc.status})"]
+    return "; ".join(chosen)[:500]

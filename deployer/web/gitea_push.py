@@ -1,0 +1,170 @@
+"""Gitea push webhooks as pure functions: payload extraction, signature check, parsing, filtering.
+
+No I/O and no web framework: the receiver hands in bytes and headers and gets
+values or ``WebhookError`` back. Facts about Gitea's format: shared gitea/WEBHOOKS.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+ZERO_SHA = re.compile(r"0{40}|0{64}")  # SHA-1 and SHA-256 repositories
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_FORM = "application/x-www-form-urlencoded"
+_JSON = "application/json"
+
+
+class WebhookError(ValueError):
+    """The delivery cannot be understood; ``str()`` says why (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class PushEvent:
+    """The parts of a Gitea push payload the deployer acts on."""
+
+    full_name: str  # "owner/name"
+    repo_id: int
+    owner: str
+    name: str
+    clone_url: str
+    html_url: str
+    default_branch: str
+    ref: str  # full ref: refs/heads/main, refs/tags/v1
+    before: str
+    after: str  # the commit to deploy; never commits[0]
+    pusher: str
+    message: str  # head commit's message, "" when there is none (tag deletion)
+
+    @property
+    def branch(self) -> str | None:
+        return self.ref.removeprefix("refs/heads/") if self.ref.startswith("refs/heads/") else None
+
+
+def verify_signature(payload: bytes, headers: Mapping[str, str], secret: str) -> bool:
+    """True when the HMAC-SHA256 of ``payload`` (the JSON, also for form bodies) matches.
+
+    ``X-Gitea-Signature`` is bare hex; ``X-Hub-Signature-256`` ("sha256=…") is the fallback.
+    No secret, or a missing or empty signature, is always False.
+    """
+    if not secret:
+        return False
+    got = _header(headers, "X-Gitea-Signature").strip()
+    if not got:
+        got = _header(headers, "X-Hub-Signature-256").strip().removeprefix("sha256=")
+    if not got:
+        return False
+    want = hmac.new(secret.encode("utf-8"), payload, hashlib.sha256).hexdigest()
+    # bytes, because compare_digest refuses non-ASCII str and a header may hold anything
+    return hmac.compare_digest(got.lower().encode("utf-8", "replace"), want.encode("ascii"))
+
+
+def extract_payload(raw_body: bytes, content_type: str) -> bytes:
+    """The signed JSON: the body itself, or the URL-decoded ``payload`` field of a form body."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == _JSON:
+        return raw_body
+    if media_type != _FORM:
+        raise WebhookError(f"unsupported content type {media_type or '(none)'!r}; use json or form")
+    try:
+        fields = parse_qs(raw_body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise WebhookError("form body is not valid UTF-8") from None
+    values = fields.get("payload", [])
+    if len(values) != 1:
+        raise WebhookError("form body must have exactly one 'payload' field")
+    return values[0].encode("utf-8")
+
+
+def parse_push(payload: bytes) -> PushEvent:
+    """A ``PushEvent`` from the payload JSON; ``WebhookError`` names the first missing field."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WebhookError(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WebhookError("malformed JSON: the payload is not an object")
+    head = data.get("head_commit")
+    return PushEvent(
+        full_name=_text(data, "repository.full_name"),
+        repo_id=_int(data, "repository.id"),
+        owner=_text(data, "repository.owner.login"),
+        name=_text(data, "repository.name"),
+        clone_url=_text(data, "repository.clone_url"),
+        html_url=_text(data, "repository.html_url", required=False),
+        default_branch=_text(data, "repository.default_branch", required=False) or "main",
+        ref=_text(data, "ref"),
+        before=_sha(data, "before"),
+        after=_sha(data, "after"),
+        pusher=_text(data, "pusher.login", required=False),
+        message=_text(head, "message", required=False) if isinstance(head, dict) else "",
+    )
+
+
+def classify(event: PushEvent, branch: str) -> str | None:
+    """None when the push should be deployed, otherwise why it is ignored."""
+    if is_zero(event.before) and is_zero(event.after):
+        return "test delivery (zero sha)"  # Gitea 1.24+ "Test delivery" button: a fake commit
+    if event.before == event.after:
+        return "test delivery (before == after)"  # older button, and the API hook test
+    if event.ref.startswith("refs/tags/"):
+        return "tag push"
+    if event.branch is None:
+        return f"ref '{event.ref}' is not a branch"
+    if event.branch != branch:
+        return f"branch '{event.branch}' is not followed (following '{branch}')"
+    if is_zero(event.after):
+        return "branch deleted"
+    return None
+
+
+def is_zero(sha: str) -> bool:
+    return ZERO_SHA.fullmatch(sha) is not None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """Case-insensitive lookup, for plain dicts as well as Starlette's ``Headers``."""
+    value = headers.get(name)
+    if value is None:
+        wanted = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == wanted), "")
+    return value
+
+
+def _field(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _text(data: Any, dotted: str, *, required: bool = True) -> str:
+    value = _field(data, dotted)
+    if isinstance(value, str) and (value or not required):
+        return value
+    if value is None and not required:
+        return ""
+    raise WebhookError(f"missing field {dotted}" if value in (None, "") else f"field {dotted} is not text")
+
+
+def _int(data: Any, dotted: str) -> int:
+    value = _field(data, dotted)
+    if value is None:
+        raise WebhookError(f"missing field {dotted}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise WebhookError(f"field {dotted} is not a number")
+    return value
+
+
+def _sha(data: Any, dotted: str) -> str:
+    value = _text(data, dotted)
+    if not _SHA.fullmatch(value):
+        raise WebhookError(f"field {dotted} is not a 40- or 64-hex commit id")
+    return value
