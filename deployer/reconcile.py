@@ -20,7 +20,7 @@ from pathlib import Path
 
 from deployer.build import EnvBuilder
 from deployer.errors import DeployerError, Reason, SourceError, StalledError
-from deployer.health import probe, wait_healthy
+from deployer.health import Probe, probe, wait_healthy
 from deployer.loader import load_manifest_file
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
@@ -88,6 +88,8 @@ class Reconciler:
         default_runtime: str = "supervisor",
         prune: bool = True,
         port_is_free: Callable[[int], bool],
+        health_gate: Callable[..., float] = wait_healthy,
+        health_probe: Callable[..., Probe] = probe,
     ) -> None:
         self.store = store
         self.runtimes = dict(runtimes)
@@ -98,6 +100,8 @@ class Reconciler:
         self.default_runtime = default_runtime
         self.prune = prune
         self.port_is_free = port_is_free
+        self._wait_healthy = health_gate  # injectable so reconciler unit tests need no HTTP server
+        self._probe = health_probe
         self._sources: dict[str, GitSource] = {}
         self._service_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -143,6 +147,10 @@ class Reconciler:
         if resolved is None:
             result.error = f"{MANIFEST} at {result.sha[:7]} is invalid"
             return result
+        for service, error in sorted(resolved.errors.items()):
+            with self._lock(service):
+                self._record_resolution_error(service, error, trigger)
+            result.outcomes[service] = "stalled"
         result.plan = self._plan(name, resolved)
         for action in result.plan.actions:
             result.outcomes[action.service] = self._execute_isolated(action, resolved, trigger)
@@ -273,10 +281,6 @@ class Reconciler:
                 return "error"
 
     def _execute(self, action: Action, resolved: _Resolved, trigger: Trigger) -> str:
-        error = resolved.errors.get(action.service)
-        if error is not None:
-            self._record_resolution_error(action.service, error, trigger)
-            return "stalled"
         if action.kind is ActionKind.REMOVE:
             return self._remove(action.service)
         if action.kind is ActionKind.NOOP or action.desired is None:
@@ -356,7 +360,7 @@ class Reconciler:
             runtime.apply(deployment)
         with self._step(attempt, f"{prefix}health") as step:
             try:
-                took = wait_healthy(
+                took = self._wait_healthy(
                     f"http://{SERVICE_HOST}:{desired.port}{desired.health.path}",
                     timeout=desired.health.timeout, interval=desired.health.interval,
                     failed=lambda: self._failed_detail(runtime, desired.name),
@@ -416,7 +420,7 @@ class Reconciler:
         detail = seen.detail if seen is not None else ""
         if state is ServiceState.RUNNING and port is not None:
             path = desired.health.path if desired is not None else "/health"
-            result = probe(f"http://{SERVICE_HOST}:{port}{path}", timeout=2.0)
+            result = self._probe(f"http://{SERVICE_HOST}:{port}{path}", timeout=2.0)
             healthy, detail = result.ok, result.detail
         self.store.record_observation(name, state.value, healthy, f"{note}; {detail}" if note else detail)
         if seen is not None and seen.revision is not None and state is ServiceState.RUNNING:

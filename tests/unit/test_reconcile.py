@@ -1,0 +1,229 @@
+"""The reconciler driven through the in-memory runtime: a real git repo and a real
+(SQLite) store, a fake runtime and a scripted health gate, so every path of a
+deploy — success, failure, rollback, hold, isolation, prune — is checked as data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployer.errors import Reason
+from deployer.health import HealthCheckFailed, Probe
+from deployer.model.status import Trigger
+from deployer.reconcile import Reconciler, SourceSpec
+from deployer.runtimes.memory import MemoryRuntime
+from deployer.secrets import SecretStore
+from deployer.store import Store
+from tests.helpers import GitRepo
+
+
+@dataclass(frozen=True)
+class FakeBuild:
+    env_dir: Path
+    key: str = "k" * 64
+    reused: bool = True
+    duration: float = 0.0
+    output_tail: str = ""
+
+
+class FakeBuilder:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[tuple[Path, str | None]] = []
+
+    def ensure(self, service_dir: Path, requirements: str | None) -> FakeBuild:
+        self.calls.append((service_dir, requirements))
+        return FakeBuild(env_dir=self.root)
+
+
+class Gate:
+    """Health as data: the set of ports that are 'unhealthy' right now."""
+
+    def __init__(self) -> None:
+        self.unhealthy: set[int] = set()
+
+    def wait(self, url: str, *, timeout: float, interval: float, failed: Callable[[], str | None]) -> float:
+        port = int(url.split(":")[2].split("/")[0])
+        if port in self.unhealthy or "broken" in url:
+            raise HealthCheckFailed(f"{url} not healthy after {timeout:g}s")
+        return 0.01
+
+    def probe(self, url: str, timeout: float = 2.0) -> Probe:
+        return Probe("broken" not in url, "HTTP 200")
+
+
+def manifest(*services: dict[str, Any]) -> str:
+    lines = ["services:"]
+    for service in services:
+        lines.append(f"  - name: {service['name']}")
+        lines.append(f"    command: {service.get('command', 'python app.py --port ${PORT}')}")
+        for key in ("path", "port"):
+            if key in service:
+                lines.append(f"    {key}: {service[key]}")
+        if "health" in service:
+            lines.append(f"    health: {{path: {service['health']}}}")
+        if "secrets" in service:
+            lines.append(f"    secrets: [{', '.join(service['secrets'])}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Any]:
+    repo = GitRepo.create(tmp_path / "bare.git", tmp_path / "work")
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    runtime = MemoryRuntime("supervisor")
+    gate = Gate()
+    reconciler = Reconciler(
+        store=store, runtimes={"supervisor": runtime}, builder=FakeBuilder(tmp_path / "env"),  # type: ignore[arg-type]
+        secrets=SecretStore(tmp_path / "secrets"), state_dir=tmp_path / "state", port_bounds=(9100, 9199),
+        port_is_free=lambda port: True, health_gate=gate.wait, health_probe=gate.probe,
+    )
+    reconciler.add_source(SourceSpec("repo", str(repo.bare), "main"))
+    return {"repo": repo, "store": store, "runtime": runtime, "gate": gate, "reconciler": reconciler,
+            "tmp": tmp_path}
+
+
+def two_services(**overrides: Any) -> str:
+    a = {"name": "alpha", "path": "alpha", **overrides.get("alpha", {})}
+    b = {"name": "beta", "path": "beta", **overrides.get("beta", {})}
+    return manifest(a, b)
+
+
+def files(text: str, alpha: str = "print('a')\n", beta: str = "print('b')\n") -> dict[str, str | bytes | None]:
+    return {"service.yaml": text, "alpha/app.py": alpha, "beta/app.py": beta}
+
+
+def run(world: dict[str, Any]) -> dict[str, str]:
+    result = world["reconciler"].reconcile_source("repo", trigger=Trigger.WEBHOOK)
+    assert result.error is None, result.error
+    return dict(result.outcomes)
+
+
+def test_first_pass_creates_everything_and_second_pass_is_noop(world: dict[str, Any]) -> None:
+    world["repo"].commit(files(two_services()), "two services")
+    assert run(world) == {"alpha": "succeeded", "beta": "succeeded"}
+    store: Store = world["store"]
+    assert {view.name: view.running_sha for view in store.service_views()} == {
+        "alpha": world["repo"].shas[-1], "beta": world["repo"].shas[-1]}
+    applies = [call for call in world["runtime"].calls if call[0] == "apply"]
+
+    assert run(world) == {"alpha": "noop", "beta": "noop"}
+    assert [call for call in world["runtime"].calls if call[0] == "apply"] == applies
+    ports = {view.name: view.port for view in store.service_views()}
+    assert len(set(ports.values())) == 2 and all(9100 <= port <= 9199 for port in ports.values())
+
+
+def test_change_in_one_folder_redeploys_only_that_service(world: dict[str, Any]) -> None:
+    repo = world["repo"]
+    repo.commit(files(two_services()), "two services")
+    run(world)
+    repo.commit({"beta/app.py": "print('b2')\n"}, "beta only")
+    assert run(world) == {"alpha": "noop", "beta": "succeeded"}
+
+
+def test_unhealthy_revision_rolls_back_and_is_not_reapplied(world: dict[str, Any]) -> None:
+    repo, store = world["repo"], world["store"]
+    repo.commit(files(two_services()), "good")
+    run(world)
+    good = store.service_view("alpha")
+    assert good is not None
+    repo.commit(files(two_services(alpha={"health": "/broken"})), "alpha never healthy")
+    assert run(world) == {"alpha": "rolled_back", "beta": "noop"}
+
+    attempt = store.attempts("alpha", 1)[0]
+    assert attempt.reason == Reason.HEALTH_CHECK_FAILED.value
+    assert attempt.rolled_back_to == good.running_revision
+    assert [step.name for step in attempt.steps][-2:] == ["rollback-apply", "rollback-health"]
+    view = store.service_view("alpha")
+    assert view is not None and view.running_revision == good.running_revision
+    assert view.desired_sha == repo.shas[-1] and view.running_sha == repo.shas[-2]
+
+    assert run(world) == {"alpha": "held", "beta": "noop"}
+    assert store.attempts("alpha", 1)[0].id == attempt.id, "a known-bad spec is not retried"
+
+    repo.commit(files(two_services()), "fixed")
+    assert run(world)["alpha"] in ("succeeded", "noop")
+
+
+def test_failure_without_a_previous_revision_is_recorded_failed(world: dict[str, Any]) -> None:
+    world["repo"].commit(files(manifest({"name": "solo", "health": "/broken"})) | {"app.py": "x"}, "bad")
+    assert run(world) == {"solo": "failed"}
+    attempt = world["store"].attempts("solo", 1)[0]
+    assert attempt.outcome == "failed" and attempt.rolled_back_to is None
+
+
+def test_apply_error_in_one_service_does_not_block_the_other(world: dict[str, Any]) -> None:
+    world["runtime"].fail_next.add("alpha")
+    world["repo"].commit(files(two_services()), "two")
+    outcomes = run(world)
+    assert outcomes == {"alpha": "failed", "beta": "succeeded"}
+    assert world["store"].attempts("alpha", 1)[0].reason == Reason.APPLY_FAILED.value
+
+
+def test_invalid_manifest_is_recorded_once_and_changes_nothing(world: dict[str, Any]) -> None:
+    repo, store, runtime = world["repo"], world["store"], world["runtime"]
+    repo.commit(files(two_services()), "good")
+    run(world)
+    before = dict(runtime.services)
+    repo.commit({"service.yaml": "services:\n  - name: Alpha\n"}, "broken")
+    result = world["reconciler"].reconcile_source("repo", trigger=Trigger.WEBHOOK)
+    assert result.error is not None
+    assert runtime.services == before
+    attempt = store.attempts("alpha", 1)[0]
+    assert attempt.reason == Reason.MANIFEST_INVALID.value
+    assert "services[0].name" in attempt.message
+    world["reconciler"].reconcile_source("repo", trigger=Trigger.SCHEDULE, fetch=False)
+    assert store.attempts("alpha", 1)[0].id == attempt.id, "recorded once per commit"
+
+
+def test_service_removed_from_manifest_is_pruned(world: dict[str, Any]) -> None:
+    repo, store, runtime = world["repo"], world["store"], world["runtime"]
+    repo.commit(files(two_services()), "two")
+    run(world)
+    repo.commit({"service.yaml": manifest({"name": "alpha", "path": "alpha"}), "beta/app.py": None}, "drop beta")
+    assert run(world) == {"alpha": "noop", "beta": "removed"}
+    assert "beta" not in runtime.services and "beta" not in store.inventory("repo")
+    assert store.port_of("beta") is None
+
+
+def test_missing_secret_waits_without_marking_the_revision_bad(world: dict[str, Any]) -> None:
+    repo, store = world["repo"], world["store"]
+    repo.commit(files(manifest({"name": "solo", "secrets": ["HF_TOKEN"]})) | {"app.py": "x"}, "needs a secret")
+    assert run(world) == {"solo": "waiting"}
+    attempt = store.attempts("solo", 1)[0]
+    assert attempt.reason == Reason.SECRET_MISSING.value and "HF_TOKEN" in attempt.message
+
+    secrets = world["tmp"] / "secrets"
+    secrets.mkdir()
+    (secrets / "HF_TOKEN").write_text("hf_s3cr3t-value\n")
+    assert run(world) == {"solo": "succeeded"}
+    deployment = world["runtime"].deployments["solo"]
+    assert deployment.secret_env == {"HF_TOKEN": "hf_s3cr3t-value"}
+    assert "hf_s3cr3t" not in repr(deployment)
+    assert all("hf_s3cr3t" not in str(revision.spec) for revision in store.revisions("solo"))
+
+
+def test_stopped_service_is_started_again(world: dict[str, Any]) -> None:
+    world["repo"].commit(files(two_services()), "two")
+    run(world)
+    world["runtime"].stop("alpha")
+    outcomes = world["reconciler"].reconcile_source("repo", trigger=Trigger.SCHEDULE, fetch=False).outcomes
+    assert outcomes == {"alpha": "succeeded", "beta": "noop"}
+    assert world["runtime"].services["alpha"].state.value == "running"
+
+
+def test_fixed_port_clash_with_another_service_is_a_clear_error(world: dict[str, Any]) -> None:
+    repo, store = world["repo"], world["store"]
+    text = manifest({"name": "alpha", "path": "alpha", "port": 9150}, {"name": "beta", "path": "beta", "port": 9150})
+    repo.commit(files(text), "same fixed port twice")
+    outcomes = run(world)
+    assert sorted(outcomes.values()) == ["stalled", "succeeded"]
+    loser = next(name for name, outcome in outcomes.items() if outcome == "stalled")
+    winner = "alpha" if loser == "beta" else "beta"
+    message = store.attempts(loser, 1)[0].message
+    assert "9150" in message and winner in message
