@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,12 +117,12 @@ def _run_pass(reconciler: Reconciler, request: Request) -> None:
                  f"; {result.error}" if result.error else "")
 
 
-def _checks(daemon: Daemon) -> dict[str, object]:
+def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
     def scheduler_alive() -> None:
         if not daemon.scheduler.alive() or not daemon.queue.alive():
             raise RuntimeError("scheduler or workers are not running")
 
-    checks: dict[str, object] = {"store": daemon.store.ping, "scheduler": scheduler_alive}
+    checks: dict[str, Callable[[], None]] = {"store": daemon.store.ping, "scheduler": scheduler_alive}
     checks.update({name: runtime.check for name, runtime in daemon.runtimes.items()})
     return checks
 

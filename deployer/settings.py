@@ -13,9 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
-
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -288,12 +286,9 @@ def _first_problem(exc: ValidationError, path: Path | None) -> str:
     error = exc.errors()[0]
     loc = error["loc"]
     where = f"[{loc[0]}] {'.'.join(str(part) for part in loc[1:])}" if len(loc) > 1 else str(loc[0] if loc else "")
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    else:
-        message = error["msg"]
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
     origin = f"{path}: " if path else ""
     value = error.get("input")
-    shown = "" if "(got" in message or isinstance(value, dict | list) or value is None or "secret" in where or "token" in where \
-        else f" (got {value!r})"
+    hidden = "(got" in message or "secret" in where or "token" in where
+    shown = "" if hidden or value is None or isinstance(value, dict | list) else f" (got {value!r})"
     return f"{origin}{where}: {message}{shown}".replace("Value error, ", "")
