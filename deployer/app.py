@@ -164,6 +164,8 @@ def stop(daemon: Daemon) -> None:
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=level,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    for chatty in ("alembic", "apscheduler"):  # one line per step, not per poll
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def serve(settings: Settings, *, config_dir: Path | None = None) -> None:

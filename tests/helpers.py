@@ -84,6 +84,8 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
     while time.monotonic() < deadline:
         try:
             value = check()
+        except AssertionError:
+            raise  # a definite failure (e.g. the daemon exited): no point waiting
         except Exception as exc:  # keep polling; report the last error on timeout
             last = exc
             value = None

@@ -68,7 +68,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
                             status_code=200 if ok else 503)
 
     routes = [
-        Route("/hooks/gitea", deps.webhook, methods=["POST"]),
+        Route("/hooks/gitea", deps.webhook.handle, methods=["POST"]),
         Route("/", index),
         Route("/api/services", services),
         Route("/api/services/{name}", service),

@@ -59,7 +59,7 @@ class WebhookReceiver:
         self._dedupe = threading.Lock()
         self.accepting = True
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def handle(self, request: Request) -> JSONResponse:
         delivery = _Delivery(
             delivery_id=_DELIVERY_ID.sub("", request.headers.get("x-gitea-delivery", ""))[:64],
             event=_event(request)[:40],

@@ -70,5 +70,5 @@ def test_a_wrong_key_or_value_is_one_line_naming_it(env: dict[str, str], message
 
 
 def test_unreadable_secret_file_names_the_key_not_the_value(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="gitea.webhook_secret_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"gitea\.webhook_secret_file: cannot read"):
         _ = load_settings(None, {"DEPLOYER_WEBHOOK_SECRET_FILE": str(tmp_path / "missing")}).webhook_secret
