@@ -164,7 +164,7 @@ def stop(daemon: Daemon) -> None:
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=level,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for chatty in ("alembic", "apscheduler"):  # one line per step, not per poll
+    for chatty in ("alembic", "apscheduler", "httpx"):  # one line per step, not per poll
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
