@@ -67,6 +67,30 @@ class RevisionView:
     manifest_text: str = ""
 
 
+class OverrideKind(StrEnum):
+    PINNED = "pinned"
+    SUSPENDED = "suspended"
+
+
+@dataclass(frozen=True)
+class OverrideView:
+    """An operator's override: who set it, why, when, and (pins) which revision."""
+
+    id: int
+    service: str
+    kind: str
+    revision: int | None
+    who: str
+    why: str
+    created_at: datetime
+    cleared_at: datetime | None = None
+    cleared_by: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.cleared_at is None
+
+
 @dataclass(frozen=True)
 class ServiceView:
     """One row of the status page and of ``GET /api/services``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +30,8 @@ from deployer.model.status import (
     AttemptView,
     DeliveryResult,
     Outcome,
+    OverrideKind,
+    OverrideView,
     RevisionView,
     ServiceView,
     StepView,
@@ -40,7 +42,9 @@ from deployer.store.tables import (
     AttemptRow,
     DeliveryRow,
     ObservationRow,
+    OverrideRow,
     PortAllocationRow,
+    ReleasedPortRow,
     RevisionRow,
     ServiceRow,
     SourceRow,
@@ -389,15 +393,19 @@ class Store:
         with self._transaction("port_of") as session:
             return session.scalar(query)
 
-    def allocate_port(self, service: str, bounds: tuple[int, int], is_free: Callable[[int], bool]) -> int:
+    def allocate_port(
+        self, service: str, bounds: tuple[int, int], is_free: Callable[[int], bool], *, grace: float = 0.0
+    ) -> int:
         """The service's port: its existing allocation, else the lowest free port in ``bounds``.
 
         ``is_free`` (a host check) runs outside any transaction. A concurrent
         writer taking the same port makes the insert fail; the next port is tried.
+        A port another service released less than ``grace`` seconds ago is skipped,
+        so clients still pointing at the old service do not reach a new one.
         """
         passed: set[int] = set()
         while True:
-            existing, taken = self._port_state(service)
+            existing, taken = self._port_state(service, grace)
             if existing is not None:
                 return existing
             port = _lowest_free(bounds, taken | passed, is_free, passed)
@@ -405,11 +413,15 @@ class Store:
                 return port
             passed.add(port)
 
-    def _port_state(self, service: str) -> tuple[int | None, set[int]]:
+    def _port_state(self, service: str, grace: float) -> tuple[int | None, set[int]]:
+        cutoff = utcnow() - timedelta(seconds=grace)
+        cooling = (select(ReleasedPortRow.port)
+                   .where(ReleasedPortRow.released_at > cutoff, ReleasedPortRow.service != service))
         with self._transaction("allocate_port") as session:
             rows = session.execute(select(PortAllocationRow.service, PortAllocationRow.port))
             allocations = {service_name: port for service_name, port in rows}
-        return allocations.pop(service, None), set(allocations.values())
+            held = set(session.scalars(cooling)) if grace > 0 else set()
+        return allocations.pop(service, None), set(allocations.values()) | held
 
     def _insert_allocation(self, service: str, port: int) -> bool:
         try:
@@ -436,10 +448,51 @@ class Store:
                 row.port, row.allocated_at = port, utcnow()
 
     def release_port(self, service: str) -> None:
+        """Free the service's port; it is remembered as released for the grace period."""
         with self._transaction("release_port", write=True) as session:
             row = session.get(PortAllocationRow, service)
-            if row is not None:
-                session.delete(row)
+            if row is None:
+                return
+            released = session.get(ReleasedPortRow, row.port)
+            if released is None:
+                session.add(ReleasedPortRow(port=row.port, service=service, released_at=utcnow()))
+            else:
+                released.service, released.released_at = service, utcnow()
+            session.delete(row)
+
+    # -- overrides ---------------------------------------------------------
+
+    def set_override(
+        self, service: str, kind: OverrideKind, *, who: str, why: str = "", revision_id: int | None = None
+    ) -> OverrideView:
+        """Make ``kind`` active for ``service``, replacing an active one of the same kind."""
+        with self._transaction("set_override", write=True) as session:
+            if revision_id is not None:
+                _own_revision(session, service, revision_id)
+            for row in session.scalars(_active_overrides(service).where(OverrideRow.kind == kind.value)):
+                row.cleared_at, row.cleared_by = utcnow(), who
+            row = OverrideRow(service=service, kind=kind.value, revision_id=revision_id, who=who, why=why,
+                              created_at=utcnow())
+            session.add(row)
+            session.flush()
+            return _override_view(row)
+
+    def clear_override(self, service: str, kind: OverrideKind, *, who: str) -> bool:
+        """End the active override of ``kind``; False when there was none."""
+        with self._transaction("clear_override", write=True) as session:
+            rows = session.scalars(_active_overrides(service).where(OverrideRow.kind == kind.value)).all()
+            for row in rows:
+                row.cleared_at, row.cleared_by = utcnow(), who
+            return bool(rows)
+
+    def active_overrides(self, service: str) -> dict[OverrideKind, OverrideView]:
+        with self._transaction("active_overrides") as session:
+            return {OverrideKind(row.kind): _override_view(row) for row in session.scalars(_active_overrides(service))}
+
+    def override_history(self, service: str, limit: int = 50) -> list[OverrideView]:
+        query = select(OverrideRow).where(OverrideRow.service == service).order_by(OverrideRow.id.desc()).limit(limit)
+        with self._transaction("override_history") as session:
+            return [_override_view(row) for row in session.scalars(query)]
 
     # -- read models -------------------------------------------------------
 
@@ -597,6 +650,23 @@ def _lowest_free(
     )
 
 
+def _active_overrides(service: str) -> Select[OverrideRow]:
+    return select(OverrideRow).where(OverrideRow.service == service, OverrideRow.cleared_at.is_(None))
+
+
+def _override_view(row: OverrideRow) -> OverrideView:
+    return OverrideView(id=row.id, service=row.service, kind=row.kind, revision=row.revision_id, who=row.who,
+                        why=row.why, created_at=row.created_at, cleared_at=row.cleared_at, cleared_by=row.cleared_by)
+
+
+def _override_label(kinds: set[str]) -> str | None:
+    """What the overview shows: suspended outranks pinned (nothing happens to the service at all)."""
+    for kind in (OverrideKind.SUSPENDED.value, OverrideKind.PINNED.value):
+        if kind in kinds:
+            return kind
+    return None
+
+
 def _service_views(session: Session, rows: Sequence[ServiceRow]) -> list[ServiceView]:
     names = [row.name for row in rows]
     if not names:
@@ -616,8 +686,14 @@ def _service_views(session: Session, rows: Sequence[ServiceRow]) -> list[Service
         .options(selectinload(AttemptRow.steps))
     )
     attempts = {row.service: _attempt_view(row) for row in session.scalars(attempt_query)}
+    overrides: dict[str, set[str]] = {}
+    override_query = select(OverrideRow.service, OverrideRow.kind).where(
+        OverrideRow.service.in_(names), OverrideRow.cleared_at.is_(None))
+    for service, kind in session.execute(override_query):
+        overrides.setdefault(service, set()).add(kind)
     return [
-        _service_view(row, ports.get(row.name), observations.get(row.name), attempts.get(row.name))
+        _service_view(row, ports.get(row.name), observations.get(row.name), attempts.get(row.name),
+                      _override_label(overrides.get(row.name, set())))
         for row in rows
     ]
 
@@ -626,7 +702,8 @@ def _service_views(session: Session, rows: Sequence[ServiceRow]) -> list[Service
 
 
 def _service_view(
-    row: ServiceRow, port: int | None, observed: ObservationRow | None, attempt: AttemptView | None
+    row: ServiceRow, port: int | None, observed: ObservationRow | None, attempt: AttemptView | None,
+    override: str | None,
 ) -> ServiceView:
     return ServiceView(
         name=row.name,
@@ -640,7 +717,7 @@ def _service_view(
         desired_revision=row.desired_revision_id,
         running_revision=row.running_revision_id,
         last_attempt=attempt,
-        override=None,
+        override=override,
         observed_at=observed.observed_at if observed else None,
     )
 

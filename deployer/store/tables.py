@@ -190,7 +190,7 @@ class ObservationRow(Base):
 
 
 class OverrideRow(Base):
-    """An operator override (pin to a revision, suspend); read and written in a later change."""
+    """An operator override (pin to a revision, suspend). Cleared rows stay, as history."""
 
     __tablename__ = "overrides"
     __table_args__ = (CheckConstraint("kind IN ('pinned', 'suspended')", name="kind"),)
@@ -202,3 +202,15 @@ class OverrideRow(Base):
     who: Mapped[str] = mapped_column(String(200))
     why: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cleared_at: Mapped[datetime | None] = mapped_column(default=None)
+    cleared_by: Mapped[str | None] = mapped_column(String(200), default=None)
+
+
+class ReleasedPortRow(Base):
+    """A port whose service went away; not handed to another service until its grace period ends."""
+
+    __tablename__ = "released_ports"
+
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    service: Mapped[str] = mapped_column(String(NAME))
+    released_at: Mapped[datetime] = mapped_column(default=utcnow)

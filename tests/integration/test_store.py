@@ -42,6 +42,10 @@ def desired(
     )
 
 
+HEAD = sorted(path.name.split("_")[0] for path in (Path(__file__).resolve().parents[2] / "deployer" / "store" /
+                                                     "migrations" / "versions").glob("0*.py"))[-1]
+
+
 def always_free(_port: int) -> bool:
     return True
 
@@ -81,7 +85,7 @@ def test_migrate_twice_keeps_data_and_one_version(store: Store, raw: sa.Engine) 
     store.migrate()
     with raw.connect() as connection:
         versions = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0001"]
+    assert versions == [HEAD]
     assert [source.name for source in store.list_sources()] == ["acme/models"]
 
 
@@ -92,7 +96,7 @@ def test_migrations_build_exactly_the_tables_the_models_describe(store: Store, r
     assert differences == []
     expected = {
         "sources", "services", "revisions", "attempts", "steps", "deliveries",
-        "port_allocations", "observations", "overrides", "alembic_version",
+        "port_allocations", "observations", "overrides", "released_ports", "alembic_version",
     }  # fmt: skip
     assert set(sa.inspect(raw).get_table_names()) == expected
 
@@ -588,3 +592,53 @@ def test_times_are_utc_aware_even_where_the_database_stores_naive(store: Store, 
     # What is on disk is UTC wall-clock time, whatever the process's local zone.
     as_text = stored if isinstance(stored, str) else stored.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     assert as_text.startswith(view.last_attempt.started_at.strftime("%Y-%m-%d %H:%M"))
+
+
+# -- overrides and port grace (migration 0002) ----------------------------
+
+
+def test_overrides_set_replace_clear_and_keep_history(store: Store) -> None:
+    from deployer.model.status import OverrideKind
+
+    store.upsert_service("svc", "src", "supervisor")
+    revision = store.add_revision(desired("svc"), author="a", message="m", manifest_text="t")
+    pin = store.set_override("svc", OverrideKind.PINNED, who="ops@host", why="bad model", revision_id=revision.id)
+    assert (pin.kind, pin.revision, pin.who, pin.why, pin.active) == ("pinned", revision.id, "ops@host", "bad model",
+                                                                       True)
+    assert_utc(pin.created_at)
+    assert store.service_view("svc").override == "pinned"  # type: ignore[union-attr]
+
+    store.set_override("svc", OverrideKind.SUSPENDED, who="ops", why="maintenance")
+    assert store.service_view("svc").override == "suspended"  # type: ignore[union-attr]
+    assert set(store.active_overrides("svc")) == {OverrideKind.PINNED, OverrideKind.SUSPENDED}
+
+    again = store.set_override("svc", OverrideKind.PINNED, who="ops2", revision_id=revision.id)
+    assert store.active_overrides("svc")[OverrideKind.PINNED].id == again.id
+
+    assert store.clear_override("svc", OverrideKind.SUSPENDED, who="ops3") is True
+    assert store.clear_override("svc", OverrideKind.SUSPENDED, who="ops3") is False
+    assert store.clear_override("svc", OverrideKind.PINNED, who="ops3") is True
+    assert store.service_view("svc").override is None  # type: ignore[union-attr]
+    history = store.override_history("svc")
+    assert [item.kind for item in history] == ["pinned", "suspended", "pinned"]
+    assert all(not item.active for item in history)
+    assert history[0].cleared_by == "ops3" and history[2].cleared_by == "ops2"
+
+
+def test_pin_to_another_services_revision_is_refused(store: Store) -> None:
+    from deployer.model.status import OverrideKind
+
+    other = store.add_revision(desired("other"), author="a", message="m", manifest_text="t")
+    with pytest.raises(StoreError, match="not a revision of service 'svc'"):
+        store.set_override("svc", OverrideKind.PINNED, who="ops", revision_id=other.id)
+
+
+def test_released_port_waits_out_its_grace_period(store: Store) -> None:
+    first = store.allocate_port("old", (9400, 9402), always_free)
+    store.release_port("old")
+    assert store.port_of("old") is None
+    assert store.allocate_port("new", (9400, 9402), always_free, grace=3600) != first
+    assert store.allocate_port("newer", (9400, 9402), always_free, grace=0) == first
+    store.release_port("newer")
+    # The service that released it may take it back at once (a redeploy, not a new tenant).
+    assert store.allocate_port("newer", (9400, 9402), always_free, grace=3600) == first
