@@ -94,8 +94,8 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
                              settings.gitea.branch, settings.gitea.url),
     )
     daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, app=Starlette())
-    deps = WebDeps(store=store, webhook=webhook, checks=_checks(daemon),
-                   source_errors=lambda: dict(reconciler.source_errors))
+    deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, api_token=settings.api_token,
+                   checks=_checks(daemon))
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
 

@@ -1,19 +1,24 @@
 """The ``deployer`` command. Errors become one clear line and an exit code.
 
 Exit codes: 0 success, 1 failure, 2 usage error (or, for ``plan``, changes
-pending). No traceback reaches the user; ``--debug`` shows one.
+pending). No traceback reaches the user; ``--debug`` shows one. Commands that
+need the daemon talk to its JSON API (URL and token from settings).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from deployer import __version__
 from deployer.errors import DeployerError, ManifestError
+from deployer.settings import Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -44,24 +49,52 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deployer", description="GitOps deployer for AI model services")
     parser.add_argument("--version", action="version", version=f"deployer {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="deployer.toml (default ./deployer.toml or $DEPLOYER_CONFIG)")
+    remote = argparse.ArgumentParser(add_help=False, parents=[common])
+    remote.add_argument("--url", help="the daemon's URL (default from [server] listen)")
+    remote.add_argument("--json", action="store_true", help="print the API's JSON")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the daemon")
-    serve.add_argument("--config", type=Path, help="deployer.toml (default ./deployer.toml or $DEPLOYER_CONFIG)")
+    serve = commands.add_parser("serve", help="run the daemon", parents=[common])
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(run=_serve)
-
-    validate = commands.add_parser("validate", help="check a service.yaml the way the daemon will")
+    validate = commands.add_parser("validate", help="check a service.yaml the way the daemon will", parents=[common])
     validate.add_argument("path", type=Path, nargs="?", default=Path("service.yaml"))
-    validate.add_argument("--config", type=Path, help="deployer.toml, for the port range")
     validate.set_defaults(run=_validate)
+    commands.add_parser("schema", help="print the JSON Schema of service.yaml").set_defaults(run=_schema)
 
-    schema = commands.add_parser("schema", help="print the JSON Schema of service.yaml")
-    schema.set_defaults(run=_schema)
+    _remote(commands, remote, "status", "every service: state, health, port, commits, last attempt", _status)
+    _remote(commands, remote, "history", "a service's revisions with their outcome", _history, service=True)
+    diff = _remote(commands, remote, "diff", "field-level diff of two revisions' specs", _diff, service=True)
+    diff.add_argument("a", type=int, nargs="?", help="older revision (default: the one before B)")
+    diff.add_argument("b", type=int, nargs="?", help="newer revision (default: the newest)")
+    plan = _remote(commands, remote, "plan", "what the daemon would do now (exit 2: changes pending)", _plan)
+    plan.add_argument("service", nargs="?")
+    reconcile = _remote(commands, remote, "reconcile", "run a pass now (fetch first)", _reconcile)
+    reconcile.add_argument("service", nargs="?")
+    for name, helptext in (("rollback", "deploy an earlier revision and pin it"),
+                           ("pin", "hold a service at a revision (default: the running one)")):
+        command = _remote(commands, remote, name, helptext, _act, service=True)
+        command.add_argument("revision", type=int, nargs="?")
+        command.add_argument("--why", default="")
+    for name, helptext in (("unpin", "follow the branch again"), ("resume", "reconcile a suspended service again"),
+                           ("suspend", "stop reconciling a service, leaving it as it is")):
+        command = _remote(commands, remote, name, helptext, _act, service=True)
+        command.add_argument("--why", default="")
     return parser
 
 
-def _settings(config: Path | None):  # type: ignore[no-untyped-def]
+def _remote(commands: Any, parent: argparse.ArgumentParser, name: str, helptext: str, run: Any, *,
+            service: bool = False) -> argparse.ArgumentParser:
+    command: argparse.ArgumentParser = commands.add_parser(name, help=helptext, parents=[parent])
+    if service:
+        command.add_argument("service")
+    command.set_defaults(run=run)
+    return command
+
+
+def _settings(config: Path | None) -> Settings:
     from deployer.settings import default_config_path, load_settings
 
     return load_settings(config if config is not None else default_config_path())
@@ -96,6 +129,100 @@ def _schema(args: argparse.Namespace) -> int:
 
     print(json.dumps(json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
+
+
+# -- commands that talk to the daemon --------------------------------------
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from deployer.client import ApiClient
+
+    settings = _settings(args.config)
+    return ApiClient(args.url or f"http://{settings.server.listen}", settings.api_token)
+
+
+def _print_json(data: Any) -> int:
+    print(json.dumps(data, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from deployer.client import STATUS_HEADERS, status_rows, table
+
+    services = _client(args).get("/api/services")
+    if args.json:
+        return _print_json(services)
+    print(table(status_rows(services), STATUS_HEADERS) if services else "no services yet")
+    failing = [s["name"] for s in services if s["state"] == "failed" or
+               (s.get("last_attempt") or {}).get("outcome") in ("failed", "rolled_back")]
+    return EXIT_FAILURE if failing else EXIT_OK
+
+
+def _history(args: argparse.Namespace) -> int:
+    from deployer.client import HISTORY_HEADERS, history_rows, table
+
+    detail = _client(args).get(f"/api/services/{args.service}")
+    if args.json:
+        return _print_json({"service": args.service, "revisions": detail["revisions"]})
+    print(table(history_rows(detail), HISTORY_HEADERS))
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    data = _client(args).get(f"/api/services/{args.service}/diff", a=args.a, b=args.b)
+    if args.json:
+        return _print_json(data)
+    print(f"{args.service}: revision {data['from'] or '(none)'} -> {data['to']}")
+    for change in data["changes"]:
+        sign = {"added": "+", "removed": "-", "changed": "~"}[change["kind"]]
+        old = "" if change["old"] is None else change["old"]
+        new = "" if change["new"] is None else change["new"]
+        print(f"  {sign} {change['path']}: {old}{' -> ' if change['kind'] == 'changed' else ''}"
+              f"{new if change['kind'] != 'removed' else ''}")
+    if not data["changes"]:
+        print("  no differences")
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from deployer.client import table
+
+    query = {"service": args.service} if args.service else {}
+    data = _client(args).get("/api/plan", **query)
+    if args.json:
+        _print_json(data)
+    else:
+        rows = [[item["kind"], item["service"], item["source"], item["reason"]] for item in data["actions"]]
+        print(table(rows, ("ACTION", "SERVICE", "SOURCE", "REASON")) if rows else "nothing to plan")
+    return EXIT_OK if data["converged"] else EXIT_USAGE
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    data = _client(args).post("/api/reconcile", {"service": args.service} if args.service else {})
+    if args.json:
+        return _print_json(data)
+    print(f"pass requested for {', '.join(data['requested']) or 'no sources'}")
+    return EXIT_OK
+
+
+def _act(args: argparse.Namespace) -> int:
+    from deployer.client import wait_for_attempt
+
+    client = _client(args)
+    before = client.get(f"/api/services/{args.service}")
+    newest = before["attempts"][0]["id"] if before["attempts"] else 0
+    body = {"who": f"{getpass.getuser()}@{socket.gethostname()}", "why": args.why,
+            "revision": getattr(args, "revision", None)}
+    data = client.post(f"/api/services/{args.service}/{args.command}", body)
+    if args.json:
+        return _print_json(data)
+    print(data["message"])
+    if args.command != "rollback":
+        return EXIT_OK
+    revision = (data.get("override") or {}).get("revision")
+    attempt = wait_for_attempt(client, args.service, after_id=newest, revision=revision, timeout=600, echo=print)
+    print(f"{attempt['outcome']}: {attempt['reason']}: {attempt['message']}")
+    return EXIT_OK if attempt["outcome"] == "succeeded" else EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ class Reason(StrEnum):
 
     RECONCILIATION_SUCCEEDED = "ReconciliationSucceeded"
     NO_CHANGE = "NoChange"
+    DRIFT_CORRECTED = "DriftCorrected"
+    SUSPENDED = "Suspended"
+    PINNED = "Pinned"
     SOURCE_FETCH_FAILED = "SourceFetchFailed"
     MANIFEST_INVALID = "ManifestInvalid"
     BUILD_FAILED = "BuildFailed"

@@ -25,9 +25,9 @@ from deployer.loader import load_manifest_file
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
 from deployer.model.desired import DesiredService
-from deployer.model.manifest import ServiceManifest
+from deployer.model.manifest import ManifestFile, ServiceManifest
 from deployer.model.plan import Action, ActionKind, Plan, plan
-from deployer.model.status import Outcome, RevisionView, Trigger
+from deployer.model.status import Outcome, OverrideKind, OverrideView, RevisionView, Trigger
 from deployer.runtimes.base import Runtime
 from deployer.secrets import SecretStore
 from deployer.source import GitSource
@@ -65,7 +65,22 @@ class _Resolved:
     desired: dict[str, DesiredService] = field(default_factory=dict)
     revisions: dict[str, RevisionView] = field(default_factory=dict)
     errors: dict[str, DeployerError] = field(default_factory=dict)
+
+
+@dataclass
+class _Pass:
+    """One pass's view: the resolution plus what was observed and overridden this time."""
+
+    resolved: _Resolved
+    trigger: Trigger
+    revisions: dict[str, RevisionView] = field(default_factory=dict)
     actual: dict[str, ActualService] = field(default_factory=dict)
+    overrides: dict[str, dict[OverrideKind, OverrideView]] = field(default_factory=dict)
+
+    @property
+    def explicit(self) -> bool:
+        """An operator asked for this pass: a revision that failed before may be tried again."""
+        return self.trigger in (Trigger.CLI, Trigger.ROLLBACK)
 
 
 class _Step:
@@ -151,10 +166,39 @@ class Reconciler:
             with self._lock(service):
                 self._record_resolution_error(service, error, trigger)
             result.outcomes[service] = "stalled"
-        result.plan = self._plan(name, resolved)
+        current = _Pass(resolved=resolved, trigger=trigger, revisions=dict(resolved.revisions))
+        result.plan = self._plan(name, current)
         for action in result.plan.actions:
-            result.outcomes[action.service] = self._execute_isolated(action, resolved, trigger)
+            result.outcomes[action.service] = self._execute_isolated(action, current)
         return result
+
+    def preview(self) -> list[tuple[str, Action]]:
+        """What a pass would do now for every source, from the last fetched heads. Changes nothing."""
+        lines: list[tuple[str, Action]] = []
+        for name in self.source_names():
+            source = self._git(name)
+            try:
+                sha = source.head()
+                cached = self._resolved.get(name)
+                resolved = cached if cached is not None and cached.sha == sha else self._dry_resolve(source, sha)
+            except DeployerError as exc:
+                lines.append((name, Action("*", ActionKind.NOOP, f"cannot plan this source: {exc}")))
+                continue
+            lines.extend((name, Action(service, ActionKind.NOOP, f"cannot deploy: {error}"))
+                         for service, error in sorted(resolved.errors.items()))
+            planned = self._plan(name, _Pass(resolved=resolved, trigger=Trigger.CLI))
+            lines.extend((name, action) for action in planned.actions)
+        return lines
+
+    def _dry_resolve(self, source: GitSource, sha: str) -> _Resolved:
+        manifest, _, checkout = self._load(source, sha)
+        resolved = _Resolved(sha=sha)
+        for entry in manifest.services:
+            try:
+                resolved.desired[entry.name] = self._resolve(source, sha, entry, checkout, dry=True)
+            except DeployerError as exc:
+                resolved.errors[entry.name] = exc
+        return resolved
 
     def _head(self, source: GitSource, fetch: bool) -> str:
         if not fetch:
@@ -165,10 +209,33 @@ class Reconciler:
         source.fetch()
         return source.head()
 
-    def _plan(self, name: str, resolved: _Resolved) -> Plan:
-        inventory = self.store.inventory(name) - set(resolved.errors)
-        resolved.actual = self._observe(set(resolved.desired) | inventory)
-        return plan(resolved.desired, resolved.actual, inventory, prune=self.prune)
+    def _plan(self, name: str, current: _Pass) -> Plan:
+        inventory = self.store.inventory(name) - set(current.resolved.errors)
+        current.overrides = self.store.all_active_overrides()
+        desired = self._with_pins(dict(current.resolved.desired), inventory, current)
+        current.actual = self._observe(set(desired) | inventory)
+        planned = plan(desired, current.actual, inventory, prune=self.prune)
+        return Plan(tuple(self._suspended(action, current) for action in planned.actions))
+
+    def _with_pins(self, desired: dict[str, DesiredService], inventory: set[str],
+                   current: _Pass) -> dict[str, DesiredService]:
+        """A pinned service wants its pinned revision, whatever the branch head says."""
+        for service in sorted(set(desired) | inventory):
+            pin = current.overrides.get(service, {}).get(OverrideKind.PINNED)
+            revision = self.store.get_revision(pin.revision) if pin and pin.revision else None
+            if revision is not None:
+                desired[service] = DesiredService.model_validate(revision.spec)
+                current.revisions[service] = revision
+        return desired
+
+    def _suspended(self, action: Action, current: _Pass) -> Action:
+        suspended = current.overrides.get(action.service, {}).get(OverrideKind.SUSPENDED)
+        if suspended is None or not action.changes:
+            return action
+        why = f": {suspended.why}" if suspended.why else ""
+        return Action(action.service, ActionKind.NOOP,
+                      f"suspended by {suspended.who}{why} (would {action.kind.value}: {action.reason})",
+                      action.desired)
 
     def _observe(self, names: set[str]) -> dict[str, ActualService]:
         """One listing per runtime in use; unreachable runtimes simply contribute nothing."""
@@ -195,13 +262,7 @@ class Reconciler:
 
     def _resolve_source(self, source: GitSource, sha: str, trigger: Trigger) -> _Resolved | None:
         try:
-            checkout = source.checkout(sha)
-            manifest = load_manifest_file(checkout / MANIFEST, repo_root=checkout, port_range=self.port_bounds)
-            text = (checkout / MANIFEST).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            self._record_stalled(source.name, sha, StalledError(f"{MANIFEST}: not found at {sha[:7]}",
-                                                                reason=Reason.MANIFEST_INVALID), trigger)
-            return None
+            manifest, text, checkout = self._load(source, sha)
         except StalledError as exc:
             self._record_stalled(source.name, sha, exc, trigger)
             return None
@@ -224,7 +285,17 @@ class Reconciler:
             resolved.revisions[desired.name] = revision
         return resolved
 
-    def _resolve(self, source: GitSource, sha: str, entry: ServiceManifest, checkout: Path) -> DesiredService:
+    def _load(self, source: GitSource, sha: str) -> tuple[ManifestFile, str, Path]:
+        checkout = source.checkout(sha)
+        try:
+            text = (checkout / MANIFEST).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise StalledError(f"{MANIFEST}: not found at {sha[:7]}", reason=Reason.MANIFEST_INVALID) from None
+        manifest = load_manifest_file(checkout / MANIFEST, repo_root=checkout, port_range=self.port_bounds)
+        return manifest, text, checkout
+
+    def _resolve(self, source: GitSource, sha: str, entry: ServiceManifest, checkout: Path, *,
+                 dry: bool = False) -> DesiredService:
         owner = self.store.service_source(entry.name)
         if owner is not None and owner != source.name:
             raise StalledError(f"{entry.name}: service name already belongs to source {owner!r}; "
@@ -236,8 +307,11 @@ class Reconciler:
         if runtime == "supervisor" and not entry.command:
             raise StalledError(f"{entry.name}: 'command' is required for runtime supervisor",
                                reason=Reason.MANIFEST_INVALID)
-        self.store.upsert_service(entry.name, source.name, runtime)
-        port = self._port(entry)
+        if dry:
+            port = self.store.port_of(entry.name) or (entry.port if entry.port != "auto" else 0)
+        else:
+            self.store.upsert_service(entry.name, source.name, runtime)
+            port = self._port(entry)
         requirements, requirements_hash = _requirements(checkout / entry.path, entry.requirements)
         return DesiredService(
             name=entry.name, source=source.name, sha=sha, tree=source.tree_id(sha, entry.path),
@@ -272,34 +346,39 @@ class Reconciler:
 
     # ------------------------------------------------------------------ execute
 
-    def _execute_isolated(self, action: Action, resolved: _Resolved, trigger: Trigger) -> str:
+    def _execute_isolated(self, action: Action, current: _Pass) -> str:
         with self._lock(action.service):
             try:
-                return self._execute(action, resolved, trigger)
+                return self._execute(action, current)
             except Exception:  # one service's bug must not stop the others
                 log.exception("%s: unexpected error while reconciling", action.service)
                 return "error"
 
-    def _execute(self, action: Action, resolved: _Resolved, trigger: Trigger) -> str:
+    def _execute(self, action: Action, current: _Pass) -> str:
         if action.kind is ActionKind.REMOVE:
             return self._remove(action.service)
         if action.kind is ActionKind.NOOP or action.desired is None:
-            self._observe_health(action.service, action.desired, resolved.actual.get(action.service))
-            return "noop"
-        return self._apply(action.desired, action, resolved, trigger)
+            note = action.reason if action.reason.startswith("suspended") else ""
+            self._observe_health(action.service, action.desired, current.actual.get(action.service), note=note)
+            return "suspended" if note else "noop"
+        return self._apply(action.desired, action, current)
 
-    def _apply(self, desired: DesiredService, action: Action, resolved: _Resolved, trigger: Trigger) -> str:
-        revision = resolved.revisions[desired.name]
-        if self.store.failed_revision(desired.name, desired.spec_hash):
+    def _apply(self, desired: DesiredService, action: Action, current: _Pass) -> str:
+        revision = current.revisions[desired.name]
+        if not current.explicit and self.store.failed_revision(desired.name, desired.spec_hash):
             note = f"revision {revision.id} failed before; waiting for a new commit"
             self._observe_health(desired.name, None, note=note)
             return "held"
         try:
             self.secrets.resolve(desired.secrets, service=desired.name)
         except DeployerError as exc:  # waiting for an operator, not a bad revision
-            self._record_resolution_error(desired.name, exc, trigger)
+            self._record_resolution_error(desired.name, exc, current.trigger)
             return "waiting"
-        log.info("%s: %s", desired.name, action.describe())
+        trigger = current.trigger
+        running = self.store.service_view(desired.name)
+        if running is not None and running.running_revision == revision.id:
+            trigger = Trigger.DRIFT  # git did not change: the world did
+        log.info("%s: %s%s", desired.name, action.describe(), " (drift)" if trigger is Trigger.DRIFT else "")
         return self.deploy(desired, revision, trigger).value
 
     def _record_resolution_error(self, service: str, error: DeployerError, trigger: Trigger) -> None:
@@ -336,7 +415,7 @@ class Reconciler:
         try:
             self._roll_out(desired, revision.id, attempt, prefix="")
             self.store.set_running(desired.name, revision.id)
-            outcome, reason = Outcome.SUCCEEDED, Reason.RECONCILIATION_SUCCEEDED.value
+            outcome, reason = Outcome.SUCCEEDED, _success_reason(trigger)
             message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
         except DeployerError as exc:
             reason, message = exc.reason.value, str(exc)
@@ -446,6 +525,10 @@ class Reconciler:
             lock = self._service_locks.setdefault(service, threading.Lock())
         with lock:
             yield
+
+
+def _success_reason(trigger: Trigger) -> str:
+    return (Reason.DRIFT_CORRECTED if trigger is Trigger.DRIFT else Reason.RECONCILIATION_SUCCEEDED).value
 
 
 def _argv(command: str | None, port: int) -> tuple[str, ...]:

@@ -22,8 +22,8 @@ from deployer.reconcile import Reconciler
 log = logging.getLogger(__name__)
 
 # When requests merge, the stronger trigger names the pass.
-_STRENGTH = {Trigger.SCHEDULE: 0, Trigger.POLL: 1, Trigger.STARTUP: 2, Trigger.WEBHOOK: 3, Trigger.CLI: 4,
-             Trigger.ROLLBACK: 5}
+_STRENGTH = {Trigger.SCHEDULE: 0, Trigger.DRIFT: 0, Trigger.POLL: 1, Trigger.STARTUP: 2, Trigger.WEBHOOK: 3,
+             Trigger.CLI: 4, Trigger.ROLLBACK: 5}
 
 
 @dataclass

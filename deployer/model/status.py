@@ -22,6 +22,7 @@ class Trigger(StrEnum):
     CLI = "cli"
     STARTUP = "startup"
     ROLLBACK = "rollback"
+    DRIFT = "drift"
 
 
 class DeliveryResult(StrEnum):

@@ -489,6 +489,15 @@ class Store:
         with self._transaction("active_overrides") as session:
             return {OverrideKind(row.kind): _override_view(row) for row in session.scalars(_active_overrides(service))}
 
+    def all_active_overrides(self) -> dict[str, dict[OverrideKind, OverrideView]]:
+        """Every active override in one query (a reconcile pass reads them once)."""
+        query = select(OverrideRow).where(OverrideRow.cleared_at.is_(None))
+        found: dict[str, dict[OverrideKind, OverrideView]] = {}
+        with self._transaction("all_active_overrides") as session:
+            for row in session.scalars(query):
+                found.setdefault(row.service, {})[OverrideKind(row.kind)] = _override_view(row)
+        return found
+
     def override_history(self, service: str, limit: int = 50) -> list[OverrideView]:
         query = select(OverrideRow).where(OverrideRow.service == service).order_by(OverrideRow.id.desc()).limit(limit)
         with self._transaction("override_history") as session:

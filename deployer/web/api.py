@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from deployer.model.status import AttemptView, RevisionView, ServiceView
+from deployer.model.diff import MASK, Change, flatten
+from deployer.model.plan import Action
+from deployer.model.status import AttemptView, OverrideView, RevisionView, ServiceView
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -60,10 +62,36 @@ def revision_json(revision: RevisionView) -> dict[str, Any]:
         "message": revision.message,
         "spec_hash": revision.spec_hash,
         "created_at": iso(revision.created_at),
-        "spec": _masked_spec(revision.spec),
+        "spec": masked_spec(revision.spec),
     }
 
 
-def _masked_spec(spec: dict[str, object]) -> dict[str, object]:
-    """Secrets are names only in a spec; nothing to mask but keep the rule in one place."""
-    return dict(spec)
+def masked_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Secret values never enter a spec (only names); env values under secret-looking keys are masked too."""
+    env = spec.get("env")
+    if not isinstance(env, dict):
+        return dict(spec)
+    flat = flatten({"env": env})
+    return {**spec, "env": {key: flat[f"env.{key}"] if flat.get(f"env.{key}") == MASK else value
+                            for key, value in env.items()}}
+
+
+def override_json(override: OverrideView) -> dict[str, Any]:
+    return {
+        "id": override.id,
+        "kind": override.kind,
+        "revision": override.revision,
+        "who": override.who,
+        "why": override.why,
+        "created_at": iso(override.created_at),
+        "cleared_at": iso(override.cleared_at),
+        "cleared_by": override.cleared_by,
+    }
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    return {"path": change.path, "kind": change.kind, "old": change.old, "new": change.new}
+
+
+def action_json(source: str, action: Action) -> dict[str, Any]:
+    return {"source": source, "service": action.service, "kind": action.kind.value, "reason": action.reason}

@@ -1,14 +1,18 @@
 """The Starlette application: routes only; everything it needs is handed in.
 
-Pages and the JSON API read the store; ``/healthz`` asks the components the
-composition root passes as checks. Nothing here builds a dependency.
+Pages and the JSON read API use the store alone; ``GET /api/plan`` asks the
+reconciler for a dry run. POST endpoints (operator actions) need the API bearer
+token and are off when none is configured. ``/healthz`` runs the given checks.
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -16,8 +20,21 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from deployer.errors import DeployerError
+from deployer.model.diff import spec_diff
+from deployer.model.status import RevisionView, Trigger
+from deployer.operator import Done, Operator
+from deployer.reconcile import Reconciler
+from deployer.scheduler import WorkQueue
 from deployer.store import Store
-from deployer.web.api import attempt_json, revision_json, service_json
+from deployer.web.api import (
+    action_json,
+    attempt_json,
+    change_json,
+    override_json,
+    revision_json,
+    service_json,
+)
 from deployer.web.status import page_environment
 from deployer.web.webhook import WebhookReceiver
 
@@ -26,55 +43,187 @@ from deployer.web.webhook import WebhookReceiver
 class WebDeps:
     store: Store
     webhook: WebhookReceiver
+    reconciler: Reconciler
+    queue: WorkQueue
+    api_token: str | None = None
     checks: Mapping[str, Callable[[], None]] = field(default_factory=dict)
-    source_errors: Callable[[], Mapping[str, str]] = dict
     refresh_seconds: int = 10
 
 
 def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None
               ) -> Starlette:
-    pages = page_environment()
+    routes = _Routes(deps)
+    return Starlette(routes=[
+        Route("/hooks/gitea", deps.webhook.handle, methods=["POST"]),
+        Route("/", routes.index),
+        Route("/services/{name}", routes.service_page),
+        Route("/api/services", routes.services),
+        Route("/api/services/{name}", routes.service),
+        Route("/api/services/{name}/diff", routes.diff),
+        Route("/api/plan", routes.plan),
+        Route("/api/reconcile", routes.reconcile, methods=["POST"]),
+        Route("/api/services/{name}/{action}", routes.act, methods=["POST"]),
+        Route("/healthz", routes.healthz),
+    ], lifespan=lifespan)
 
-    async def index(request: Request) -> Response:
-        views = await run_in_threadpool(deps.store.service_views)
+
+class _Routes:
+    def __init__(self, deps: WebDeps) -> None:
+        self.deps = deps
+        self.store = deps.store
+        self.pages = page_environment()
+        self.operator = Operator(deps.store)
+
+    async def index(self, request: Request) -> Response:
+        views = await run_in_threadpool(self.store.service_views)
         failing = [view.name for view in views if view.state == "failed" or
                    (view.last_attempt is not None and view.last_attempt.outcome in ("failed", "rolled_back"))]
-        html = pages.get_template("index.html").render(
-            services=views, failing=failing, refresh=deps.refresh_seconds,
-            source_errors=sorted(deps.source_errors().items()),
+        html = self.pages.get_template("index.html").render(
+            services=views, failing=failing, refresh=self.deps.refresh_seconds,
+            source_errors=sorted(self.deps.reconciler.source_errors.items()),
         )
         return HTMLResponse(html)
 
-    async def services(request: Request) -> Response:
-        views = await run_in_threadpool(deps.store.service_views)
+    async def service_page(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        detail = await run_in_threadpool(self._detail, name)
+        if detail is None:
+            return HTMLResponse(self.pages.get_template("missing.html").render(name=name, refresh=0), 404)
+        return HTMLResponse(self.pages.get_template("service.html").render(**detail, refresh=self.deps.refresh_seconds))
+
+    def _detail(self, name: str) -> dict[str, Any] | None:
+        view = self.store.service_view(name)
+        if view is None:
+            return None
+        revisions = self.store.revisions(name, 50)
+        timeline = [(revision, spec_diff(older.spec if older else None, revision.spec))
+                    for revision, older in zip(revisions, [*revisions[1:], None], strict=True)]
+        return {"service": view, "timeline": timeline, "attempts": self.store.attempts(name, 20),
+                "overrides": self.store.override_history(name, 20)}
+
+    async def services(self, request: Request) -> Response:
+        views = await run_in_threadpool(self.store.service_views)
         return JSONResponse([service_json(view) for view in views])
 
-    async def service(request: Request) -> Response:
+    async def service(self, request: Request) -> Response:
         name = request.path_params["name"]
-        view = await run_in_threadpool(deps.store.service_view, name)
-        if view is None:
-            return JSONResponse({"error": f"no service named {name!r}"}, status_code=404)
-        revisions = await run_in_threadpool(deps.store.revisions, name, 50)
-        attempts = await run_in_threadpool(deps.store.attempts, name, 20)
-        data = service_json(view)
-        data["revisions"] = [revision_json(revision) for revision in revisions]
-        data["attempts"] = [attempt_json(attempt, steps=True) for attempt in attempts]
+        detail = await run_in_threadpool(self._detail, name)
+        if detail is None:
+            return _error(404, f"no service named {name!r}")
+        data = service_json(detail["service"])
+        data["revisions"] = [revision_json(revision) for revision, _ in detail["timeline"]]
+        data["attempts"] = [attempt_json(attempt, steps=True) for attempt in detail["attempts"]]
+        data["overrides"] = [override_json(override) for override in detail["overrides"]]
         return JSONResponse(data)
 
-    async def healthz(request: Request) -> Response:
-        report = await run_in_threadpool(_run_checks, deps.checks)
+    async def diff(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            newer, older = await run_in_threadpool(self._pair, name, request.query_params)
+        except DeployerError as exc:
+            return _error(404, str(exc))
+        changes = spec_diff(older.spec if older else None, newer.spec)
+        return JSONResponse({"service": name, "from": older.id if older else None, "to": newer.id,
+                             "changes": [change_json(change) for change in changes]})
+
+    def _pair(self, name: str, query: Mapping[str, str]) -> tuple[RevisionView, RevisionView | None]:
+        """``?a=&b=`` revisions; b defaults to the newest, a to the one before b."""
+        revisions = self.store.revisions(name, 1000)
+        by_id = {revision.id: revision for revision in revisions}
+        try:
+            newer = by_id[int(query["b"])] if "b" in query else revisions[0]
+            older = by_id[int(query["a"])] if "a" in query else next(
+                (revision for revision in revisions if revision.id < newer.id), None)
+        except (KeyError, ValueError, IndexError):
+            raise DeployerError(f"{name}: no such revision (see `deployer history {name}`)") from None
+        return newer, older
+
+    async def plan(self, request: Request) -> Response:
+        lines = await run_in_threadpool(self.deps.reconciler.preview)
+        wanted = request.query_params.get("service")
+        actions = [action_json(source, action) for source, action in lines
+                   if wanted is None or action.service == wanted]
+        return JSONResponse({"converged": not any(item["kind"] != "noop" for item in actions), "actions": actions})
+
+    async def reconcile(self, request: Request) -> Response:
+        denied = _denied(request, self.deps.api_token)
+        if denied is not None:
+            return denied
+        body = await _json_body(request)
+        service = body.get("service")
+        sources = self.deps.reconciler.source_names()
+        if service:
+            view = await run_in_threadpool(self.store.service_view, str(service))
+            if view is None:
+                return _error(404, f"no service named {service!r}")
+            sources = [view.source]
+        for source in sources:
+            self.deps.queue.request(source, Trigger.CLI, fetch=True)
+        return JSONResponse({"requested": sources}, status_code=202)
+
+    async def act(self, request: Request) -> Response:
+        denied = _denied(request, self.deps.api_token)
+        if denied is not None:
+            return denied
+        name, action = request.path_params["name"], request.path_params["action"]
+        body = await _json_body(request)
+        try:
+            done = await run_in_threadpool(self._act, name, action, body)
+        except DeployerError as exc:
+            return _error(404 if "no service" in str(exc) else 409, str(exc))
+        if done is None:
+            return _error(404, f"unknown action {action!r} (rollback, pin, unpin, suspend, resume)")
+        trigger = Trigger.ROLLBACK if action == "rollback" else Trigger.CLI
+        self.deps.queue.request(done.source, trigger, fetch=False)
+        return JSONResponse({"service": done.service, "message": done.message,
+                             "override": override_json(done.override) if done.override else None}, status_code=202)
+
+    def _act(self, name: str, action: str, body: dict[str, Any]) -> Done | None:
+        who, why = str(body.get("who") or "api")[:200], str(body.get("why") or "")[:2000]
+        revision = int(body["revision"]) if body.get("revision") is not None else None
+        match action:
+            case "rollback":
+                return self.operator.rollback(name, revision, who=who, why=why)
+            case "pin":
+                return self.operator.pin(name, revision, who=who, why=why)
+            case "unpin":
+                return self.operator.unpin(name, who=who)
+            case "suspend":
+                return self.operator.suspend(name, who=who, why=why)
+            case "resume":
+                return self.operator.resume(name, who=who)
+        return None
+
+    async def healthz(self, request: Request) -> Response:
+        report = await run_in_threadpool(_run_checks, self.deps.checks)
         ok = all(value == "ok" for value in report.values())
         return JSONResponse({"status": "ok" if ok else "failing", "checks": report},
                             status_code=200 if ok else 503)
 
-    routes = [
-        Route("/hooks/gitea", deps.webhook.handle, methods=["POST"]),
-        Route("/", index),
-        Route("/api/services", services),
-        Route("/api/services/{name}", service),
-        Route("/healthz", healthz),
-    ]
-    return Starlette(routes=routes, lifespan=lifespan)
+
+def _denied(request: Request, token: str | None) -> Response | None:
+    """None when the bearer token matches; otherwise the answer to send."""
+    if not token:
+        return _error(403, "the API's write endpoints are off: no API token is configured (DEPLOYER_API_TOKEN_FILE)")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return _error(401, "missing or wrong bearer token")
+    return None
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw[:65536])
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
 
 
 def _run_checks(checks: Mapping[str, Callable[[], None]]) -> dict[str, str]:
@@ -86,4 +235,3 @@ def _run_checks(checks: Mapping[str, Callable[[], None]]) -> dict[str, str]:
         except Exception as exc:  # a health endpoint reports, it does not crash
             report[name] = f"{type(exc).__name__}: {exc}"
     return report
-

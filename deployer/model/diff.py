@@ -1,0 +1,52 @@
+"""Field-level differences between two resolved specs, for history pages and ``deployer diff``.
+
+Specs are flattened to dotted paths (``env.MODEL_NAME``, ``argv[2]``); values
+under keys that look secret are masked, so a diff can be shown anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+MASK = "••••••"
+_SECRET_KEY = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE|CREDENTIAL)", re.IGNORECASE)
+_PROVENANCE = frozenset({"sha"})
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    old: str | None
+    new: str | None
+
+    @property
+    def kind(self) -> str:
+        return "added" if self.old is None else "removed" if self.new is None else "changed"
+
+
+def spec_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Change]:
+    """What changed from ``old`` to ``new`` (everything is 'added' when there is no old)."""
+    before = flatten({k: v for k, v in (old or {}).items() if k not in _PROVENANCE})
+    after = flatten({k: v for k, v in new.items() if k not in _PROVENANCE})
+    return [Change(path, before.get(path), after.get(path))
+            for path in sorted(set(before) | set(after)) if before.get(path) != after.get(path)]
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(value, dict):
+        flat: dict[str, str] = {}
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            flat.update({path: MASK} if _SECRET_KEY.search(str(key)) and not isinstance(item, dict | list)
+                        else flatten(item, path))
+        return flat
+    if isinstance(value, list | tuple):
+        if not value:
+            return {prefix: "[]"}
+        flat = {}
+        for index, item in enumerate(value):
+            flat.update(flatten(item, f"{prefix}[{index}]"))
+        return flat
+    return {prefix: "null" if value is None else str(value)}
