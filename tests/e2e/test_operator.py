@@ -1,0 +1,190 @@
+"""End to end, the operator's way: a local repo followed through [[sources]] (the poll
+path, no Gitea), the CLI against the running daemon, history, diff, rollback with a
+pin that holds across new commits, suspend/resume, and drift healed by the interval.
+
+Tests run in file order on one daemon; each leaves the state the next expects.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import EXAMPLE, Daemon, GitRepo, free_port, start_daemon, stop_supervisord, wait_for
+
+TOKEN = "operator-api-token"
+
+
+def manifest(version: str) -> str:
+    return (EXAMPLE / "service.yaml").read_text().replace('MODEL_VERSION: "1.0"', f'MODEL_VERSION: "{version}"')
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("operator")
+    repo = GitRepo.create(root / "repo.git", root / "work")
+    files = repo.copy_tree(EXAMPLE)
+    files["service.yaml"] = manifest("1.0")
+    repo.commit(files, "v1")
+    port = free_port()
+    first = 22000 + (port % 2000) * 10
+    config = root / "deployer.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[[sources]]
+url = "repo.git"
+name = "models"
+[reconcile]
+interval = 1
+poll_interval = 3600
+[ports]
+range = "{first}-{first + 9}"
+[paths]
+state_dir = "{root / 'state'}"
+""")
+    daemon = start_daemon(config, root / "state", env={"DEPLOYER_API_TOKEN": TOKEN})
+    try:
+        yield {"root": root, "repo": repo, "daemon": daemon}
+    finally:
+        daemon.stop()
+        stop_supervisord(root / "state")
+
+
+def cli(world: dict[str, Any], *args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DEPLOYER_")}
+    if token is not None:
+        env["DEPLOYER_API_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "deployer", *args, "--url", world["daemon"].url],
+                          cwd=world["root"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def serving(daemon: Daemon, version: str, timeout: float = 60) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        service = daemon.service("text-classify")
+        if not service or not service["healthy"] or not service["port"]:
+            return None
+        if not service["last_attempt"] or service["last_attempt"]["outcome"] == "running":
+            return None
+        info = httpx.get(f"http://127.0.0.1:{service['port']}/info", timeout=2).json()
+        return service if info["version"] == version else None
+
+    return wait_for(check, timeout, f"text-classify serving version {version}")
+
+
+def test_startup_poll_deploys_the_local_repo(world: dict[str, Any]) -> None:
+    service = serving(world["daemon"], "1.0")
+    assert service["source"] == "models" and service["running_sha"] == world["repo"].shas[0]
+
+
+def test_reconcile_history_and_diff(world: dict[str, Any]) -> None:
+    repo, daemon = world["repo"], world["daemon"]
+    repo.commit({"service.yaml": manifest("2.0")}, "v2: new model version")
+    done = cli(world, "reconcile", "text-classify")
+    assert done.returncode == 0, done.stderr
+    assert "pass requested for models" in done.stdout
+    serving(daemon, "2.0")
+
+    history = cli(world, "history", "text-classify")
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert lines[0].split() == ["REV", "COMMIT", "AUTHOR", "WHEN", "OUTCOME", "MESSAGE"]
+    assert repo.shas[1][:7] in lines[1] and "succeeded" in lines[1] and "v2: new model version" in lines[1]
+    assert repo.shas[0][:7] in lines[2]
+
+    diff = cli(world, "diff", "text-classify")
+    assert diff.returncode == 0, diff.stderr
+    assert "~ env.MODEL_VERSION: 1.0 -> 2.0" in diff.stdout
+    as_json = cli(world, "diff", "text-classify", "--json")
+    assert any(change["path"] == "env.MODEL_VERSION" for change in __import__("json").loads(as_json.stdout)["changes"])
+
+
+def test_rollback_pins_and_the_pin_holds_across_new_commits(world: dict[str, Any]) -> None:
+    repo, daemon = world["repo"], world["daemon"]
+    done = cli(world, "rollback", "text-classify", "--why", "v2 mislabels reviews")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "succeeded" in done.stdout and "health" in done.stdout  # steps shown as they happen
+    service = serving(daemon, "1.0")
+    assert service["override"] == "pinned" and service["running_sha"] == repo.shas[0]
+    assert service["overrides"][0]["who"].count("@") == 1 and service["overrides"][0]["why"] == "v2 mislabels reviews"
+
+    repo.commit({"service.yaml": manifest("3.0")}, "v3")
+    assert cli(world, "reconcile").returncode == 0
+    time.sleep(3)
+    assert httpx.get(f"http://127.0.0.1:{service['port']}/info", timeout=2).json()["version"] == "1.0"
+    plan = cli(world, "plan")
+    assert plan.returncode == 0, plan.stdout  # pinned: nothing pending
+    status = cli(world, "status")
+    assert "pinned" in status.stdout
+
+    assert cli(world, "unpin", "text-classify").returncode == 0
+    serving(daemon, "3.0")
+
+
+def test_suspend_leaves_the_service_alone_until_resumed(world: dict[str, Any]) -> None:
+    repo, daemon = world["repo"], world["daemon"]
+    assert cli(world, "suspend", "text-classify", "--why", "load test").returncode == 0
+    repo.commit({"service.yaml": manifest("4.0")}, "v4")
+    assert cli(world, "reconcile").returncode == 0
+    time.sleep(3)
+    service = daemon.service("text-classify")
+    assert service is not None and service["override"] == "suspended"
+    assert httpx.get(f"http://127.0.0.1:{service['port']}/info", timeout=2).json()["version"] == "3.0"
+    plan = cli(world, "plan", "--json")
+    actions = __import__("json").loads(plan.stdout)["actions"]
+    assert any("suspended by" in action["reason"] and "would update" in action["reason"] for action in actions)
+
+    assert cli(world, "resume", "text-classify").returncode == 0
+    serving(daemon, "4.0")
+    assert cli(world, "plan").returncode == 0
+
+
+def test_program_stopped_by_hand_is_healed_and_recorded_as_drift(world: dict[str, Any]) -> None:
+    daemon, root = world["daemon"], world["root"]
+    before = daemon.service("text-classify")
+    assert before is not None
+    conf = root / "state" / "supervisor" / "supervisord.conf"
+    ctl = Path(sys.executable).parent / "supervisorctl"
+    stopped = subprocess.run([str(ctl), "-c", str(conf), "stop", "text-classify"], capture_output=True, text=True)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    started = time.monotonic()
+
+    def healed() -> dict[str, Any] | None:
+        service = daemon.service("text-classify")
+        newest = service["attempts"][0] if service else None
+        ok = newest and newest["id"] > before["attempts"][0]["id"] and newest["outcome"] == "succeeded"
+        return newest if ok and service and service["healthy"] else None
+
+    attempt = wait_for(healed, 30, "the stopped program to be started again")
+    print(f"\ndrift healed in {time.monotonic() - started:.2f}s (interval 1s)")
+    assert attempt["trigger"] == "drift" and attempt["reason"] == "DriftCorrected"
+
+
+def test_api_token_is_required_for_actions(world: dict[str, Any]) -> None:
+    wrong = cli(world, "suspend", "text-classify", token="not-the-token")
+    assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
+    missing = cli(world, "reconcile", token=None)
+    assert missing.returncode == 1 and "HTTP 401" in missing.stderr
+    unknown = cli(world, "pin", "no-such-service")
+    assert unknown.returncode == 1 and "no service named 'no-such-service'" in unknown.stderr
+    down = subprocess.run([sys.executable, "-m", "deployer", "status", "--url", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1 and "cannot reach the daemon" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_service_page_shows_timeline_diff_and_overrides(world: dict[str, Any]) -> None:
+    page = world["daemon"].get("/services/text-classify")
+    assert page.status_code == 200
+    html = page.text
+    assert "env.MODEL_VERSION" in html and "rolled_back" not in html.split("<h3>Revisions</h3>")[1][:0]
+    assert "pinned" in html and "suspended" in html and "v2 mislabels reviews" in html
+    assert "DriftCorrected" in html
+    assert world["daemon"].get("/services/nope").status_code == 404
