@@ -123,6 +123,9 @@ class Reconciler:
         self._stalled: dict[str, str] = {}  # source or service -> failure already recorded
         self._resolved: dict[str, _Resolved] = {}  # source -> last clean resolution
         self.source_errors: dict[str, str] = {}
+        # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
+        self._unverified = {view.name for view in store.service_views()
+                            if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
 
     # ------------------------------------------------------------------ sources
 
@@ -357,6 +360,10 @@ class Reconciler:
     def _execute(self, action: Action, current: _Pass) -> str:
         if action.kind is ActionKind.REMOVE:
             return self._remove(action.service)
+        if action.kind is ActionKind.NOOP and action.desired is not None and action.service in self._unverified:
+            self._unverified.discard(action.service)  # applied before a crash, never health-gated
+            return self.deploy(action.desired, current.revisions[action.service], Trigger.STARTUP,
+                               verify_only=True).value
         if action.kind is ActionKind.NOOP or action.desired is None:
             note = action.reason if action.reason.startswith("suspended") else ""
             self._observe_health(action.service, action.desired, current.actual.get(action.service), note=note)
@@ -408,15 +415,25 @@ class Reconciler:
 
     # ------------------------------------------------------------------ one deploy
 
-    def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger) -> Outcome:
-        """Build, apply and health-gate one revision; roll back on failure. Always records."""
+    def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger, *,
+               verify_only: bool = False) -> Outcome:
+        """Build, apply and health-gate one revision; roll back on failure. Always records.
+
+        ``verify_only`` runs just the health gate: for a revision that was already
+        applied when a deploy was interrupted, so it is not trusted unchecked.
+        """
         attempt = self.store.start_attempt(desired.name, revision.id, trigger)
         outcome, reason, message, rolled_back_to = Outcome.FAILED, Reason.INTERNAL_ERROR.value, "", None
         try:
-            self._roll_out(desired, revision.id, attempt, prefix="")
+            if verify_only:
+                self._gate(desired, attempt, prefix="")
+            else:
+                self._roll_out(desired, revision.id, attempt, prefix="")
             self.store.set_running(desired.name, revision.id)
             outcome, reason = Outcome.SUCCEEDED, _success_reason(trigger)
             message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
+            if verify_only:
+                message += " (verified after an interrupted deploy)"
         except DeployerError as exc:
             reason, message = exc.reason.value, str(exc)
             rolled_back_to = self._roll_back(desired.name, revision.id, attempt)
@@ -437,6 +454,10 @@ class Reconciler:
         deployment = self._prepare(desired, revision, attempt, prefix)
         with self._step(attempt, f"{prefix}apply"):
             runtime.apply(deployment)
+        self._gate(desired, attempt, prefix=prefix)
+
+    def _gate(self, desired: DesiredService, attempt: int, *, prefix: str) -> None:
+        runtime = self.runtimes[desired.runtime]
         with self._step(attempt, f"{prefix}health") as step:
             try:
                 took = self._wait_healthy(
