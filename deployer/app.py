@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 import deployer
 from deployer.build import EnvBuilder
 from deployer.errors import DeployerError
+from deployer.gitea import GiteaClient, StatusReporter
 from deployer.model.status import Trigger
 from deployer.ports import is_free
 from deployer.reconcile import Reconciler, SourceSpec
@@ -77,12 +78,13 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
         templates_dir=templates_dir(settings), user=settings.supervisor.user,
     )
     runtimes: dict[str, Runtime] = {"supervisor": supervisor}
+    status = _status_reporter(settings)
     reconciler = Reconciler(
         store=store, runtimes=runtimes,
         builder=EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
                            timeout=settings.build.timeout),
         secrets=SecretStore(settings.secrets_dir), state_dir=state_dir, port_bounds=settings.ports.bounds,
-        default_runtime=settings.runtime, prune=settings.reconcile.prune, port_is_free=is_free,
+        default_runtime=settings.runtime, prune=settings.reconcile.prune, port_is_free=is_free, status=status,
     )
     _add_sources(reconciler, store, settings, config_dir or Path.cwd())
     queue = WorkQueue(lambda request: _run_pass(reconciler, request), workers=settings.reconcile.workers)
@@ -91,13 +93,25 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
     webhook = WebhookReceiver(
         store=store, reconciler=reconciler, queue=queue, secret=settings.webhook_secret,
         routing=GiteaRouting(tuple(settings.gitea.allowed_owners), settings.gitea.repo_prefix,
-                             settings.gitea.branch, settings.gitea.url),
+                             settings.gitea.branch, settings.gitea.clone_base or settings.gitea.url),
     )
     daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, app=Starlette())
     deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, api_token=settings.api_token,
                    checks=_checks(daemon))
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
+
+
+def _status_reporter(settings: Settings) -> StatusReporter:
+    """Commit statuses go to Gitea when its URL is set; without a token they cannot, and we say so once."""
+    if not settings.gitea.url:
+        return StatusReporter(None)
+    token = settings.gitea_token
+    if not token:
+        log.warning("[gitea] url is set but no token (DEPLOYER_GITEA_TOKEN_FILE): no commit statuses are sent")
+        return StatusReporter(None)
+    return StatusReporter(GiteaClient(settings.gitea.url, token), context_prefix=settings.gitea.status_context,
+                          public_url=settings.server.public_url or f"http://{settings.server.listen}")
 
 
 def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, config_dir: Path) -> None:
@@ -145,6 +159,7 @@ def start(daemon: Daemon) -> None:
             runtime.check()
         except DeployerError as exc:
             log.error("runtime %s unavailable: %s; its services wait until it is back", name, exc)
+    daemon.reconciler.status.start()
     daemon.queue.start()
     daemon.scheduler.start()
     daemon.scheduler.poll_all(Trigger.STARTUP)
@@ -157,6 +172,7 @@ def stop(daemon: Daemon) -> None:
     daemon.webhook.accepting = False
     daemon.scheduler.stop()
     daemon.queue.stop(timeout=60)
+    daemon.reconciler.status.stop(timeout=5)
     daemon.store.close()
     log.info("deployer stopped; services keep running under their runtimes")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from deployer.build import EnvBuilder
 from deployer.errors import DeployerError, Reason, SourceError, StalledError
+from deployer.gitea import CommitState, StatusReporter, state_for
 from deployer.health import Probe, probe, wait_healthy
 from deployer.loader import load_manifest_file
 from deployer.model.actual import ActualService, ServiceState
@@ -105,6 +106,7 @@ class Reconciler:
         port_is_free: Callable[[int], bool],
         health_gate: Callable[..., float] = wait_healthy,
         health_probe: Callable[..., Probe] = probe,
+        status: StatusReporter | None = None,
     ) -> None:
         self.store = store
         self.runtimes = dict(runtimes)
@@ -117,6 +119,7 @@ class Reconciler:
         self.port_is_free = port_is_free
         self._wait_healthy = health_gate  # injectable so reconciler unit tests need no HTTP server
         self._probe = health_probe
+        self.status = status or StatusReporter(None)
         self._sources: dict[str, GitSource] = {}
         self._service_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -142,6 +145,11 @@ class Reconciler:
     def has_source(self, name: str) -> bool:
         with self._locks_guard:
             return name in self._sources
+
+    def report(self, source: str, sha: str, service: str, state: CommitState, description: str) -> None:
+        """A commit status for sources that are Gitea repositories (named ``owner/repo``)."""
+        if "/" in source:
+            self.status.report(source, sha, service, state, description)
 
     def _git(self, name: str) -> GitSource:
         with self._locks_guard:
@@ -346,6 +354,7 @@ class Reconciler:
             attempt = self.store.start_attempt(service, None, trigger)
             self.store.finish_attempt(attempt, Outcome.FAILED, exc.reason.value,
                                       f"{exc} (commit {sha[:7]}); the previous revision keeps serving")
+            self.report(source, sha, service, CommitState.FAILURE, f"{exc.reason.value}: {exc}")
 
     # ------------------------------------------------------------------ execute
 
@@ -424,6 +433,7 @@ class Reconciler:
         """
         attempt = self.store.start_attempt(desired.name, revision.id, trigger)
         outcome, reason, message, rolled_back_to = Outcome.FAILED, Reason.INTERNAL_ERROR.value, "", None
+        self.report(desired.source, desired.sha, desired.name, CommitState.PENDING, f"deploying {desired.sha[:7]}")
         try:
             if verify_only:
                 self._gate(desired, attempt, prefix="")
@@ -445,6 +455,7 @@ class Reconciler:
             message = f"internal error: {type(exc).__name__}"
         finally:
             self.store.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
+            self.report(desired.source, desired.sha, desired.name, state_for(outcome, reason), f"{reason}: {message}")
             self._observe_health(desired.name, desired if outcome is Outcome.SUCCEEDED else None)
         log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message)
         return outcome

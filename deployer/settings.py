@@ -87,6 +87,7 @@ class DatabaseSettings(Section):
 
 class GiteaSettings(Section):
     url: str = ""
+    clone_base: str = ""
     token: OptionalSecret = None
     token_file: OptionalPath = None
     webhook_secret: OptionalSecret = None

@@ -38,6 +38,7 @@ class GitRepo:
     work: Path
     branch: str = "main"
     shas: list[str] = field(default_factory=list)
+    on_commit: Callable[[str], None] | None = None  # e.g. tell a Gitea stand-in the commit exists
 
     @classmethod
     def create(cls, bare: Path, work: Path) -> GitRepo:
@@ -65,6 +66,8 @@ class GitRepo:
         if push:
             git(self.work, "push", "--quiet", "origin", f"HEAD:{self.branch}")
         self.shas.append(sha)
+        if self.on_commit is not None:
+            self.on_commit(sha)
         return sha
 
     def copy_tree(self, source: Path) -> dict[str, str | bytes | None]:

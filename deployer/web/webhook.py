@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from deployer.gitea import CommitState
 from deployer.model.status import DeliveryResult, Trigger
 from deployer.reconcile import Reconciler, SourceSpec
 from deployer.scheduler import WorkQueue
@@ -106,6 +107,8 @@ class WebhookReceiver:
             self._reconciler.add_source(source, origin="gitea")
             self._record(delivery, DeliveryResult.ACCEPTED, f"pass requested for source {source.name}")
         self._queue.request(source.name, Trigger.WEBHOOK, fetch=True)
+        for service in sorted(self._store.inventory(source.name)):
+            self._reconciler.report(source.name, push.after, service, CommitState.PENDING, "queued for deployment")
         return _answer(202, "accepted", f"pass requested for source {source.name} at {push.after[:7]}")
 
     def _source_for(self, push: PushEvent) -> SourceSpec | None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests import gitea_payloads as gp
+from tests.gitea_standin import GiteaStandIn
 from tests.helpers import (
     EXAMPLE,
     Daemon,
@@ -39,6 +40,10 @@ ZERO = "0" * 40
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("e2e")
     repo = GitRepo.create(root / "gitea" / OWNER / f"{REPO}.git", root / "work")
+    gitea = GiteaStandIn()
+    gitea.up()
+    known = gitea.add_repo(OWNER, REPO, [])
+    repo.on_commit = known.shas.append
     port = free_port()
     first = 20000 + (port % 2000) * 10  # a port window of our own, away from other tests
     config = root / "deployer.toml"
@@ -46,7 +51,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 [server]
 listen = "127.0.0.1:{port}"
 [gitea]
-url = "file://{root / 'gitea'}"
+url = "{gitea.url}"
+clone_base = "file://{root / 'gitea'}"
 allowed_owners = ["{OWNER}"]
 [reconcile]
 interval = 2
@@ -56,12 +62,14 @@ range = "{first}-{first + 9}"
 [paths]
 state_dir = "{root / 'state'}"
 """)
-    daemon = start_daemon(config, root / "state", env={"DEPLOYER_WEBHOOK_SECRET": SECRET})
+    daemon = start_daemon(config, root / "state",
+                          env={"DEPLOYER_WEBHOOK_SECRET": SECRET, "DEPLOYER_GITEA_TOKEN": gitea.token})
     try:
-        yield {"root": root, "repo": repo, "daemon": daemon}
+        yield {"root": root, "repo": repo, "daemon": daemon, "gitea": gitea}
     finally:
         daemon.stop()
         stop_supervisord(root / "state")
+        gitea.stop()
 
 
 def push(daemon: Daemon, repo: GitRepo, before: str, after: str, *, content_type: str = "json",
@@ -271,6 +279,46 @@ def test_ignored_and_duplicate_deliveries_deploy_nothing(world: dict[str, Any], 
     time.sleep(0.5)
     after = daemon.service("text-classify")
     assert after is not None and after["running_sha"] == before["running_sha"]
+
+
+def final_status(gitea: GiteaStandIn, sha: str, timeout: float = 30) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        rows = gitea.statuses(f"{OWNER}/{REPO}", sha)
+        return rows[-1] if rows and rows[-1]["status"] != "pending" else None
+
+    return wait_for(check, timeout, f"a final commit status on {sha[:7]}")
+
+
+def test_commit_statuses_reach_gitea(world: dict[str, Any]) -> None:
+    gitea, repo = world["gitea"], world["repo"]
+    first = gitea.statuses(f"{OWNER}/{REPO}", repo.shas[0])
+    assert [row["status"] for row in first][:1] == ["pending"] and first[-1]["status"] == "success"
+    assert first[-1]["context"] == "deployer/text-classify"
+    assert first[-1]["target_url"].endswith("/services/text-classify")
+    assert first[-1]["description"].startswith("ReconciliationSucceeded")
+    broken = final_status(gitea, repo.shas[3])  # the broken manifest
+    assert broken["status"] == "failure" and broken["description"].startswith("ManifestInvalid")
+    unhealthy = final_status(gitea, repo.shas[5])
+    assert unhealthy["status"] == "failure" and unhealthy["description"].startswith("HealthCheckFailed")
+    posts = gitea.requests("POST")
+    assert posts and all(SECRET not in str(seen) for seen in posts)
+
+
+def test_gitea_outage_never_blocks_a_deploy(world: dict[str, Any]) -> None:
+    gitea, repo, daemon = world["gitea"], world["repo"], world["daemon"]
+    gitea.down()
+    try:
+        server = (repo.work / "server.py").read_text().replace('"build": "two"', '"build": "three"')
+        manifest = (EXAMPLE / "service.yaml").read_text()
+        sha = repo.commit({"server.py": server, "service.yaml": manifest}, "deploy while gitea is down")
+        started = time.monotonic()
+        assert push(daemon, repo, repo.shas[-2], sha).status_code == 202
+        deployed(daemon, sha)
+        print(f"\npush-to-healthy with gitea down: {time.monotonic() - started:.2f}s")
+        assert info(world["port"])["build"] == "three"
+    finally:
+        gitea.up()
+    assert final_status(gitea, sha, timeout=60)["status"] == "success"
 
 
 def test_status_page_and_health(world: dict[str, Any]) -> None:
