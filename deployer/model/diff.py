@@ -28,25 +28,30 @@ class Change:
 
 def spec_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Change]:
     """What changed from ``old`` to ``new`` (everything is 'added' when there is no old)."""
-    before = flatten({k: v for k, v in (old or {}).items() if k not in _PROVENANCE})
-    after = flatten({k: v for k, v in new.items() if k not in _PROVENANCE})
-    return [Change(path, before.get(path), after.get(path))
+    before = flatten({k: v for k, v in (old or {}).items() if k not in _PROVENANCE}, mask=False)
+    after = flatten({k: v for k, v in new.items() if k not in _PROVENANCE}, mask=False)
+    return [Change(path, _shown(path, before.get(path)), _shown(path, after.get(path)))
             for path in sorted(set(before) | set(after)) if before.get(path) != after.get(path)]
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+def _shown(path: str, value: str | None) -> str | None:
+    """Compare raw values (a changed secret still shows as changed), show masked ones."""
+    return MASK if value is not None and _SECRET_KEY.search(path.rsplit(".", 1)[-1]) else value
+
+
+def flatten(value: Any, prefix: str = "", *, mask: bool = True) -> dict[str, str]:
     if isinstance(value, dict):
         flat: dict[str, str] = {}
         for key, item in value.items():
             path = f"{prefix}.{key}" if prefix else str(key)
-            flat.update({path: MASK} if _SECRET_KEY.search(str(key)) and not isinstance(item, dict | list)
-                        else flatten(item, path))
+            flat.update({path: MASK} if mask and _SECRET_KEY.search(str(key)) and not isinstance(item, dict | list)
+                        else flatten(item, path, mask=mask))
         return flat
     if isinstance(value, list | tuple):
         if not value:
             return {prefix: "[]"}
         flat = {}
         for index, item in enumerate(value):
-            flat.update(flatten(item, f"{prefix}[{index}]"))
+            flat.update(flatten(item, f"{prefix}[{index}]", mask=mask))
         return flat
     return {prefix: "null" if value is None else str(value)}

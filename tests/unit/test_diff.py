@@ -17,10 +17,12 @@ def test_changed_added_and_removed_fields_by_path() -> None:
 
 
 def test_secret_looking_values_are_masked() -> None:
-    changes = spec_diff({"env": {"HF_TOKEN": "hf_old"}}, {"env": {"HF_TOKEN": "hf_new", "DB_PASSWORD": "pw"}})
-    assert {change.path for change in changes} == {"env.DB_PASSWORD"}  # masked equal values do not differ
-    assert all("hf_" not in str(change) and "pw" != change.new for change in changes)
-    assert changes[0].new == MASK
+    changes = spec_diff({"env": {"HF_TOKEN": "hf_old", "API_KEY": "same"}},
+                        {"env": {"HF_TOKEN": "hf_new", "API_KEY": "same", "DB_PASSWORD": "pw"}})
+    assert {(change.path, change.kind) for change in changes} == {("env.HF_TOKEN", "changed"),
+                                                                  ("env.DB_PASSWORD", "added")}
+    assert all("hf_" not in str(change) and change.new != "pw" for change in changes)
+    assert all(change.new == MASK for change in changes)
 
 
 def test_no_previous_revision_means_everything_is_added() -> None:
