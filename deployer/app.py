@@ -22,7 +22,7 @@ from deployer.build import EnvBuilder
 from deployer.errors import DeployerError
 from deployer.gitea import GiteaClient, StatusReporter
 from deployer.model.status import Trigger
-from deployer.ports import is_free
+from deployer.ports import holder, is_free
 from deployer.reconcile import Reconciler, SourceSpec
 from deployer.runtimes.base import Runtime
 from deployer.runtimes.supervisor import SupervisorRuntime
@@ -85,6 +85,7 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
                            timeout=settings.build.timeout),
         secrets=SecretStore(settings.secrets_dir), state_dir=state_dir, port_bounds=settings.ports.bounds,
         default_runtime=settings.runtime, prune=settings.reconcile.prune, port_is_free=is_free, status=status,
+        port_holder=holder, port_grace=settings.ports.reuse_grace,
     )
     _add_sources(reconciler, store, settings, config_dir or Path.cwd())
     queue = WorkQueue(lambda request: _run_pass(reconciler, request), workers=settings.reconcile.workers)
@@ -117,9 +118,15 @@ def _status_reporter(settings: Settings) -> StatusReporter:
 def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, config_dir: Path) -> None:
     for entry in settings.sources:
         reconciler.add_source(source_spec(entry, config_dir), origin="config")
-    for record in store.list_sources():  # repos first seen through a webhook stay followed
-        if record.origin == "gitea" and not reconciler.has_source(record.name):
+    for record in store.list_sources():
+        if reconciler.has_source(record.name):
+            continue
+        if record.origin == "gitea":  # repos first seen through a webhook stay followed
             reconciler.add_source(SourceSpec(record.name, record.url, record.branch), origin="gitea")
+            continue
+        removed = reconciler.retire_source(record.name, allow_empty=settings.reconcile.allow_empty)
+        if removed:
+            log.warning("source %s left deployer.toml: removed %s", record.name, ", ".join(removed))
 
 
 def _run_pass(reconciler: Reconciler, request: Request) -> None:

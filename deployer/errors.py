@@ -17,6 +17,7 @@ class Reason(StrEnum):
     RECONCILIATION_SUCCEEDED = "ReconciliationSucceeded"
     NO_CHANGE = "NoChange"
     DRIFT_CORRECTED = "DriftCorrected"
+    PRUNED = "Pruned"
     SUSPENDED = "Suspended"
     PINNED = "Pinned"
     SOURCE_FETCH_FAILED = "SourceFetchFailed"

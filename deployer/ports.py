@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+import psutil
+
 
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on ``host:port`` (a bind succeeds)."""
@@ -19,3 +21,20 @@ def is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def holder(port: int) -> str | None:
+    """Who listens on ``port`` (``pid 123 (python)``), for error messages; None when unknown."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    for connection in connections:
+        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
+            if connection.pid is None:
+                return "a process deployer cannot see"
+            try:
+                return f"pid {connection.pid} ({psutil.Process(connection.pid).name()})"
+            except psutil.Error:
+                return f"pid {connection.pid}"
+    return None

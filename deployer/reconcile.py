@@ -104,6 +104,8 @@ class Reconciler:
         default_runtime: str = "supervisor",
         prune: bool = True,
         port_is_free: Callable[[int], bool],
+        port_holder: Callable[[int], str | None] = lambda port: None,
+        port_grace: float = 0.0,
         health_gate: Callable[..., float] = wait_healthy,
         health_probe: Callable[..., Probe] = probe,
         status: StatusReporter | None = None,
@@ -117,6 +119,8 @@ class Reconciler:
         self.default_runtime = default_runtime
         self.prune = prune
         self.port_is_free = port_is_free
+        self.port_holder = port_holder
+        self.port_grace = port_grace
         self._wait_healthy = health_gate  # injectable so reconciler unit tests need no HTTP server
         self._probe = health_probe
         self.status = status or StatusReporter(None)
@@ -137,6 +141,25 @@ class Reconciler:
         with self._locks_guard:
             if spec.name not in self._sources:
                 self._sources[spec.name] = GitSource(spec.name, spec.url, spec.branch, self.state_dir)
+
+    def retire_source(self, name: str, *, allow_empty: bool) -> list[str]:
+        """A source left the config: prune its services only when an empty desired set is allowed.
+
+        Removing a source by mistake (a typo in deployer.toml) must not take its
+        services down, so by default they keep running and the page says why.
+        """
+        owned = sorted(self.store.inventory(name))
+        if not owned:
+            return []
+        if not (allow_empty and self.prune):
+            self.source_errors[name] = (
+                f"removed from deployer.toml but still owns {', '.join(owned)}; they keep running. "
+                "Set [reconcile] allow_empty = true to remove them, or add the source back")
+            return []
+        for service in owned:
+            with self._lock(service):
+                self._remove(service)
+        return owned
 
     def source_names(self) -> list[str]:
         with self._locks_guard:
@@ -335,11 +358,12 @@ class Reconciler:
 
     def _port(self, entry: ServiceManifest) -> int:
         if entry.port == "auto":
-            return self.store.allocate_port(entry.name, self.port_bounds, self.port_is_free)
+            return self.store.allocate_port(entry.name, self.port_bounds, self.port_is_free, grace=self.port_grace)
         held = self.store.port_of(entry.name)
         if held != entry.port and not self.port_is_free(entry.port):
-            raise StalledError(f"{entry.name}: port {entry.port} is in use by a process outside deployer",
-                               reason=Reason.PORT_CONFLICT)
+            who = self.port_holder(entry.port) or "a process outside deployer"
+            raise StalledError(f"{entry.name}: port {entry.port} is already in use by {who}, outside deployer; "
+                               "free it or choose another port", reason=Reason.PORT_CONFLICT)
         self.store.claim_port(entry.name, entry.port)
         return entry.port
 
@@ -408,8 +432,16 @@ class Reconciler:
 
     def _remove(self, name: str) -> str:
         runtime = self._runtime_of(name)
-        if runtime is not None:
-            runtime.remove(name)
+        attempt = self.store.start_attempt(name, None, Trigger.SCHEDULE)
+        try:
+            with self._step(attempt, "remove"):
+                if runtime is not None:
+                    runtime.remove(name)
+        except DeployerError as exc:
+            self.store.finish_attempt(attempt, Outcome.FAILED, exc.reason.value, f"could not remove: {exc}")
+            return "failed"
+        self.store.finish_attempt(attempt, Outcome.SUCCEEDED, Reason.PRUNED.value,
+                                  "removed: no longer in any manifest")
         self.store.mark_removed(name)
         self.store.release_port(name)
         self.store.record_observation(name, ServiceState.ABSENT.value, False, "removed: no longer in the manifest")

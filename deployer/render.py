@@ -2,13 +2,15 @@
 
 Supervisor's INI is an injection surface, so every value is checked and escaped
 here (DESIGN §6), and ``check_program`` proves with supervisor's own parser that a
-file holds exactly the one program its header names. Output is deterministic.
+file holds exactly the one program its header names. Output is deterministic; the
+header carries a hash of the body below it, so a hand edit is visible as drift.
 """
 
 from __future__ import annotations
 
 import configparser
 import functools
+import hashlib
 import os
 import re
 import shlex
@@ -38,9 +40,10 @@ _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 # configparser reads ";" or "#" after whitespace as an inline comment, even inside quotes.
 _INLINE_COMMENT = re.compile(r"\s[;#]")
+# port and body-hash are optional: files written before they existed still read back.
 _HEADER = re.compile(
     r"^; deployer: service=(?P<name>[a-z][a-z0-9-]*) revision=(?P<revision>[0-9]+)"
-    r" spec-hash=(?P<spec_hash>[0-9a-f]+)$"
+    r" spec-hash=(?P<spec_hash>[0-9a-f]+)(?: port=(?P<port>[0-9]{1,5}))?(?: body-hash=(?P<body_hash>[0-9a-f]{64}))?$"
 )
 
 
@@ -52,11 +55,27 @@ class RenderError(StalledError):
 
 @dataclass(frozen=True)
 class ProgramHeader:
-    """What the first line of a program file says about the deployment it holds."""
+    """What the first line of a program file says about the deployment it holds.
+
+    ``body_hash`` is the sha256 of every line below the header as written; ``port`` is the
+    service's port, so leftovers holding it can be found without parsing the body.
+    """
 
     name: str
     revision: int
     spec_hash: str
+    port: int | None = None
+    body_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class ProgramSettings:
+    """What supervisord would run from a program file: enough to recognise its processes."""
+
+    name: str
+    argv: tuple[str, ...]
+    directory: str | None
+    environment: dict[str, str]
 
 
 def parse_header(line: str) -> ProgramHeader | None:
@@ -64,7 +83,33 @@ def parse_header(line: str) -> ProgramHeader | None:
     match = _HEADER.match(line.rstrip("\n"))
     if match is None:
         return None
-    return ProgramHeader(match["name"], int(match["revision"]), match["spec_hash"])
+    port = int(match["port"]) if match["port"] else None
+    return ProgramHeader(match["name"], int(match["revision"]), match["spec_hash"], port, match["body_hash"])
+
+
+def format_header(header: ProgramHeader) -> str:
+    """The first line of a program file (no newline); ``parse_header`` reads it back."""
+    fields = [f"service={header.name}", f"revision={header.revision}", f"spec-hash={header.spec_hash}"]
+    if header.port is not None:
+        fields.append(f"port={header.port}")
+    if header.body_hash is not None:
+        fields.append(f"body-hash={header.body_hash}")
+    return HEADER_PREFIX + " ".join(fields)
+
+
+def body_hash(body: str) -> str:
+    """sha256 of the text below the header, exactly as written."""
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def body_intact(text: str) -> bool:
+    """False when the file's body no longer hashes to its header's body-hash (edited by hand).
+
+    A header without a body-hash (written by an older deployer) cannot tell, so it reads as intact.
+    """
+    first, _, body = text.partition("\n")
+    header = parse_header(first)
+    return header is None or header.body_hash is None or body_hash(body) == header.body_hash
 
 
 def program_environment(deployment: Deployment) -> dict[str, str]:
@@ -83,10 +128,17 @@ def program_environment(deployment: Deployment) -> dict[str, str]:
 def render_program(deployment: Deployment, *, templates_dir: Path, log_dir: Path, user: str = "") -> str:
     """One ``[program:NAME]`` file for ``deployment``; raises ``RenderError`` on unsafe input.
 
-    The fixed settings and why they are what they are (``autorestart=true``: a server has no
+    The first line is deployer's header (``format_header``) with the hash of the rendered body
+    below it. The fixed settings and why they are what they are (``autorestart=true``: a server has no
     expected exit; ``startsecs=1``, never 0) are explained in the template itself.
     """
     name = _checked_name(deployment.name)
+    body = _without_header(_render_body(deployment, name, templates_dir, log_dir, user))
+    header = ProgramHeader(name, deployment.revision, deployment.desired.spec_hash, deployment.port, body_hash(body))
+    return f"{format_header(header)}\n{body}"
+
+
+def _render_body(deployment: Deployment, name: str, templates_dir: Path, log_dir: Path, user: str) -> str:
     context = {
         "name": name,
         "revision": deployment.revision,
@@ -101,26 +153,48 @@ def render_program(deployment: Deployment, *, templates_dir: Path, log_dir: Path
     return text.rstrip("\n") + "\n"
 
 
+def _without_header(body: str) -> str:
+    # An operator's copy of the template from before render wrote the header still has its own.
+    return body.split("\n", 1)[1] if body.startswith(HEADER_PREFIX) else body
+
+
 def check_program(text: str, *, environment: Mapping[str, str] | None = None) -> None:
     """Prove with supervisor's own parser that ``text`` is exactly the program its header names.
 
     Rejects a missing header, any section besides ``[program:NAME]``, duplicate keys, anything
-    supervisor refuses, ``startsecs=0``, and (when given) an environment that does not parse
-    back to ``environment`` exactly.
+    supervisor refuses, ``startsecs=0``, (when given) an environment that does not parse
+    back to ``environment`` exactly, and a body that does not match the header's body-hash.
     """
     header = _required_header(text)
     where = f"service {header.name}: program file"
     _check_text(text, where)
-    parser = _parse(text, where)
-    section = f"program:{header.name}"
-    if parser.sections() != [section]:
-        found = len(parser.sections())
-        raise RenderError(f"{where}: must hold exactly one section [{section}] and nothing else (found {found})")
-    config = _process_config(parser, section, header.name, where)
+    config = _program_config(text, header.name, where)
     if config.startsecs < 1:
         raise RenderError(f"{where}: startsecs must be at least 1 (0 makes a crash loop with no backoff)")
     if environment is not None:
         _compare_environment(dict(config.environment or {}), environment, where)
+    if not body_intact(text):
+        raise RenderError(f"{where}: the body does not match the body-hash in its header")
+
+
+def program_settings(text: str) -> ProgramSettings:
+    """Command, directory and environment of a program file, read with supervisor's own parser.
+
+    Raises ``RenderError`` when the file is not a single program deployer could have written.
+    """
+    header = _required_header(text)
+    config = _program_config(text, header.name, f"service {header.name}: program file")
+    argv = tuple(shlex.split(config.command))
+    return ProgramSettings(header.name, argv, config.directory, dict(config.environment or {}))
+
+
+def _program_config(text: str, name: str, where: str) -> Any:
+    parser = _parse(text, where)
+    section = f"program:{name}"
+    if parser.sections() != [section]:
+        found = len(parser.sections())
+        raise RenderError(f"{where}: must hold exactly one section [{section}] and nothing else (found {found})")
+    return _process_config(parser, section, name, where)
 
 
 def _checked_name(name: str) -> str:

@@ -108,11 +108,13 @@ class ReconcileSettings(Section):
     interval: float = Field(default=10, gt=0)
     poll_interval: float = Field(default=60, gt=0)
     prune: bool = True
+    allow_empty: bool = False
     workers: int = Field(default=2, ge=1, le=32)
 
 
 class PortSettings(Section):
     range: str = "8800-8999"
+    reuse_grace: float = Field(default=600, ge=0)
 
     @field_validator("range")
     @classmethod

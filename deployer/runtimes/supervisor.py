@@ -1,47 +1,57 @@
 """Supervisor runtime: one ``[program:NAME]`` file per service, driven over XML-RPC.
 
-Talks to supervisord on its unix socket with supervisor's own transport, never
-supervisorctl. In "embedded" mode it runs its own supervisord as a separate daemon
-under the state dir, so services outlive the deployer and a new runtime reconnects.
-XML-RPC faults and socket errors become ``deployer.errors`` here and go no further.
+Talks to supervisord on its unix socket (never supervisorctl). In "embedded" mode it runs its
+own supervisord under the state dir, so services outlive the deployer and a new runtime
+reconnects. Drift is observed truthfully: edited or missing files, stopped programs, ports held.
 """
 
 from __future__ import annotations
 
-import fcntl
-import http.client
+import contextlib
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import xmlrpc.client
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from supervisor.xmlrpc import Faults, SupervisorTransport
+from supervisor.xmlrpc import Faults
 
-from deployer.errors import ApplyError, ConfigError, RuntimeUnavailable
+from deployer.errors import ApplyError, ConfigError, Reason, RuntimeUnavailable
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
-from deployer.render import (
-    SYSTEM_PATH,
-    ProgramHeader,
-    check_program,
-    parse_header,
-    program_environment,
-    redact,
-    render_program,
+from deployer.render import SYSTEM_PATH, check_program, program_environment, render_program
+from deployer.runtimes._supervisor_files import (
+    ProgramFile,
+    alive,
+    cmdline,
+    flock,
+    read_pid,
+    read_program_files,
+    read_tail,
+    supervisord_conf,
+    write_atomic,
 )
+from deployer.runtimes._supervisor_orphans import Orphan, PortHolder, ProgramProcess, port_holders, reap
+from deployer.runtimes._supervisor_rpc import SupervisorProtocolError, SupervisorRpc
+
+__all__ = ["EMBEDDED", "Orphan", "StartFailed", "SupervisorProtocolError", "SupervisorRuntime"]
+
+log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 RUNTIME_NAME = "supervisor"
 # AF_UNIX paths are limited to 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 _POLL_SECONDS = 0.1
+# stopProcessGroup waits for the program to exit: up to its stopwaitsecs (10 in the template).
+_STOP_ALLOWANCE = 60.0
+_ADDRESS_IN_USE = "Address already in use"
 _STATES = {
     "RUNNING": ServiceState.RUNNING,
     "STARTING": ServiceState.STARTING,
@@ -59,13 +69,9 @@ _SUPERVISORD_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
 class StartFailed(ApplyError):
     """A program did not reach RUNNING; ``output`` holds the tail of its log."""
 
-    def __init__(self, message: str, *, output: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, output: str = "", reason: Reason | None = None) -> None:
+        super().__init__(message, reason=reason)
         self.output = output
-
-
-class SupervisorProtocolError(ApplyError):
-    """supervisord answered with an HTTP error instead of an XML-RPC result or fault."""
 
 
 class SupervisorRuntime:
@@ -74,7 +80,8 @@ class SupervisorRuntime:
     ``socket`` is ``"embedded"`` or the path (or ``unix://`` URL) of an operator's
     supervisord, which must then include ``include_dir/*.conf`` itself. The include
     dir defaults to ``state_dir/supervisor/programs``; logs go to ``.../supervisor/logs``.
-    ``start_timeout`` bounds how long apply/start wait for a program to leave STARTING.
+    ``start_timeout`` bounds how long apply/start wait for a program to leave STARTING,
+    ``rpc_timeout`` any one XML-RPC call, ``orphan_grace`` SIGTERM before SIGKILL for leftovers.
     """
 
     name = RUNTIME_NAME
@@ -88,6 +95,8 @@ class SupervisorRuntime:
         templates_dir: Path,
         user: str = "",
         start_timeout: float = 30.0,
+        rpc_timeout: float = 10.0,
+        orphan_grace: float = 10.0,
     ) -> None:
         self.home = state_dir.absolute() / "supervisor"
         self.embedded = socket == EMBEDDED
@@ -99,15 +108,18 @@ class SupervisorRuntime:
         self.templates_dir = templates_dir
         self.user = user
         self.start_timeout = start_timeout
+        self.orphan_grace = orphan_grace
         if len(str(self.socket_path).encode()) > _MAX_SOCKET_PATH:
             raise ConfigError(f"supervisor socket path {self.socket_path} is too long for a unix socket")
+        self.rpc = SupervisorRpc(self.socket_path, include_dir=self.include_dir, timeout=rpc_timeout)
 
     # -- the Runtime protocol -------------------------------------------------------
 
     def check(self) -> None:
         """Raise ``RuntimeUnavailable`` when supervisord does not answer.
 
-        In embedded mode the daemon owns supervisord, so a missing one is started again.
+        In embedded mode the daemon owns supervisord, so a missing one is started again
+        (after stopping what a killed one left holding the services' ports).
         """
         if self.embedded:
             self.ensure_running()
@@ -117,20 +129,20 @@ class SupervisorRuntime:
             raise RuntimeUnavailable(f"supervisord at {self.socket_path} is {state.get('statename')}")
 
     def observe(self) -> dict[str, ActualService]:
-        """One ``getAllProcessInfo`` plus the headers of the program files in the include dir.
+        """One ``getAllProcessInfo`` plus the program files in the include dir.
 
-        A program file whose program is not loaded reads as ``stopped`` (not ``absent``):
-        the service is installed, so the planner starts it, or prunes the file if unwanted.
-        In embedded mode every loaded program is deployer's, so one without a file is
-        reported too (spec hash unknown) and gets updated or removed rather than forgotten.
+        A file whose body no longer matches its header's hash reports no spec hash (so the
+        planner rewrites it); a loaded program of ours without a file likewise. A file whose
+        program is not loaded reads ``stopped``. A service that is not running and whose port
+        is held by another process says so in ``detail``.
         """
-        processes = {info["group"]: info for info in self._call("getAllProcessInfo") if info["group"] == info["name"]}
-        installed = self._installed()
-        actual = {name: _actual(name, header, processes.get(name)) for name, header in installed.items()}
-        if self.embedded:
-            for name in processes.keys() - installed.keys():
+        processes = {info["name"]: info for info in self._call("getAllProcessInfo") if info["group"] == info["name"]}
+        files = read_program_files(self.include_dir)
+        actual = {name: _actual(name, program, processes.get(name)) for name, program in files.items()}
+        for name in processes.keys() - files.keys():
+            if self._owns(processes[name]):
                 actual[name] = _actual(name, None, processes[name])
-        return dict(sorted(actual.items()))
+        return dict(sorted(self._with_port_holders(actual, files).items()))
 
     def apply(self, deployment: Deployment) -> None:
         """Write the program file, load it and start it; returns once it is RUNNING.
@@ -145,7 +157,7 @@ class SupervisorRuntime:
         self._prepare_dirs()
         path = self._program_file(name)
         previous = path.read_text(encoding="utf-8") if path.exists() else None
-        _write_atomic(path, text)
+        write_atomic(path, text)
         try:
             added = self._reload()[0]
         except Exception:
@@ -157,7 +169,8 @@ class SupervisorRuntime:
         self._start(name)
 
     def start(self, name: str) -> None:
-        """Start an installed program, loading its file first when supervisord lacks it."""
+        """Start an installed program, loading its file first when supervisord lacks it
+        (after an interrupted apply or a ``supervisorctl remove``)."""
         if not self._loaded(name):
             if not self._program_file(name).exists():
                 raise ApplyError(f"service {name}: not installed in supervisor (no program file); deploy it first")
@@ -167,7 +180,8 @@ class SupervisorRuntime:
 
     def stop(self, name: str) -> None:
         """Stop the program and keep it installed; not loaded or not running is fine."""
-        results = self._call("stopProcessGroup", name, True, ok={Faults.BAD_NAME}) or []
+        results = self._call("stopProcessGroup", name, True, ok={Faults.BAD_NAME},
+                             timeout=self.rpc.timeout + _STOP_ALLOWANCE) or []
         failed = [result for result in results if result.get("status") not in (Faults.SUCCESS, Faults.NOT_RUNNING)]
         if failed:
             raise ApplyError(f"service {name}: supervisord could not stop it: {failed[0].get('description')}")
@@ -193,46 +207,100 @@ class SupervisorRuntime:
                 continue
             except ApplyError:
                 break  # not loaded (BAD_NAME): its log file may still be there
-        return _read_tail(self.log_dir / f"{name}.log", max_bytes)
+        return read_tail(self.log_dir / f"{name}.log", max_bytes)
+
+    # -- leftovers holding a service's port ------------------------------------------
+
+    def reap_orphans(self, names: Collection[str] | None = None) -> list[Orphan]:
+        """Stop processes left by our programs on their ports outside any live supervisord.
+
+        A SIGKILLed supervisord leaves its programs running; a new one would start duplicates
+        that fail with "Address already in use". Only a process proven to come from the
+        program (see ``_supervisor_orphans``) is stopped; anything else is logged and left alone.
+        """
+        holders = self._port_holders(names)
+        for holder in holders:
+            if not holder.orphan:
+                log.warning("service %s: %s; left alone, the service cannot start", holder.service, holder.describe())
+        return reap(holders, grace=self.orphan_grace)
+
+    def _port_holders(self, names: Collection[str] | None, files: dict[str, ProgramFile] | None = None
+                      ) -> list[PortHolder]:
+        files = read_program_files(self.include_dir) if files is None else files
+        programs = [_program_process(program) for name, program in files.items() if names is None or name in names]
+        wanted = [program for program in programs if program is not None]
+        if not wanted:
+            return []
+        return port_holders(wanted, socket_path=self.socket_path, supervisors=self._live_supervisors())
+
+    def _with_port_holders(self, actual: dict[str, ActualService], files: dict[str, ProgramFile]
+                           ) -> dict[str, ActualService]:
+        """Name who holds the port of a service that is not running (one socket listing)."""
+        waiting = [name for name, seen in actual.items() if seen.state is not ServiceState.RUNNING]
+        for holder in self._port_holders(waiting, files) if waiting else []:
+            seen = actual[holder.service]
+            actual[holder.service] = replace(seen, detail=_joined(holder.describe(), seen.detail))
+        return actual
+
+    def _live_supervisors(self) -> set[int]:
+        """Pids of supervisords whose children are legitimately on a port: ours, and the one answering."""
+        pids = {pid for pid in (self._live_supervisord(),) if pid is not None}
+        with contextlib.suppress(RuntimeUnavailable, ApplyError):  # none answering: no live children
+            pids.add(int(self._call("getPID")))
+        return pids
+
+    def _owns(self, info: dict[str, Any]) -> bool:
+        """Every program of the embedded supervisord is deployer's; elsewhere, those logging into our dir."""
+        return self.embedded or Path(str(info.get("stdout_logfile") or "")).parent == self.log_dir
 
     # -- the embedded supervisord ---------------------------------------------------
 
     def ensure_running(self) -> None:
-        """Connect to supervisord; in embedded mode start it first when it does not answer."""
+        """Connect to supervisord; in embedded mode start it first when it does not answer.
+
+        A supervisord of ours that runs but does not answer (hung, or shutting down) is not
+        doubled: that is ``RuntimeUnavailable``. Leftovers are reaped before the spawn, because
+        supervisord autostarts every program as soon as it reads the include dir.
+        """
         if not self.embedded:
             self._call("getState")
             return
         self._prepare_dirs()
-        self._write_if_changed(self.config_file, self._supervisord_conf())
+        conf = supervisord_conf(socket=self.socket_path, home=self.home, pid_file=self.pid_file,
+                                include_dir=self.include_dir, log_dir=self.log_dir)
+        self._write_if_changed(self.config_file, conf)
         if self._answers():
             return
-        with _flock(self.home / "start.lock"):
-            if not self._answers():  # another deployer may have started it meanwhile
-                self._spawn_supervisord()
-                self._wait_answering()
+        with flock(self.home / "start.lock"):
+            if self._answers():  # another deployer may have started it meanwhile
+                return
+            running = self._live_supervisord()
+            if running is not None:
+                raise RuntimeUnavailable(
+                    f"supervisord (pid {running}) runs but does not answer on {self.socket_path}"
+                    " (hung or shutting down); not starting a second one, retrying later"
+                )
+            self.reap_orphans()
+            self._spawn_supervisord()
+            self._wait_answering()
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop the embedded supervisord and with it every program (for tests and operators)."""
-        pid = _read_pid(self.pid_file)
+        pid = read_pid(self.pid_file)
         try:
             self._call("shutdown")
         except RuntimeUnavailable:
             return
         deadline = time.monotonic() + timeout
-        while pid is not None and _alive(pid) and time.monotonic() < deadline:
+        while pid is not None and alive(pid) and time.monotonic() < deadline:
             time.sleep(_POLL_SECONDS)
 
-    def _supervisord_conf(self) -> str:
-        values = {
-            "socket": self.socket_path,
-            "logfile": self.home / "supervisord.log",
-            "pidfile": self.pid_file,
-            "childlogdir": self.log_dir,
-            "directory": self.home,
-            "include": self.include_dir / "*.conf",
-        }
-        safe = {key: _conf_path(value) for key, value in values.items()}
-        return _SUPERVISORD_CONF.format(**safe)
+    def _live_supervisord(self) -> int | None:
+        """The pid file's supervisord while it runs with our config (a recycled pid does not count)."""
+        pid = read_pid(self.pid_file)
+        if pid is None or not alive(pid) or str(self.config_file) not in cmdline(pid):
+            return None
+        return pid
 
     def _spawn_supervisord(self) -> None:
         binary = _find_supervisord()
@@ -269,6 +337,20 @@ class SupervisorRuntime:
     # -- programs -------------------------------------------------------------------
 
     def _start(self, name: str) -> None:
+        """Start and wait for RUNNING; a port held by our own leftover is freed and the start retried once."""
+        try:
+            self._start_and_wait(name)
+        except StartFailed as failure:
+            if _ADDRESS_IN_USE not in failure.output:
+                raise
+            holders = self._port_holders([name])
+            if not any(holder.orphan for holder in holders):
+                raise _port_conflict(name, failure, holders) from None
+            reap(holders, grace=self.orphan_grace)
+            log.info("service %s: retrying the start after stopping the leftovers on its port", name)
+            self._start_and_wait(name)
+
+    def _start_and_wait(self, name: str) -> None:
         """Start (autostart may have beaten us to it) and wait until RUNNING or failed."""
         try:
             self._call("startProcess", name, False, ok={Faults.ALREADY_STARTED})
@@ -304,15 +386,6 @@ class SupervisorRuntime:
     def _loaded(self, name: str) -> bool:
         return self._call("getProcessInfo", name, ok={Faults.BAD_NAME}) is not None
 
-    def _installed(self) -> dict[str, ProgramHeader]:
-        """Program files carrying deployer's header, by service name (the file's stem)."""
-        installed: dict[str, ProgramHeader] = {}
-        for path in sorted(self.include_dir.glob("*.conf")):
-            header = _read_header(path)
-            if header is not None and header.name == path.stem:
-                installed[header.name] = header
-        return installed
-
     def _program_file(self, name: str) -> Path:
         return self.include_dir / f"{name}.conf"
 
@@ -324,120 +397,57 @@ class SupervisorRuntime:
         if previous is None:
             path.unlink(missing_ok=True)
         else:
-            _write_atomic(path, previous)
+            write_atomic(path, previous)
 
     def _write_if_changed(self, path: Path, text: str) -> None:
         if not path.exists() or path.read_text(encoding="utf-8") != text:
-            _write_atomic(path, text)
+            write_atomic(path, text)
 
-    # -- XML-RPC --------------------------------------------------------------------
-
-    def _call(self, method: str, *args: Any, ok: Collection[int] = ()) -> Any:
-        """One call on a fresh connection (safe from any thread); faults in ``ok`` return None."""
-        transport = SupervisorTransport(None, None, f"unix://{self.socket_path}")
-        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        function: Callable[..., Any] = getattr(proxy.supervisor, method)
-        try:
-            return function(*args)
-        except xmlrpc.client.Fault as fault:
-            if fault.faultCode in ok:
-                return None
-            raise self._fault_error(method, fault) from None
-        except xmlrpc.client.ProtocolError as exc:
-            raise SupervisorProtocolError(f"supervisord {method}: HTTP {exc.errcode} {exc.errmsg}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise RuntimeUnavailable(f"supervisord at {self.socket_path} is not answering: {exc}") from None
-        finally:
-            transport.close()
-
-    def _fault_error(self, method: str, fault: xmlrpc.client.Fault) -> ApplyError | RuntimeUnavailable:
-        text = redact(str(fault.faultString))
-        if fault.faultCode == Faults.SHUTDOWN_STATE:
-            return RuntimeUnavailable(f"supervisord at {self.socket_path} is shutting down")
-        if fault.faultCode == Faults.CANT_REREAD:
-            return ApplyError(f"supervisord cannot re-read its program files in {self.include_dir}: {text}")
-        return ApplyError(f"supervisord {method}: {text}")
+    def _call(self, method: str, *args: Any, ok: Collection[int] = (), timeout: float | None = None) -> Any:
+        return self.rpc.call(method, *args, ok=ok, timeout=timeout)
 
 
-_SUPERVISORD_CONF = """\
-; Written by deployer for its embedded supervisord; rewritten when the daemon starts.
-[unix_http_server]
-file={socket}
-chmod=0700
-
-[supervisord]
-logfile={logfile}
-logfile_maxbytes=10MB
-logfile_backups=3
-pidfile={pidfile}
-childlogdir={childlogdir}
-directory={directory}
-identifier=deployer
-nodaemon=false
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[include]
-files = {include}
-"""
-
-
-def _actual(name: str, header: ProgramHeader | None, info: dict[str, Any] | None) -> ActualService:
+def _actual(name: str, program: ProgramFile | None, info: dict[str, Any] | None) -> ActualService:
+    """What runs, as its program file and supervisord describe it; a file edited by hand has no spec hash."""
+    header = program.header if program is not None else None
+    spec_hash = header.spec_hash if header is not None and program is not None and not program.edited else None
+    revision = header.revision if header is not None else None
+    note = _file_note(program)
     if info is None:
-        return ActualService(
-            name, RUNTIME_NAME, ServiceState.STOPPED, header.spec_hash if header else None,
-            header.revision if header else None, detail="program file present but not loaded in supervisord",
-        )
+        detail = _joined(note, "program file present but not loaded in supervisord")
+        return ActualService(name, RUNTIME_NAME, ServiceState.STOPPED, spec_hash, revision, detail=detail)
     state = _STATES.get(str(info["statename"]), ServiceState.UNKNOWN)
-    detail = str(info.get("spawnerr") or info.get("description") or "")
-    if header is None:
-        detail = "loaded in supervisord but its program file is gone"
-    return ActualService(
-        name, RUNTIME_NAME, state, header.spec_hash if header else None,
-        header.revision if header else None, pid=int(info["pid"]) or None, detail=detail,
+    detail = _joined(note, str(info.get("spawnerr") or info.get("description") or ""))
+    pid = int(info["pid"]) or None
+    return ActualService(name, RUNTIME_NAME, state, spec_hash, revision, pid=pid, detail=detail)
+
+
+def _file_note(program: ProgramFile | None) -> str:
+    if program is None:
+        return "program file missing"
+    return "program file edited by hand" if program.edited else ""
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
+
+
+def _program_process(program: ProgramFile) -> ProgramProcess | None:
+    port, settings = program.port(), program.settings()
+    if port is None or settings is None:
+        return None
+    return ProgramProcess(program.name, port, settings.argv, settings.directory)
+
+
+def _port_conflict(name: str, failure: StartFailed, holders: list[PortHolder]) -> StartFailed:
+    """A start that failed on a port held outside deployer: say by whom, as a PortConflict."""
+    if not holders:
+        return failure
+    held = "; ".join(holder.describe() for holder in holders)
+    return StartFailed(
+        f"service {name}: did not start: {held}; stop that process or give the service another port",
+        output=failure.output, reason=Reason.PORT_CONFLICT,
     )
-
-
-def _read_header(path: Path) -> ProgramHeader | None:
-    try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            return parse_header(handle.readline(4096))
-    except OSError:
-        return None  # removed between listing and reading
-
-
-def _read_tail(path: Path, max_bytes: int) -> str:
-    try:
-        with path.open("rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(size - max_bytes, 0))
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` under a name the ``*.conf`` include glob never matches, then rename."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _conf_path(path: Path) -> str:
-    """A path for supervisord.conf: no whitespace or comment characters, ``%`` escaped."""
-    text = str(path)
-    if any(char.isspace() or char in ";#" or ord(char) < 32 for char in text):
-        raise ConfigError(f"supervisor path {text!r} must not contain whitespace, ';' or '#'")
-    return text.replace("%", "%%")
 
 
 def _find_supervisord() -> str:
@@ -448,29 +458,3 @@ def _find_supervisord() -> str:
     if found is None:
         raise RuntimeUnavailable("supervisord not found next to the Python interpreter or on PATH")
     return found
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie counts as gone (our parent may never reap it)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z"
-
-
-@contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -227,3 +227,53 @@ def test_fixed_port_clash_with_another_service_is_a_clear_error(world: dict[str,
     winner = "alpha" if loser == "beta" else "beta"
     message = store.attempts(loser, 1)[0].message
     assert "9150" in message and winner in message
+
+
+def test_fixed_port_held_by_a_foreign_process_names_it(world: dict[str, Any]) -> None:
+    import socket
+
+    from deployer.ports import holder, is_free
+
+    reconciler: Reconciler = world["reconciler"]
+    reconciler.port_is_free, reconciler.port_holder = is_free, holder
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        reconciler.port_bounds = (1024, 65535)
+        world["repo"].commit(files(manifest({"name": "alpha", "path": "alpha", "port": port},
+                                            {"name": "beta", "path": "beta"})), "fixed port taken")
+        outcomes = reconciler.reconcile_source("repo", trigger=Trigger.WEBHOOK).outcomes
+    assert outcomes["alpha"] == "stalled" and outcomes["beta"] == "succeeded"
+    message = world["store"].attempts("alpha", 1)[0].message
+    assert f"port {port} is already in use by pid {__import__('os').getpid()} (" in message
+
+
+def test_auto_port_skips_a_recently_released_one(world: dict[str, Any]) -> None:
+    repo, store = world["repo"], world["store"]
+    reconciler: Reconciler = world["reconciler"]
+    keep = {"name": "keep", "path": "beta"}
+    repo.commit(files(manifest({"name": "alpha", "path": "alpha"}, keep)), "alpha and keep")
+    run(world)
+    freed = store.port_of("alpha")
+    repo.commit({"service.yaml": manifest(keep)}, "drop alpha")
+    assert run(world) == {"alpha": "removed", "keep": "noop"}
+
+    reconciler.port_grace = 3600
+    repo.commit({"service.yaml": manifest(keep, {"name": "newcomer", "path": "alpha"})}, "newcomer")
+    run(world)
+    assert store.port_of("newcomer") not in (freed, store.port_of("keep"))
+
+
+def test_a_source_removed_from_the_config_keeps_its_services_unless_allowed(world: dict[str, Any]) -> None:
+    reconciler: Reconciler = world["reconciler"]
+    store, runtime = world["store"], world["runtime"]
+    world["repo"].commit(files(two_services()), "two")
+    run(world)
+    assert reconciler.retire_source("repo", allow_empty=False) == []
+    assert set(runtime.services) == {"alpha", "beta"}
+    assert "still owns alpha, beta" in reconciler.source_errors["repo"]
+
+    assert reconciler.retire_source("repo", allow_empty=True) == ["alpha", "beta"]
+    assert runtime.services == {} and store.inventory("repo") == set()
+    assert store.attempts("alpha", 1)[0].reason == "Pruned"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,15 @@ from deployer.model.deployment import Deployment
 from deployer.model.desired import DesiredService
 from deployer.render import (
     SYSTEM_PATH,
+    ProgramHeader,
     RenderError,
+    body_hash,
+    body_intact,
     check_program,
+    format_header,
     parse_header,
     program_environment,
+    program_settings,
     render_program,
 )
 
@@ -47,6 +53,18 @@ def render(deployment: Deployment, log_dir: Path, **kwargs: Any) -> str:
     return render_program(deployment, templates_dir=TEMPLATES, log_dir=log_dir, **kwargs)
 
 
+def header_of(text: str) -> ProgramHeader:
+    header = parse_header(text.split("\n", 1)[0])
+    assert header is not None
+    return header
+
+
+def reseal(text: str) -> str:
+    """``text`` with its header's body-hash recomputed, as if a template had rendered it so."""
+    body = text.split("\n", 1)[1]
+    return f"{format_header(replace(header_of(text), body_hash=body_hash(body)))}\n{body}"
+
+
 def parse(text: str) -> Any:
     """The ProcessConfig supervisord itself would build from ``text``."""
     parser = UnhosedConfigParser()
@@ -71,13 +89,60 @@ def test_renders_one_program_with_the_required_settings(tmp_path: Path) -> None:
     check_program(text, environment=program_environment(make_deployment()))
 
 
-def test_header_names_service_revision_and_spec_hash(tmp_path: Path) -> None:
+def test_header_names_service_revision_spec_hash_port_and_body_hash(tmp_path: Path) -> None:
     deployment = make_deployment(revision=12)
-    first_line = render(deployment, tmp_path).split("\n", 1)[0]
+    first_line, body = render(deployment, tmp_path).split("\n", 1)
     header = parse_header(first_line)
-    assert header is not None
-    assert (header.name, header.revision, header.spec_hash) == ("text-classify", 12, deployment.desired.spec_hash)
+    assert header == ProgramHeader("text-classify", 12, deployment.desired.spec_hash, 8801, body_hash(body))
+    assert first_line == format_header(header)
+    assert first_line.endswith(f"port=8801 body-hash={body_hash(body)}")
     assert parse_header("; something else") is None
+
+
+def test_a_header_from_before_port_and_body_hash_still_parses() -> None:
+    old = "; deployer: service=web revision=3 spec-hash=abc123"
+    assert parse_header(old) == ProgramHeader("web", 3, "abc123")
+    assert body_intact(old + "\n[program:web]\ncommand=anything\n")  # nothing to check it against
+    assert parse_header(old + " port=8801") == ProgramHeader("web", 3, "abc123", 8801)
+    assert parse_header(old + " body-hash=short") is None
+
+
+def test_any_edit_below_the_header_breaks_the_body_hash(tmp_path: Path) -> None:
+    text = render(make_deployment(), tmp_path)
+    assert body_intact(text)
+    for edited in (text.replace("startretries=3", "startretries=5"), text + "; a comment\n",
+                   text.replace("autostart=true\n", ""), text.rstrip("\n")):
+        assert not body_intact(edited)
+        with pytest.raises(RenderError, match="body-hash"):
+            check_program(edited)
+    assert body_intact(reseal(text + "; a comment\n"))
+
+
+def test_the_body_hash_is_deterministic_and_follows_the_settings(tmp_path: Path) -> None:
+    one, again = render(make_deployment(), tmp_path), render(make_deployment(), tmp_path)
+    assert one == again
+    other = render(make_deployment(argv=("python", "other.py")), tmp_path)
+    assert header_of(one).body_hash != header_of(other).body_hash
+
+
+def test_an_old_template_with_its_own_header_line_gets_one_header(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    (templates / "supervisor").mkdir(parents=True)
+    original = (TEMPLATES / "supervisor" / "program.conf.j2").read_text()
+    old_header = "; deployer: service={{ name }} revision={{ revision }} spec-hash={{ spec_hash }}\n"
+    (templates / "supervisor" / "program.conf.j2").write_text(original.replace("-#}\n", "-#}\n" + old_header, 1))
+    text = render_program(make_deployment(), templates_dir=templates, log_dir=tmp_path)
+    assert text == render(make_deployment(), tmp_path)
+    check_program(text)
+
+
+def test_program_settings_read_back_command_directory_and_environment(tmp_path: Path) -> None:
+    deployment = make_deployment(argv=("python", "-m", "uvicorn", "two words", "50%"))
+    settings = program_settings(render(deployment, tmp_path))
+    assert settings.name == "text-classify"
+    assert settings.argv == ("python", "-m", "uvicorn", "two words", "50%")
+    assert settings.directory == "/srv/checkouts/text-classify"
+    assert settings.environment == program_environment(deployment)
 
 
 def test_user_line_only_when_given(tmp_path: Path) -> None:
@@ -292,7 +357,7 @@ def test_template_problems_become_render_errors(tmp_path: Path) -> None:
 
 def test_the_environment_comparison_catches_what_supervisors_lexer_lets_through(tmp_path: Path) -> None:
     deployment = make_deployment()
-    text = render(deployment, tmp_path).replace('PORT="8801"', 'PORT="8801')
+    text = reseal(render(deployment, tmp_path).replace('PORT="8801"', 'PORT="8801'))
     check_program(text)  # supervisor's lenient lexer accepts the unterminated quote ...
     with pytest.raises(RenderError, match="does not parse back as written"):
         check_program(text, environment=program_environment(deployment))  # ... and mangles the values
