@@ -32,7 +32,7 @@ class SlowIndex(http.server.SimpleHTTPRequestHandler):
         time.sleep(self.delay)
         super().do_GET()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
