@@ -89,6 +89,7 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
     )
     _add_sources(reconciler, store, settings, config_dir or Path.cwd())
     queue = WorkQueue(lambda request: _run_pass(reconciler, request), workers=settings.reconcile.workers)
+    reconciler.metrics.observe_queue(queue.depth)
     scheduler = Scheduler(reconciler, queue, interval=settings.reconcile.interval,
                           poll_interval=settings.reconcile.poll_interval)
     webhook = WebhookReceiver(

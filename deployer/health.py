@@ -6,6 +6,7 @@ passes; a runtime that reports the process failed ends the wait at once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,3 +61,23 @@ def wait_healthy(
         if clock() - started >= timeout:
             raise HealthCheckFailed(f"{url} not healthy after {timeout:g}s (last: {last.detail})")
         sleep(interval)
+
+
+def fetch_info(url: str, timeout: float = 2.0, max_bytes: int = 65536) -> tuple[dict[str, object] | None, str]:
+    """``GET /info`` as a JSON object, or (None, why not). Large or non-JSON answers are refused."""
+    try:
+        with httpx.stream("GET", url, timeout=timeout) as response:
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    return None, f"answer larger than {max_bytes} bytes"
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    if response.status_code != 200:
+        return None, f"HTTP {response.status_code}"
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, "not JSON"
+    return (data, "") if isinstance(data, dict) else ({"value": data}, "")

@@ -21,8 +21,9 @@ from pathlib import Path
 from deployer.build import EnvBuilder
 from deployer.errors import DeployerError, Reason, SourceError, StalledError
 from deployer.gitea import CommitState, StatusReporter, state_for
-from deployer.health import Probe, probe, wait_healthy
+from deployer.health import Probe, fetch_info, probe, wait_healthy
 from deployer.loader import load_manifest_file
+from deployer.metrics import Metrics
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
 from deployer.model.desired import DesiredService
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "service.yaml"
 SERVICE_HOST = "127.0.0.1"
+SNAPSHOT_EVERY = 60.0  # seconds between captures of a steady service's log tail and /info
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Reconciler:
         health_gate: Callable[..., float] = wait_healthy,
         health_probe: Callable[..., Probe] = probe,
         status: StatusReporter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.runtimes = dict(runtimes)
@@ -124,11 +127,13 @@ class Reconciler:
         self._wait_healthy = health_gate  # injectable so reconciler unit tests need no HTTP server
         self._probe = health_probe
         self.status = status or StatusReporter(None)
+        self.metrics = metrics or Metrics()
         self._sources: dict[str, GitSource] = {}
         self._service_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._stalled: dict[str, str] = {}  # source or service -> failure already recorded
         self._resolved: dict[str, _Resolved] = {}  # source -> last clean resolution
+        self._snapshot_at: dict[str, float] = {}  # service -> monotonic time of its last snapshot
         self.source_errors: dict[str, str] = {}
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
         self._unverified = {view.name for view in store.service_views()
@@ -182,6 +187,10 @@ class Reconciler:
 
     def reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool = True) -> PassResult:
         """Bring every service of one source to the state its branch head describes."""
+        with self.metrics.pass_seconds.labels(name).time():
+            return self._reconcile_source(name, trigger=trigger, fetch=fetch)
+
+    def _reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool) -> PassResult:
         result = PassResult(source=name)
         source = self._git(name)
         try:
@@ -445,6 +454,7 @@ class Reconciler:
         self.store.mark_removed(name)
         self.store.release_port(name)
         self.store.record_observation(name, ServiceState.ABSENT.value, False, "removed: no longer in the manifest")
+        self.metrics.forget(name)
         log.info("%s: removed (no longer in any manifest)", name)
         return "removed"
 
@@ -464,6 +474,7 @@ class Reconciler:
         applied when a deploy was interrupted, so it is not trusted unchecked.
         """
         attempt = self.store.start_attempt(desired.name, revision.id, trigger)
+        started = time.monotonic()
         outcome, reason, message, rolled_back_to = Outcome.FAILED, Reason.INTERNAL_ERROR.value, "", None
         self.report(desired.source, desired.sha, desired.name, CommitState.PENDING, f"deploying {desired.sha[:7]}")
         try:
@@ -487,10 +498,19 @@ class Reconciler:
             message = f"internal error: {type(exc).__name__}"
         finally:
             self.store.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
+            self._count(desired.name, outcome, trigger, time.monotonic() - started)
             self.report(desired.source, desired.sha, desired.name, state_for(outcome, reason), f"{reason}: {message}")
-            self._observe_health(desired.name, desired if outcome is Outcome.SUCCEEDED else None)
+            self._observe_health(desired.name, desired if outcome is Outcome.SUCCEEDED else None, fresh=True)
         log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message)
         return outcome
+
+    def _count(self, service: str, outcome: Outcome, trigger: Trigger, seconds: float) -> None:
+        self.metrics.attempts.labels(service, outcome.value).inc()
+        self.metrics.attempt_seconds.labels(service).observe(seconds)
+        if outcome is Outcome.ROLLED_BACK:
+            self.metrics.rollbacks.labels(service).inc()
+        if trigger is Trigger.DRIFT and outcome is Outcome.SUCCEEDED:
+            self.metrics.drift.labels(service).inc()
 
     def _roll_out(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> None:
         runtime = self.runtimes[desired.runtime]
@@ -550,7 +570,7 @@ class Reconciler:
         return None
 
     def _observe_health(self, name: str, desired: DesiredService | None,
-                        seen: ActualService | None = None, *, note: str = "") -> None:
+                        seen: ActualService | None = None, *, note: str = "", fresh: bool = False) -> None:
         """Record state and a quick health probe so the page never calls a runtime.
 
         ``seen`` comes from the pass's single listing; without it one listing is made.
@@ -566,8 +586,29 @@ class Reconciler:
             result = self._probe(f"http://{SERVICE_HOST}:{port}{path}", timeout=2.0)
             healthy, detail = result.ok, result.detail
         self.store.record_observation(name, state.value, healthy, f"{note}; {detail}" if note else detail)
+        self.metrics.service_state(name, state is ServiceState.RUNNING, healthy)
+        if seen is not None:
+            self._snapshot(name, seen.runtime, port, desired, force=fresh)
         if seen is not None and seen.revision is not None and state is ServiceState.RUNNING:
             self.store.set_running(name, seen.revision)
+
+    def _snapshot(self, name: str, runtime_name: str, port: int | None, desired: DesiredService | None, *,
+                  force: bool) -> None:
+        """The service's log tail and /info for the pages: after each deploy, else once a minute."""
+        now = time.monotonic()
+        if not force and now - self._snapshot_at.get(name, -SNAPSHOT_EVERY) < SNAPSHOT_EVERY:
+            return
+        self._snapshot_at[name] = now
+        runtime = self.runtimes.get(runtime_name)
+        try:
+            logs = runtime.logs(name, 4000) if runtime is not None else ""
+        except DeployerError as exc:
+            logs = f"(logs unavailable: {exc})"
+        info, error = None, "not running"
+        if port is not None:
+            path = desired.info.path if desired is not None else "/info"
+            info, error = fetch_info(f"http://{SERVICE_HOST}:{port}{path}")
+        self.store.record_snapshot(name, logs_tail=logs, info=info, info_error=error)
 
     # ------------------------------------------------------------------ helpers
 

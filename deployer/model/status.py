@@ -68,6 +68,17 @@ class RevisionView:
     manifest_text: str = ""
 
 
+@dataclass(frozen=True)
+class SnapshotView:
+    """What the service itself said last: its log tail and its ``/info``."""
+
+    service: str
+    logs_tail: str
+    info: dict[str, object] | None
+    info_error: str
+    captured_at: datetime
+
+
 class OverrideKind(StrEnum):
     PINNED = "pinned"
     SUSPENDED = "suspended"

@@ -34,6 +34,7 @@ from deployer.model.status import (
     OverrideView,
     RevisionView,
     ServiceView,
+    SnapshotView,
     StepView,
     Trigger,
 )
@@ -47,6 +48,7 @@ from deployer.store.tables import (
     ReleasedPortRow,
     RevisionRow,
     ServiceRow,
+    SnapshotRow,
     SourceRow,
     StepRow,
     utcnow,
@@ -385,6 +387,23 @@ class Store:
                 row = ObservationRow(service=service)
                 session.add(row)
             row.state, row.healthy, row.detail, row.observed_at = state, healthy, detail, utcnow()
+
+    def record_snapshot(self, service: str, *, logs_tail: str, info: dict[str, Any] | None, info_error: str) -> None:
+        with self._transaction("record_snapshot", write=True) as session:
+            row = session.get(SnapshotRow, service)
+            if row is None:
+                row = SnapshotRow(service=service)
+                session.add(row)
+            row.logs_tail, row.info, row.info_error = logs_tail[-OUTPUT_TAIL_CHARS:], info, info_error[:2000]
+            row.captured_at = utcnow()
+
+    def snapshot(self, service: str) -> SnapshotView | None:
+        with self._transaction("snapshot") as session:
+            row = session.get(SnapshotRow, service)
+            if row is None:
+                return None
+            return SnapshotView(row.service, row.logs_tail, dict(row.info) if row.info is not None else None,
+                                row.info_error, row.captured_at)
 
     # -- ports -------------------------------------------------------------
 

@@ -189,6 +189,18 @@ class ObservationRow(Base):
     observed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SnapshotRow(Base):
+    """The last log lines and /info answer of a service, captured by the reconciler for the pages."""
+
+    __tablename__ = "service_snapshots"
+
+    service: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    logs_tail: Mapped[str] = mapped_column(Text, default="")
+    info: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    info_error: Mapped[str] = mapped_column(Text, default="")
+    captured_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OverrideRow(Base):
     """An operator override (pin to a revision, suspend). Cleared rows stay, as history."""
 

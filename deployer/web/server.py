@@ -64,6 +64,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/api/reconcile", routes.reconcile, methods=["POST"]),
         Route("/api/services/{name}/{action}", routes.act, methods=["POST"]),
         Route("/healthz", routes.healthz),
+        Route("/metrics", routes.metrics),
     ], lifespan=lifespan)
 
 
@@ -193,6 +194,10 @@ class _Routes:
             case "resume":
                 return self.operator.resume(name, who=who)
         return None
+
+    async def metrics(self, request: Request) -> Response:
+        body = self.deps.reconciler.metrics.exposition()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def healthz(self, request: Request) -> Response:
         report = await run_in_threadpool(_run_checks, self.deps.checks)

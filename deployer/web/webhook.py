@@ -123,6 +123,7 @@ class WebhookReceiver:
         return SourceSpec(push.full_name, url, self._routing.branch or push.default_branch)
 
     def _record(self, delivery: _Delivery, result: DeliveryResult, detail: str) -> None:
+        self._reconciler.metrics.webhooks.labels(result.value).inc()
         self._store.record_delivery(delivery.delivery_id, delivery.event, delivery.repository, delivery.ref,
                                     delivery.after, result, detail)
         log.info("webhook %s %s %s: %s", delivery.delivery_id or "-", delivery.repository or "-",

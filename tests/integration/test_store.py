@@ -96,7 +96,8 @@ def test_migrations_build_exactly_the_tables_the_models_describe(store: Store, r
     assert differences == []
     expected = {
         "sources", "services", "revisions", "attempts", "steps", "deliveries",
-        "port_allocations", "observations", "overrides", "released_ports", "alembic_version",
+        "port_allocations", "observations", "overrides", "released_ports", "service_snapshots",
+        "alembic_version",
     }  # fmt: skip
     assert set(sa.inspect(raw).get_table_names()) == expected
 
@@ -642,3 +643,15 @@ def test_released_port_waits_out_its_grace_period(store: Store) -> None:
     store.release_port("newer")
     # The service that released it may take it back at once (a redeploy, not a new tenant).
     assert store.allocate_port("newer", (9400, 9402), always_free, grace=3600) == first
+
+
+def test_snapshot_round_trip(store: Store) -> None:
+    assert store.snapshot("svc") is None
+    store.record_snapshot("svc", logs_tail="x" * 5000 + "end", info={"version": "2.0"}, info_error="")
+    snap = store.snapshot("svc")
+    assert snap is not None and snap.logs_tail.endswith("end") and len(snap.logs_tail) == 4000
+    assert snap.info == {"version": "2.0"}
+    assert_utc(snap.captured_at)
+    store.record_snapshot("svc", logs_tail="", info=None, info_error="HTTP 500")
+    again = store.snapshot("svc")
+    assert again is not None and again.info is None and again.info_error == "HTTP 500"
