@@ -8,7 +8,6 @@ and shutdown. No other module constructs a dependency or reads the environment.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 import deployer
+from deployer import logs
 from deployer.build import EnvBuilder
 from deployer.errors import DeployerError
 from deployer.gitea import GiteaClient, StatusReporter
@@ -185,11 +185,9 @@ def stop(daemon: Daemon) -> None:
     log.info("deployer stopped; services keep running under their runtimes")
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(stream=sys.stderr, level=level,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for chatty in ("alembic", "apscheduler", "httpx"):  # one line per step, not per poll
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+def configure_logging(settings: Settings, level: str = "INFO", fmt: str = "text") -> None:
+    secrets = [settings.webhook_secret, settings.gitea_token, settings.api_token]
+    logs.configure(level, fmt, [secret for secret in secrets if secret])
 
 
 def serve(settings: Settings, *, config_dir: Path | None = None) -> None:

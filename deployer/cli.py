@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the daemon", parents=[common])
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"])
     serve.set_defaults(run=_serve)
     validate = commands.add_parser("validate", help="check a service.yaml the way the daemon will", parents=[common])
     validate.add_argument("path", type=Path, nargs="?", default=Path("service.yaml"))
@@ -106,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = args.config if args.config is not None else default_config_path()
     settings = _settings(config)
-    configure_logging(args.log_level)
+    configure_logging(settings, args.log_level, args.log_format)
     serve(settings, config_dir=config.resolve().parent if config is not None else None)
     return EXIT_OK
 

@@ -427,7 +427,8 @@ class Reconciler:
         running = self.store.service_view(desired.name)
         if running is not None and running.running_revision == revision.id:
             trigger = Trigger.DRIFT  # git did not change: the world did
-        log.info("%s: %s%s", desired.name, action.describe(), " (drift)" if trigger is Trigger.DRIFT else "")
+        log.info("%s: %s%s", desired.name, action.describe(), " (drift)" if trigger is Trigger.DRIFT else "",
+                 extra={"service": desired.name, "revision": revision.id})
         return self.deploy(desired, revision, trigger).value
 
     def _record_resolution_error(self, service: str, error: DeployerError, trigger: Trigger) -> None:
@@ -501,7 +502,8 @@ class Reconciler:
             self._count(desired.name, outcome, trigger, time.monotonic() - started)
             self.report(desired.source, desired.sha, desired.name, state_for(outcome, reason), f"{reason}: {message}")
             self._observe_health(desired.name, desired if outcome is Outcome.SUCCEEDED else None, fresh=True)
-        log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message)
+        log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message,
+                 extra={"service": desired.name, "revision": revision.id, "attempt": attempt})
         return outcome
 
     def _count(self, service: str, outcome: Outcome, trigger: Trigger, seconds: float) -> None:

@@ -138,3 +138,34 @@ def test_sigkill_mid_deploy_then_restart_converges(world: dict[str, Any], index:
     assert not [a for a in attempts if a["outcome"] == "running"]
     assert program_count(root) == 1
     assert converged["port"] == old_port
+
+
+def test_sigterm_during_a_deploy_finishes_it_and_leaves_consistent_history(world: dict[str, Any],
+                                                                           index: str) -> None:
+    daemon, repo, root = world["daemon"], world["repo"], world["root"]
+    wait_for(lambda: (s := service_of(daemon)) and s["healthy"] and s, 60, "v1 deployed")
+    sha = repo.commit(change_for("health", repo, index), "v2 slow to become healthy")
+    httpx.post(daemon.url + "/api/reconcile")
+
+    def in_health() -> bool:
+        service = service_of(daemon)
+        attempt = service["attempts"][0] if service and service["attempts"] else None
+        return bool(attempt and attempt["outcome"] == "running" and attempt["steps"]
+                    and attempt["steps"][-1]["name"] == "apply")
+
+    wait_for(in_health, 60, "the deploy to reach the health gate", interval=0.02)
+    started = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    # uvicorn re-raises the signal once its graceful shutdown is done: death by SIGTERM is
+    # a clean stop (systemd counts it as success too).
+    assert daemon.process.wait(60) in (0, -signal.SIGTERM)
+    print(f"\nSIGTERM to exit during a health gate: {time.monotonic() - started:.2f}s")
+    assert "deployer stopped" in daemon.log()
+
+    world["daemon"] = daemon = start(root, world["port"])
+    service = service_of(daemon)
+    assert service is not None
+    newest = service["attempts"][0]
+    assert newest["outcome"] == "succeeded" and newest["revision"] == service["running_revision"], newest
+    assert service["running_sha"] == sha
+    assert not [a for a in service["attempts"] if a["outcome"] in ("running", "interrupted")]
