@@ -5,9 +5,10 @@ set -euo pipefail
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
+command -v promtool >/dev/null || need_apt+=(prometheus)   # promtool checks /metrics
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 # PostgreSQL: this machine kind runs one on 127.0.0.1:5432 with trust auth; start it if it is down.

@@ -332,3 +332,22 @@ def test_status_page_and_health(world: dict[str, Any]) -> None:
     assert {"name", "source", "runtime", "state", "healthy", "port", "desired_sha", "running_sha",
             "last_attempt", "override"} <= set(listing[0])
     assert SECRET not in daemon.log()
+
+
+def test_metrics_pass_promtool(world: dict[str, Any]) -> None:
+    import shutil
+    import subprocess
+
+    from tests.conftest import unavailable
+
+    text = world["daemon"].get("/metrics").text
+    assert 'deployer_attempts_total{outcome="succeeded",service="text-classify"}' in text
+    assert 'deployer_rollbacks_total{service="text-classify"} 1.0' in text
+    assert 'deployer_webhooks_total{result="rejected"}' in text
+    assert 'deployer_service_healthy{service="text-classify"} 1.0' in text
+    assert "deployer_reconcile_pass_duration_seconds_bucket" in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool not installed: apt-get install prometheus")
+    checked = subprocess.run([str(promtool), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
