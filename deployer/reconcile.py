@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mimetypes
 import shlex
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployer.build import EnvBuilder
+from deployer.demo import DemoFailed, DemoLimits, DemoResult, check_info, run_demo
 from deployer.errors import DeployerError, Reason, SourceError, StalledError
 from deployer.gitea import CommitState, StatusReporter, state_for
 from deployer.health import Probe, fetch_info, probe, wait_healthy
@@ -79,6 +81,7 @@ class _Pass:
     revisions: dict[str, RevisionView] = field(default_factory=dict)
     actual: dict[str, ActualService] = field(default_factory=dict)
     overrides: dict[str, dict[OverrideKind, OverrideView]] = field(default_factory=dict)
+    waiting: set[str] = field(default_factory=set)  # services whose runtime is unreachable this pass
 
     @property
     def explicit(self) -> bool:
@@ -112,6 +115,7 @@ class Reconciler:
         health_probe: Callable[..., Probe] = probe,
         status: StatusReporter | None = None,
         metrics: Metrics | None = None,
+        demo_limits: DemoLimits | None = None,
     ) -> None:
         self.store = store
         self.runtimes = dict(runtimes)
@@ -128,6 +132,7 @@ class Reconciler:
         self._probe = health_probe
         self.status = status or StatusReporter(None)
         self.metrics = metrics or Metrics()
+        self.demo_limits = demo_limits or DemoLimits()
         self._sources: dict[str, GitSource] = {}
         self._service_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -256,9 +261,38 @@ class Reconciler:
         inventory = self.store.inventory(name) - set(current.resolved.errors)
         current.overrides = self.store.all_active_overrides()
         desired = self._with_pins(dict(current.resolved.desired), inventory, current)
-        current.actual = self._observe(set(desired) | inventory)
-        planned = plan(desired, current.actual, inventory, prune=self.prune)
-        return Plan(tuple(self._suspended(action, current) for action in planned.actions))
+        current.actual, down = self._observe_checked(set(desired) | inventory)
+        waiting = self._on_down_runtimes(desired, inventory, down) if down else {}
+        current.waiting = set(waiting)
+        planned = plan({key: value for key, value in desired.items() if key not in waiting}, current.actual,
+                       inventory - set(waiting), prune=self.prune)
+        held = [Action(service, ActionKind.NOOP, reason, desired.get(service)) for service, reason in waiting.items()]
+        return Plan(tuple(self._suspended(action, current) for action in [*planned.actions, *held]))
+
+    def _observe_checked(self, names: set[str]) -> tuple[dict[str, ActualService], dict[str, str]]:
+        """Check each runtime (which restarts an embedded supervisord), then one listing each.
+
+        Returns what was seen and, per unreachable runtime, why: its services are
+        held, not planned as absent (that would "create" what is merely unseen).
+        """
+        actual: dict[str, ActualService] = {}
+        down: dict[str, str] = {}
+        for key, runtime in self.runtimes.items():
+            try:
+                runtime.check()
+                seen = runtime.observe()
+            except DeployerError as exc:
+                down[key] = str(exc)
+                continue
+            actual.update({service: value for service, value in seen.items() if service in names})
+        return actual, down
+
+    def _on_down_runtimes(self, desired: Mapping[str, DesiredService], inventory: set[str],
+                          down: Mapping[str, str]) -> dict[str, str]:
+        runtime_of = {view.name: view.runtime for view in self.store.service_views()}
+        runtime_of.update({service: want.runtime for service, want in desired.items()})
+        return {service: f"runtime {runtime_of[service]} unreachable, waiting: {down[runtime_of[service]]}"
+                for service in sorted(set(desired) | inventory) if runtime_of.get(service) in down}
 
     def _with_pins(self, desired: dict[str, DesiredService], inventory: set[str],
                    current: _Pass) -> dict[str, DesiredService]:
@@ -400,6 +434,9 @@ class Reconciler:
                 return "error"
 
     def _execute(self, action: Action, current: _Pass) -> str:
+        if action.service in current.waiting:
+            self.store.record_observation(action.service, ServiceState.UNKNOWN.value, False, action.reason)
+            return "waiting"
         if action.kind is ActionKind.REMOVE:
             return self._remove(action.service)
         if action.kind is ActionKind.NOOP and action.desired is not None and action.service in self._unverified:
@@ -480,7 +517,7 @@ class Reconciler:
         self.report(desired.source, desired.sha, desired.name, CommitState.PENDING, f"deploying {desired.sha[:7]}")
         try:
             if verify_only:
-                self._gate(desired, attempt, prefix="")
+                self._gate(desired, revision.id, attempt, prefix="")
             else:
                 self._roll_out(desired, revision.id, attempt, prefix="")
             self.store.set_running(desired.name, revision.id)
@@ -519,9 +556,10 @@ class Reconciler:
         deployment = self._prepare(desired, revision, attempt, prefix)
         with self._step(attempt, f"{prefix}apply"):
             runtime.apply(deployment)
-        self._gate(desired, attempt, prefix=prefix)
+        self._gate(desired, revision, attempt, prefix=prefix)
 
-    def _gate(self, desired: DesiredService, attempt: int, *, prefix: str) -> None:
+    def _gate(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> None:
+        """Healthy first, then ready: /info matches the manifest and every demo input is answered as expected."""
         runtime = self.runtimes[desired.runtime]
         with self._step(attempt, f"{prefix}health") as step:
             try:
@@ -534,6 +572,53 @@ class Reconciler:
                 step.output = runtime.logs(desired.name, 2000)
                 raise
             step.output = f"healthy after {took:.2f}s"
+        if desired.info.expect:
+            with self._step(attempt, f"{prefix}info") as step:
+                check_info(f"http://{SERVICE_HOST}:{desired.port}{desired.info.path}", desired.info.expect)
+                step.output = "matches " + ", ".join(sorted(desired.info.expect))
+        if desired.demo:
+            with self._step(attempt, f"{prefix}demo") as step:
+                results = self.run_demos(desired, revision, attempt)
+                step.output = "\n".join(result.summary for result in results)
+                failed = [result.summary for result in results if not result.ok]
+                if failed:
+                    raise DemoFailed("demo failed: " + "; ".join(failed))
+
+    def run_demos(self, desired: DesiredService, revision: int | None, attempt: int | None) -> list[DemoResult]:
+        """Send every demo input to the running service and record each answer."""
+        workdir = _inside(self._git(desired.source).checkout(desired.sha), desired.path)
+        url = f"http://{SERVICE_HOST}:{desired.port}/predict"
+        results = [run_demo(url, spec, workdir, self.demo_limits) for spec in desired.demo]
+        for result in results:
+            self.store.record_demo(
+                desired.name, revision, attempt, name=result.name, ok=result.ok, status=result.status,
+                latency_ms=result.latency_ms, content_type=result.content_type, text=result.text,
+                body_file=self._save_body(desired.name, revision, result), truncated=result.truncated,
+                problems="; ".join(result.problems))
+        return results
+
+    def demo_now(self, name: str) -> tuple[int, list[DemoResult]]:
+        """``deployer demo``: run the demo inputs against the running revision now, and record them."""
+        view = self.store.service_view(name)
+        revision = self.store.get_revision(view.running_revision) if view and view.running_revision else None
+        if revision is None:
+            raise StalledError(f"{name}: nothing is running, no demo to run")
+        desired = DesiredService.model_validate(revision.spec)
+        if not desired.demo:
+            raise StalledError(f"{name}: its manifest has no demo inputs")
+        with self._lock(name):
+            return revision.id, self.run_demos(desired, revision.id, None)
+
+    def _save_body(self, service: str, revision: int | None, result: DemoResult) -> str | None:
+        """Binary answers are files under the state dir, never database rows."""
+        if result.body is None:
+            return None
+        extension = mimetypes.guess_extension(result.content_type) or ".bin"
+        relative = Path("demo") / service / str(revision or "adhoc") / f"{result.name}{extension}"
+        target = self.state_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(result.body)
+        return str(relative)
 
     def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str) -> Deployment:
         with self._step(attempt, f"{prefix}checkout") as step:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from deployer.errors import ApplyError
+from deployer.errors import ApplyError, RuntimeUnavailable
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
 
@@ -22,12 +22,17 @@ class MemoryRuntime:
         self.deployments: dict[str, Deployment] = {}
         self.calls: list[tuple[str, str]] = []
         self.fail_next: set[str] = set()
+        self.down = False
 
     def check(self) -> None:
         self.calls.append(("check", ""))
+        if self.down:
+            raise RuntimeUnavailable(f"{self.name}: simulated outage")
 
     def observe(self) -> dict[str, ActualService]:
         self.calls.append(("observe", ""))
+        if self.down:
+            raise RuntimeUnavailable(f"{self.name}: simulated outage")
         return dict(self.services)
 
     def apply(self, deployment: Deployment) -> None:

@@ -29,6 +29,7 @@ from deployer.model.desired import DesiredService
 from deployer.model.status import (
     AttemptView,
     DeliveryResult,
+    DemoView,
     Outcome,
     OverrideKind,
     OverrideView,
@@ -42,6 +43,7 @@ from deployer.store.tables import (
     OUTPUT_TAIL_CHARS,
     AttemptRow,
     DeliveryRow,
+    DemoResultRow,
     ObservationRow,
     OverrideRow,
     PortAllocationRow,
@@ -57,6 +59,7 @@ from deployer.store.tables import (
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 ORIGINS = frozenset({"config", "gitea"})
 NEVER_OBSERVED = "pending"
+NOT_THE_REVISIONS_FAULT = (Reason.PORT_CONFLICT.value, Reason.RUNTIME_UNAVAILABLE.value, Reason.SECRET_MISSING.value)
 INTERRUPTED_MESSAGE = "deployer stopped before this attempt finished; the next reconcile tries again"
 # Execution option asking SQLite for BEGIN IMMEDIATE (see _on_sqlite_begin).
 _SQLITE_WRITE = "deployer_sqlite_write"
@@ -302,13 +305,16 @@ class Store:
         """True when the newest finished attempt at this spec failed or was rolled back.
 
         Running attempts are not "ended" and are skipped; an interrupted one did
-        not fail, so it leaves the spec eligible for another try.
+        not fail, so it leaves the spec eligible for another try. Failures that
+        say nothing about the revision (a foreign process on the port, a runtime
+        that was down) are skipped too: the same spec is tried again.
         """
         query = (
             select(AttemptRow.outcome)
             .join(RevisionRow, AttemptRow.revision_id == RevisionRow.id)
             .where(RevisionRow.service == service, RevisionRow.spec_hash == spec_hash)
             .where(AttemptRow.outcome != Outcome.RUNNING.value)
+            .where(AttemptRow.reason.not_in(NOT_THE_REVISIONS_FAULT))
             .order_by(AttemptRow.id.desc())
             .limit(1)
         )
@@ -404,6 +410,43 @@ class Store:
                 return None
             return SnapshotView(row.service, row.logs_tail, dict(row.info) if row.info is not None else None,
                                 row.info_error, row.captured_at)
+
+    # -- demo results --------------------------------------------------------
+
+    def record_demo(self, service: str, revision_id: int | None, attempt_id: int | None, *, name: str, ok: bool,
+                    status: int | None, latency_ms: float | None, content_type: str, text: str | None,
+                    body_file: str | None, truncated: bool, problems: str) -> int:
+        row = DemoResultRow(service=service, revision_id=revision_id, attempt_id=attempt_id, name=name, ok=ok,
+                            status=status, latency_ms=latency_ms, content_type=content_type[:200], text=text,
+                            body_file=body_file, truncated=truncated, problems=problems, created_at=utcnow())
+        with self._transaction("record_demo", write=True) as session:
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def demo_runs(self, service: str, *, revisions: int = 5) -> dict[int | None, list[DemoView]]:
+        """The newest answer per demo input for each of the service's last ``revisions`` revisions with demos."""
+        query = select(DemoResultRow).where(DemoResultRow.service == service).order_by(DemoResultRow.id.desc())
+        runs: dict[int | None, dict[str, DemoView]] = {}
+        with self._transaction("demo_runs") as session:
+            for row in session.scalars(query.limit(2000)):
+                if row.revision_id not in runs and len(runs) >= revisions:
+                    continue
+                runs.setdefault(row.revision_id, {}).setdefault(row.name, _demo_view(row))
+        return {revision: sorted(by_name.values(), key=lambda view: view.name) for revision, by_name in runs.items()}
+
+    def groups(self) -> dict[str, list[str]]:
+        """Group name -> member services, from each live service's desired revision."""
+        query = (select(ServiceRow.name, RevisionRow.spec)
+                 .join(RevisionRow, RevisionRow.id == ServiceRow.desired_revision_id)
+                 .where(ServiceRow.removed.is_(False)))
+        found: dict[str, list[str]] = {}
+        with self._transaction("groups") as session:
+            for name, spec in session.execute(query):
+                group = spec.get("group") if isinstance(spec, dict) else None
+                if group:
+                    found.setdefault(str(group), []).append(name)
+        return {group: sorted(members) for group, members in sorted(found.items())}
 
     # -- ports -------------------------------------------------------------
 
@@ -676,6 +719,13 @@ def _lowest_free(
         f"no free port in {first}-{last}: every port is allocated to another service or in use "
         "on this host; widen [ports] range in deployer.toml or free a port"
     )
+
+
+def _demo_view(row: DemoResultRow) -> DemoView:
+    return DemoView(id=row.id, service=row.service, revision=row.revision_id, name=row.name, ok=row.ok,
+                    status=row.status, latency_ms=row.latency_ms, content_type=row.content_type, text=row.text,
+                    body_file=row.body_file, truncated=row.truncated, problems=row.problems,
+                    created_at=row.created_at)
 
 
 def _active_overrides(service: str) -> Select[OverrideRow]:

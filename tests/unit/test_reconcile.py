@@ -277,3 +277,18 @@ def test_a_source_removed_from_the_config_keeps_its_services_unless_allowed(worl
     assert reconciler.retire_source("repo", allow_empty=True) == ["alpha", "beta"]
     assert runtime.services == {} and store.inventory("repo") == set()
     assert store.attempts("alpha", 1)[0].reason == "Pruned"
+
+
+def test_an_unreachable_runtime_holds_its_services_instead_of_recreating_them(world: dict[str, Any]) -> None:
+    runtime, store = world["runtime"], world["store"]
+    world["repo"].commit(files(two_services()), "two")
+    run(world)
+    runtime.down = True
+    applies = [call for call in runtime.calls if call[0] == "apply"]
+    world["repo"].commit({"alpha/app.py": "print('a2')\n"}, "change while the runtime is down")
+    assert run(world) == {"alpha": "waiting", "beta": "waiting"}
+    assert [call for call in runtime.calls if call[0] == "apply"] == applies
+    view = store.service_view("alpha")
+    assert view is not None and view.state == "unknown" and not view.healthy
+    runtime.down = False
+    assert run(world) == {"alpha": "succeeded", "beta": "noop"}
