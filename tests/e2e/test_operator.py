@@ -168,6 +168,37 @@ def test_program_stopped_by_hand_is_healed_and_recorded_as_drift(world: dict[str
     assert attempt["trigger"] == "drift" and attempt["reason"] == "DriftCorrected"
 
 
+def test_supervisord_sigkilled_is_restarted_and_orphans_reaped(world: dict[str, Any]) -> None:
+    import signal
+
+    daemon, root = world["daemon"], world["root"]
+    before = daemon.service("text-classify")
+    assert before is not None and before["healthy"]
+    pid = int((root / "state" / "supervisor" / "supervisord.pid").read_text())
+    os.kill(pid, signal.SIGKILL)  # its program keeps running as an orphan holding the port
+    started = time.monotonic()
+
+    def back() -> bool:
+        new_pid = int((root / "state" / "supervisor" / "supervisord.pid").read_text())
+        service = daemon.service("text-classify")
+        return new_pid != pid and bool(service and service["healthy"] and service["state"] == "running")
+
+    wait_for(back, 60, "a new supervisord running the service")
+    print(f"\nsupervisord SIGKILL healed in {time.monotonic() - started:.2f}s")
+    info = httpx.get(f"http://127.0.0.1:{before['port']}/info", timeout=2).json()
+    assert info["version"] == "4.0"
+
+
+def test_program_file_deleted_by_hand_is_rewritten(world: dict[str, Any]) -> None:
+    daemon, root = world["daemon"], world["root"]
+    programs = root / "state" / "supervisor" / "programs"
+    program = next(programs.glob("text-classify*.conf"))
+    original = program.read_text()
+    program.unlink()
+    wait_for(lambda: program.exists() and program.read_text() == original, 30, "the program file to come back")
+    wait_for(lambda: (s := daemon.service("text-classify")) and s["healthy"], 30, "healthy again")
+
+
 def test_api_token_is_required_for_actions(world: dict[str, Any]) -> None:
     wrong = cli(world, "suspend", "text-classify", token="not-the-token")
     assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
