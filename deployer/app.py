@@ -19,13 +19,16 @@ from starlette.applications import Starlette
 import deployer
 from deployer import logs
 from deployer.build import EnvBuilder
+from deployer.demo import DemoLimits
 from deployer.errors import DeployerError
 from deployer.gitea import GiteaClient, StatusReporter
 from deployer.model.status import Trigger
 from deployer.ports import holder, is_free
 from deployer.reconcile import Reconciler, SourceSpec
 from deployer.runtimes.base import Runtime
+from deployer.runtimes.docker import DockerRuntime
 from deployer.runtimes.supervisor import SupervisorRuntime
+from deployer.runtimes.swarm import SwarmRuntime
 from deployer.scheduler import Request, Scheduler, WorkQueue
 from deployer.secrets import SecretStore
 from deployer.settings import Settings, SourceSettings
@@ -77,7 +80,7 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
         state_dir=state_dir, socket=settings.supervisor.socket, include_dir=settings.supervisor.include_dir,
         templates_dir=templates_dir(settings), user=settings.supervisor.user,
     )
-    runtimes: dict[str, Runtime] = {"supervisor": supervisor}
+    runtimes: dict[str, Runtime] = {"supervisor": supervisor, **_container_runtimes(settings)}
     status = _status_reporter(settings)
     reconciler = Reconciler(
         store=store, runtimes=runtimes,
@@ -86,9 +89,11 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
         secrets=SecretStore(settings.secrets_dir), state_dir=state_dir, port_bounds=settings.ports.bounds,
         default_runtime=settings.runtime, prune=settings.reconcile.prune, port_is_free=is_free, status=status,
         port_holder=holder, port_grace=settings.ports.reuse_grace,
+        demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes, settings.demo.timeout),
     )
     _add_sources(reconciler, store, settings, config_dir or Path.cwd())
-    queue = WorkQueue(lambda request: _run_pass(reconciler, request), workers=settings.reconcile.workers)
+    last_errors: dict[str, str | None] = {}
+    queue = WorkQueue(lambda request: _run_pass(reconciler, request, last_errors), workers=settings.reconcile.workers)
     reconciler.metrics.observe_queue(queue.depth)
     scheduler = Scheduler(reconciler, queue, interval=settings.reconcile.interval,
                           poll_interval=settings.reconcile.poll_interval)
@@ -102,6 +107,25 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
                    checks=_checks(daemon))
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
+
+
+def _container_runtimes(settings: Settings) -> dict[str, Runtime]:
+    """Docker and Swarm, when enabled (``auto``: when an engine answers now)."""
+    if settings.docker.enabled is False:
+        return {}
+    options = settings.docker
+    docker = DockerRuntime(options.url, bind_address=options.bind_address, base_image=options.base_image,
+                           templates_dir=templates_dir(settings), keep_images=options.keep_images,
+                           registry=options.registry)
+    if settings.docker.enabled == "auto":
+        try:
+            docker.check()
+        except DeployerError as exc:
+            log.info("docker runtimes off: %s (set [docker] enabled = true to require them)", exc)
+            return {}
+    swarm = SwarmRuntime(options.url, base_image=options.base_image, templates_dir=templates_dir(settings),
+                         keep_images=options.keep_images, registry=options.registry)
+    return {"docker": docker, "swarm": swarm}
 
 
 def _status_reporter(settings: Settings) -> StatusReporter:
@@ -130,10 +154,13 @@ def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, confi
             log.warning("source %s left deployer.toml: removed %s", record.name, ", ".join(removed))
 
 
-def _run_pass(reconciler: Reconciler, request: Request) -> None:
+def _run_pass(reconciler: Reconciler, request: Request, last_errors: dict[str, str | None]) -> None:
+    """Log a pass only when it changed something or its error is new: one line per step, not per poll."""
     result = reconciler.reconcile_source(request.source, trigger=request.trigger, fetch=request.fetch)
-    changed = {name: outcome for name, outcome in result.outcomes.items() if outcome != "noop"}
-    if changed or result.error:
+    changed = {name: outcome for name, outcome in result.outcomes.items() if outcome not in ("noop", "held")}
+    new_error = result.error != last_errors.get(request.source)
+    last_errors[request.source] = result.error
+    if changed or (result.error and new_error):
         log.info("pass %s@%s (%s): %s%s", result.source, (result.sha or "?")[:7], request.trigger.value,
                  ", ".join(f"{name}={outcome}" for name, outcome in sorted(changed.items())) or "no changes",
                  f"; {result.error}" if result.error else "")

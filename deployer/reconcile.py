@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deployer.build import EnvBuilder
 from deployer.demo import DemoFailed, DemoLimits, DemoResult, check_info, run_demo
-from deployer.errors import DeployerError, Reason, SourceError, StalledError
+from deployer.errors import BuildError, DeployerError, Reason, SourceError, StalledError
 from deployer.gitea import CommitState, StatusReporter, state_for
 from deployer.health import Probe, fetch_info, probe, wait_healthy
 from deployer.loader import load_manifest_file
@@ -32,7 +32,7 @@ from deployer.model.desired import DesiredService
 from deployer.model.manifest import ManifestFile, ServiceManifest
 from deployer.model.plan import Action, ActionKind, Plan, plan
 from deployer.model.status import Outcome, OverrideKind, OverrideView, RevisionView, Trigger
-from deployer.runtimes.base import Runtime
+from deployer.runtimes.base import BuildsImages, Runtime
 from deployer.secrets import SecretStore
 from deployer.source import GitSource
 from deployer.store import Store
@@ -621,20 +621,28 @@ class Reconciler:
         return str(relative)
 
     def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str) -> Deployment:
+        """Checkout, then build: a Python environment (processes) or an image (containers)."""
         with self._step(attempt, f"{prefix}checkout") as step:
             checkout = self._git(desired.source).checkout(desired.sha)
             workdir = _inside(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
-        env_dir = None
-        if desired.runtime == "supervisor":
-            with self._step(attempt, f"{prefix}build") as step:
-                built = self.builder.ensure(workdir, desired.requirements)
-                env_dir = built.env_dir
-                step.output = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
         secret_env = self.secrets.resolve(desired.secrets, service=desired.name)
         environment = {**desired.env, "PORT": str(desired.port), "HOST": SERVICE_HOST}
-        return Deployment(desired=desired, revision=revision, workdir=workdir, env_dir=env_dir,
-                          argv=desired.argv, environment=environment, secret_env=secret_env)
+        deployment = Deployment(desired=desired, revision=revision, workdir=workdir, argv=desired.argv,
+                                environment=environment, secret_env=secret_env)
+        runtime = self.runtimes[desired.runtime]
+        with self._step(attempt, f"{prefix}build") as step:
+            try:
+                if isinstance(runtime, BuildsImages):
+                    image = runtime.build(deployment)
+                    step.output = f"reused image {image.image}" if image.reused else image.output_tail
+                    return deployment
+                built = self.builder.ensure(workdir, desired.requirements)
+            except BuildError as exc:
+                step.output = f"{exc}\n{exc.output}".strip()
+                raise
+            step.output = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
+        return replace(deployment, env_dir=built.env_dir)
 
     def _roll_back(self, name: str, failed_revision: int, attempt: int) -> int | None:
         """Put the last good revision back; return its id, or None when there is none or it fails too."""

@@ -139,6 +139,7 @@ class SupervisorSettings(Section):
 
 
 class DockerSettings(Section):
+    enabled: bool | Literal["auto"] = "auto"
     url: str = ""
     base_image: str = "python:3.11-slim"
     bind_address: str = "127.0.0.1"
@@ -161,6 +162,12 @@ class PathSettings(Section):
     secrets_dir: OptionalPath = None
 
 
+class DemoSettings(Section):
+    max_input_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_response_bytes: int = Field(default=256 * 1024, gt=0)
+    timeout: float = Field(default=30, gt=0)
+
+
 class BuildSettings(Section):
     installer: Literal["auto", "uv", "pip"] = "auto"
     python: str = ""
@@ -180,6 +187,7 @@ class Settings(Section):
     api: ApiSettings = Field(default_factory=ApiSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     build: BuildSettings = Field(default_factory=BuildSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
     runtime: Literal["supervisor", "docker", "swarm"] = "supervisor"
 
     @model_validator(mode="after")

@@ -18,3 +18,10 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 pg_isready -h 127.0.0.1 -p 5432 || echo "warning: PostgreSQL is not answering on 127.0.0.1:5432" >&2
+
+# Docker engine, busybox-static, the loopback registry and a single-node swarm.
+"$(dirname "$0")/docker-services.sh"
+# Headless Chromium for the page tests.
+if [ -x "$(dirname "$0")/browser-services.sh" ]; then
+  "$(dirname "$0")/browser-services.sh"
+fi

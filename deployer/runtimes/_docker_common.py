@@ -28,6 +28,7 @@ import docker
 import docker.errors
 import docker.types
 import jinja2
+import requests.exceptions
 
 from deployer.errors import ApplyError, BuildError, DeployerError, Reason, RuntimeUnavailable
 from deployer.model.deployment import Deployment
@@ -117,9 +118,9 @@ class Engine:
             raise
         except docker.errors.APIError as exc:
             raise ApplyError(f"{where}: the docker engine refused: {explanation(exc)}") from exc
-        except (docker.errors.DockerException, OSError) as exc:
-            # requests' connection errors and timeouts are OSErrors; DockerException covers
-            # a failed version negotiation when the socket is missing.
+        except (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError) as exc:
+            # The SDK talks HTTP through requests (connection errors, timeouts); DockerException
+            # covers a failed API version negotiation when the socket is missing.
             raise RuntimeUnavailable(
                 f"docker engine at {safe_url(self.base_url)} is unreachable ({type(exc).__name__}); "
                 "docker and swarm services wait until it is back"

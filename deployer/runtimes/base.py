@@ -7,7 +7,7 @@ it returns once the runtime has accepted it, the health gate is the caller's.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from deployer.model.actual import ActualService
 from deployer.model.deployment import Deployment
@@ -36,3 +36,17 @@ class Runtime(Protocol):
 
     def logs(self, name: str, max_bytes: int = 8192) -> str:
         """The last ``max_bytes`` of the service's output, decoded with replacement."""
+
+
+class BuiltImage(Protocol):
+    image: str
+    reused: bool
+    output_tail: str
+
+
+@runtime_checkable
+class BuildsImages(Protocol):
+    """Container runtimes build (or reuse) the service's image before ``apply``."""
+
+    def build(self, deployment: Deployment) -> BuiltImage:
+        """Build or reuse the image for ``deployment``; raise ``BuildError`` with the output tail."""

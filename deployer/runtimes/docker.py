@@ -1,10 +1,9 @@
 """Docker runtime: one container per service, owned through its labels, never by name alone.
 
-``apply`` builds or reuses the image, creates the new container beside the old one
-(as ``NAME.next``), stops the old, starts the new, then removes the old and renames.
-One host port cannot be bound twice, so a replace costs about a second of refused
-connections (zero downtime needs the gateway in front). Any failure removes the new
-container and starts the old one again: the host keeps what ran before.
+``apply`` creates the new container beside the old (as ``NAME.next``), stops the old, starts
+the new, removes the old and renames. One host port cannot be bound twice: a replace refuses
+connections for a moment (zero downtime needs the gateway). Any failure removes the new
+container and starts the old one again, so the host keeps what ran before.
 """
 
 from __future__ import annotations
@@ -80,6 +79,8 @@ class DockerRuntime:
     survive ``start_seconds`` after start to count as started, like supervisor's startsecs.
     ``registry`` is accepted so both docker runtimes take the same ``[docker]`` settings;
     containers run local images and nothing is pushed (the swarm runtime pushes).
+    Secrets reach the process as environment, so ``docker inspect`` shows them to whoever
+    may use the engine's socket (who can do that is root on the host anyway).
     """
 
     name = RUNTIME_NAME
@@ -224,6 +225,8 @@ class DockerRuntime:
             text = explanation(exc)
             if any(marker in text for marker in _BIND_ERRORS):
                 raise port_conflict(name, self.bind_address, self._port_of(container), _short(text)) from exc
+            if "[[gpu]]" in text:
+                text += " (resources.gpus needs the NVIDIA container toolkit on this host)"
             raise ApplyError(f"service {name}: the container did not start: {text}") from exc
         self._settle(name, container)
 

@@ -1,10 +1,9 @@
 """Swarm runtime: one ``docker service`` per service, its image pushed to ``[docker] registry``.
 
-Ports are published in host mode (the ingress mesh needs IPVS, missing on this kernel),
-so a node can run one task of a service: replicas are spread one per node and must not
-exceed the ready nodes. Updates roll back on failure; they are start-first when a spare
-node can take the new task, else stop-first (on a single node: ~1 s gap, as with docker).
-``apply`` returns only once swarm reports the rollout complete, or raises.
+Ports are published in host mode (the ingress mesh needs IPVS, missing on this kernel), so a
+node runs one task of a service: replicas are spread one per node, at most the ready nodes.
+Updates roll back on failure; start-first when a spare node can take the new task, else
+stop-first (a short gap, as with docker). ``apply`` returns once swarm completed the rollout.
 """
 
 from __future__ import annotations
@@ -66,6 +65,16 @@ class UpdateOrder:
 
 class SwarmRuntime:
     """Runs services as swarm services on the manager the engine at ``base_url`` is.
+
+    Why host mode, one task per node: the routing mesh (ingress) needs IPVS, which this
+    kernel lacks (a published ingress port refuses connections). In host mode each task
+    binds the node's port itself, so two tasks of a service can never share a node: swarm
+    leaves the second one pending ("host-mode port already in use"), and a start-first
+    update on a node with no spare capacity waits forever for a place for the new task.
+    Hence ``Placement.MaxReplicas=1``, replicas above the ready nodes are refused before
+    anything changes, and start-first is used only when a node is free (stop-first else).
+    Host mode binds every address of the node (``bind_address`` cannot apply): firewall it,
+    or front it with the gateway. Environment (secrets included) is in the service spec.
 
     ``monitor`` is how long swarm watches each new task before calling an update done
     (a failure inside it rolls the update back); new tasks must also stay up for
@@ -224,18 +233,20 @@ class SwarmRuntime:
         spec["task_template"]["ForceUpdate"] = force
         api.update_service(service["ID"], service["Version"]["Index"], **spec)
         deadline = time.monotonic() + self.converge_timeout + deployment.desired.health.timeout
-        self._await_update(deployment.name, service["ID"], previous, deadline)
+        self._await_update(deployment.name, service["ID"], previous, before, deadline)
         self._await_tasks(deployment.name, service["ID"], before, deployment.desired.replicas, deadline)
 
-    def _await_update(self, name: str, service_id: str, previous: str | None, deadline: float) -> None:
+    def _await_update(self, name: str, service_id: str, previous: str | None, before: set[str],
+                      deadline: float) -> None:
         """Wait for swarm's update to finish; a rolled-back or paused one is an ``ApplyError``."""
         while True:
             status = self.engine.api().inspect_service(service_id).get("UpdateStatus") or {}
             state = status.get("State", "")
             if status.get("StartedAt") != previous and state not in _UPDATE_BUSY:
                 if state in _UPDATE_FAILED:
-                    raise self._failure(name, service_id, f"swarm rolled the update back ({state}): "
-                                        f"{status.get('Message', '')}")
+                    error = self._new_task_error(service_id, before)
+                    raise self._failure(name, service_id, f"the update failed ({error}) and swarm "
+                                        f"{state.replace('_', ' ')}: the previous spec runs again")
                 if state == "completed":
                     return
             if time.monotonic() > deadline:
@@ -262,6 +273,11 @@ class SwarmRuntime:
                 raise ApplyError(f"service {name}: {len(running)}/{replicas} tasks running after the timeout "
                                  f"(task states: {', '.join(states)})")
             time.sleep(_POLL_SECONDS)
+
+    def _new_task_error(self, service_id: str, before: set[str]) -> str:
+        tasks = [t for t in self.engine.api().tasks(filters={"service": service_id}) if t["ID"] not in before]
+        failed = [t for t in tasks if t["Status"].get("State") in _TASK_FAILED]
+        return _task_error(failed[0]) if failed else "a new task did not stay up"
 
     def _failure(self, name: str, service_id: str, what: str) -> ApplyError:
         output = self._service_logs(service_id, 2000).strip()

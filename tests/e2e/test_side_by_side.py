@@ -1,0 +1,144 @@
+"""End to end with a real Docker engine: one repository holds a Supervisor service and a
+Docker service; the daemon deploys both, a change to the container's folder redeploys
+only it (new image, same port), a container removed by hand comes back, and a broken
+image is rolled back to the previous one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import EXAMPLE, GitRepo, free_port, start_daemon, stop_supervisord, wait_for
+
+DOCKERFILE = """FROM scratch
+COPY busybox /bin/busybox
+COPY www /www
+CMD ["/bin/busybox", "sh", "-c", "exec /bin/busybox httpd -f -p \\"$PORT\\" -h /www"]
+"""
+
+
+def manifest(health: str = "/health") -> str:
+    return f"""services:
+  - name: text-classify
+    path: text-classify
+    command: python server.py --port ${{PORT}}
+    health: {{path: /health, timeout: 30}}
+  - name: static-model
+    path: static-model
+    runtime: docker
+    health: {{path: {health}, timeout: 20}}
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, docker_api: Any) -> Iterator[dict[str, Any]]:
+    busybox = Path("/bin/busybox")
+    root = tmp_path_factory.mktemp("side")
+    repo = GitRepo.create(root / "repo.git", root / "work")
+    tree = {f"text-classify/{name}": data for name, data in repo.copy_tree(EXAMPLE).items()}
+    tree.update({"service.yaml": manifest(), "static-model/Dockerfile": DOCKERFILE,
+                 "static-model/busybox": busybox.read_bytes(), "static-model/www/health": "ok\n",
+                 "static-model/www/info": '{"version": "1"}\n'})
+    repo.commit(tree, "a process and a container", push=False)
+    (repo.work / "static-model" / "busybox").chmod(0o755)
+    repo.commit({}, "busybox is executable")
+    port = free_port()
+    first = 28000 + (port % 2000) * 10
+    (root / "deployer.toml").write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[[sources]]
+url = "repo.git"
+name = "mixed"
+[reconcile]
+interval = 2
+poll_interval = 3600
+[ports]
+range = "{first}-{first + 9}"
+[docker]
+enabled = true
+[paths]
+state_dir = "{root / 'state'}"
+""")
+    daemon = start_daemon(root / "deployer.toml", root / "state", env={"DEPLOYER_API_TOKEN": "t"})
+    try:
+        yield {"root": root, "repo": repo, "daemon": daemon, "api": docker_api}
+    finally:
+        daemon.stop()
+        stop_supervisord(root / "state")
+        for container in docker_api.containers(all=True, filters={"label": "deployer.service=static-model"}):
+            docker_api.remove_container(container["Id"], force=True)
+        for image in docker_api.images(name="deployer/static-model"):
+            docker_api.remove_image(image["Id"], force=True)
+
+
+def healthy(daemon: Any, name: str, sha: str, timeout: float = 90) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        service = daemon.service(name)
+        done = service and service["last_attempt"] and service["last_attempt"]["outcome"] != "running"
+        return service if done and service["healthy"] and service["running_sha"] == sha else None
+
+    return wait_for(check, timeout, f"{name} healthy at {sha[:7]}")
+
+
+def test_a_process_and_a_container_from_one_repo(world: dict[str, Any]) -> None:
+    daemon, repo = world["daemon"], world["repo"]
+    process = healthy(daemon, "text-classify", repo.shas[-1])
+    container = healthy(daemon, "static-model", repo.shas[-1])
+    assert (process["runtime"], container["runtime"]) == ("supervisor", "docker")
+    steps = [step["name"] for step in container["attempts"][0]["steps"]]
+    assert steps[:3] == ["checkout", "build", "apply"]
+    info = httpx.get(f"http://127.0.0.1:{container['port']}/info", timeout=5).json()
+    assert info == {"version": "1"}
+    labels = world["api"].containers(filters={"label": "deployer.service=static-model"})[0]["Labels"]
+    assert labels["deployer.managed"] == "true" and labels["deployer.revision"] == str(container["running_revision"])
+    world["port"] = container["port"]
+
+
+def test_a_change_to_the_container_redeploys_only_it(world: dict[str, Any]) -> None:
+    daemon, repo = world["daemon"], world["repo"]
+    before = daemon.service("text-classify")
+    sha = repo.commit({"static-model/www/info": '{"version": "2"}\n'}, "container v2")
+    assert httpx.post(daemon.url + "/api/reconcile", headers={"Authorization": "Bearer t"}).status_code == 202
+    container = healthy(daemon, "static-model", sha)
+    assert container["port"] == world["port"]
+    assert httpx.get(f"http://127.0.0.1:{world['port']}/info", timeout=5).json() == {"version": "2"}
+    after = daemon.service("text-classify")
+    assert before is not None and after is not None
+    assert after["attempts"][0]["id"] == before["attempts"][0]["id"], "the process was left alone"
+
+
+def test_a_container_removed_by_hand_comes_back(world: dict[str, Any]) -> None:
+    daemon, api = world["daemon"], world["api"]
+    for container in api.containers(filters={"label": "deployer.service=static-model"}):
+        api.remove_container(container["Id"], force=True)
+    def healed() -> dict[str, Any] | None:
+        newest = daemon.service("static-model")["attempts"][0]
+        return newest if newest["trigger"] == "drift" and newest["outcome"] != "running" else None
+
+    assert wait_for(healed, 60, "the container to be recreated")["outcome"] == "succeeded"
+    assert httpx.get(f"http://127.0.0.1:{world['port']}/health", timeout=2).status_code == 200
+
+
+def test_a_broken_container_is_rolled_back_to_the_previous_image(world: dict[str, Any]) -> None:
+    daemon, repo = world["daemon"], world["repo"]
+    before = daemon.service("static-model")
+    assert before is not None
+    repo.commit({"service.yaml": manifest(health="/missing")}, "container health path that never answers")
+    httpx.post(daemon.url + "/api/reconcile", headers={"Authorization": "Bearer t"})
+
+    def finished() -> dict[str, Any] | None:
+        service = daemon.service("static-model")
+        newest = service["attempts"][0] if service else None
+        return newest if newest and newest["id"] > before["attempts"][0]["id"] and \
+            newest["outcome"] != "running" else None
+
+    attempt = wait_for(finished, 90, "the failing container deploy to finish")
+    assert attempt["outcome"] == "rolled_back" and attempt["reason"] == "HealthCheckFailed", attempt
+    rebuilt = next(step for step in attempt["steps"] if step["name"] == "rollback-build")
+    assert rebuilt["output"].startswith("reused image"), rebuilt
+    assert httpx.get(f"http://127.0.0.1:{world['port']}/info", timeout=5).json() == {"version": "2"}
