@@ -171,8 +171,16 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
         if not daemon.scheduler.alive() or not daemon.queue.alive():
             raise RuntimeError("scheduler or workers are not running")
 
+    def runtime_check(name: str, runtime: Runtime) -> Callable[[], None]:
+        def check() -> None:
+            # Supervisor always counts; a container runtime only once a service uses it
+            # (a host with Docker but no swarm is healthy until someone asks for swarm).
+            if name == "supervisor" or any(view.runtime == name for view in daemon.store.service_views()):
+                runtime.check()
+        return check
+
     checks: dict[str, Callable[[], None]] = {"store": daemon.store.ping, "scheduler": scheduler_alive}
-    checks.update({name: runtime.check for name, runtime in daemon.runtimes.items()})
+    checks.update({name: runtime_check(name, runtime) for name, runtime in daemon.runtimes.items()})
     return checks
 
 
