@@ -464,6 +464,11 @@ class Reconciler:
         running = self.store.service_view(desired.name)
         if running is not None and running.running_revision == revision.id:
             trigger = Trigger.DRIFT  # git did not change: the world did
+        moved_from = current.actual.get(desired.name)
+        if moved_from is not None and moved_from.runtime != desired.runtime and moved_from.runtime in self.runtimes:
+            # Switching runtime: the old instance holds the port, so it goes first.
+            log.info("%s: moving from %s to %s", desired.name, moved_from.runtime, desired.runtime)
+            self.runtimes[moved_from.runtime].remove(desired.name)
         log.info("%s: %s%s", desired.name, action.describe(), " (drift)" if trigger is Trigger.DRIFT else "",
                  extra={"service": desired.name, "revision": revision.id})
         return self.deploy(desired, revision, trigger).value
