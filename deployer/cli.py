@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("service", nargs="?")
     reconcile = _remote(commands, remote, "reconcile", "run a pass now (fetch first)", _reconcile)
     reconcile.add_argument("service", nargs="?")
+    _remote(commands, remote, "demo", "run the demo inputs against the running revision now", _demo, service=True)
     for name, helptext in (("rollback", "deploy an earlier revision and pin it"),
                            ("pin", "hold a service at a revision (default: the running one)")):
         command = _remote(commands, remote, name, helptext, _act, service=True)
@@ -204,6 +205,21 @@ def _reconcile(args: argparse.Namespace) -> int:
         return _print_json(data)
     print(f"pass requested for {', '.join(data['requested']) or 'no sources'}")
     return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from deployer.client import table
+
+    data = _client(args).post(f"/api/services/{args.service}/demo", {})
+    if args.json:
+        return _print_json(data)
+    rows = [[result["name"], "ok" if result["ok"] else "FAILED", result["status"] or "-",
+             f"{result['latency_ms']:.0f} ms" if result["latency_ms"] is not None else "-",
+             result["problems"] or (result["text"] or result["content_type"] or "")[:60]]
+            for result in data["results"]]
+    print(f"{args.service}: revision {data['revision']}")
+    print(table(rows, ("DEMO", "RESULT", "HTTP", "LATENCY", "ANSWER")))
+    return EXIT_OK if all(result["ok"] for result in data["results"]) else EXIT_FAILURE
 
 
 def _act(args: argparse.Namespace) -> int:

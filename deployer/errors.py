@@ -25,6 +25,8 @@ class Reason(StrEnum):
     BUILD_FAILED = "BuildFailed"
     APPLY_FAILED = "ApplyFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
+    DEMO_FAILED = "DemoFailed"
+    INFO_MISMATCH = "InfoMismatch"
     ROLLED_BACK = "RolledBack"
     ROLLBACK_FAILED = "RollbackFailed"
     PORT_CONFLICT = "PortConflict"

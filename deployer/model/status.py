@@ -69,6 +69,25 @@ class RevisionView:
 
 
 @dataclass(frozen=True)
+class DemoView:
+    """One demo input's recorded answer (``body_file`` for binary answers, relative to the state dir)."""
+
+    id: int
+    service: str
+    revision: int | None
+    name: str
+    ok: bool
+    status: int | None
+    latency_ms: float | None
+    content_type: str
+    text: str | None
+    body_file: str | None
+    truncated: bool
+    problems: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class SnapshotView:
     """What the service itself said last: its log tail and its ``/info``."""
 

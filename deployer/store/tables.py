@@ -189,6 +189,28 @@ class ObservationRow(Base):
     observed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DemoResultRow(Base):
+    """One demo input's answer for one revision; binary answers are files, named here."""
+
+    __tablename__ = "demo_results"
+    __table_args__ = (Index("ix_demo_results_service_revision_id", "service", "revision_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    service: Mapped[str] = mapped_column(String(NAME))
+    revision_id: Mapped[int | None] = mapped_column(ForeignKey("revisions.id"))
+    attempt_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    name: Mapped[str] = mapped_column(String(64))
+    ok: Mapped[bool]
+    status: Mapped[int | None] = mapped_column(Integer, default=None)
+    latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    content_type: Mapped[str] = mapped_column(String(200), default="")
+    text: Mapped[str | None] = mapped_column(Text, default=None)
+    body_file: Mapped[str | None] = mapped_column(Text, default=None)
+    truncated: Mapped[bool] = mapped_column(default=False)
+    problems: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class SnapshotRow(Base):
     """The last log lines and /info answer of a service, captured by the reconciler for the pages."""
 

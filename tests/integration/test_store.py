@@ -96,7 +96,7 @@ def test_migrations_build_exactly_the_tables_the_models_describe(store: Store, r
     assert differences == []
     expected = {
         "sources", "services", "revisions", "attempts", "steps", "deliveries",
-        "port_allocations", "observations", "overrides", "released_ports", "service_snapshots",
+        "port_allocations", "observations", "overrides", "released_ports", "service_snapshots", "demo_results",
         "alembic_version",
     }  # fmt: skip
     assert set(sa.inspect(raw).get_table_names()) == expected
@@ -655,3 +655,25 @@ def test_snapshot_round_trip(store: Store) -> None:
     store.record_snapshot("svc", logs_tail="", info=None, info_error="HTTP 500")
     again = store.snapshot("svc")
     assert again is not None and again.info is None and again.info_error == "HTTP 500"
+
+
+def test_demo_runs_keep_the_newest_answer_per_input_and_revision(store: Store) -> None:
+    first = store.add_revision(desired("svc", model="a"), author="a", message="m", manifest_text="t")
+    second = store.add_revision(desired("svc", model="b"), author="a", message="m", manifest_text="t")
+    common = {"content_type": "application/json", "body_file": None, "truncated": False, "problems": ""}
+    store.record_demo("svc", first.id, None, name="short", ok=True, status=200, latency_ms=5.0, text="old", **common)
+    store.record_demo("svc", first.id, None, name="short", ok=True, status=200, latency_ms=4.0, text="new", **common)
+    store.record_demo("svc", second.id, 7, name="short", ok=False, status=500, latency_ms=9.0, text="x",
+                      **{**common, "problems": "expected HTTP 200, got 500"})
+    runs = store.demo_runs("svc")
+    assert [view.text for view in runs[first.id]] == ["new"]
+    assert runs[second.id][0].ok is False and runs[second.id][0].problems.startswith("expected")
+    assert list(store.demo_runs("svc", revisions=1)) == [second.id]
+
+
+def test_groups_come_from_the_desired_revision(store: Store) -> None:
+    for name in ("b-svc", "a-svc", "solo"):
+        store.upsert_service(name, "src", "supervisor")
+        spec = desired(name).model_copy(update={"group": None if name == "solo" else "nlp"})
+        store.set_desired(name, store.add_revision(spec, author="a", message="m", manifest_text="t").id)
+    assert store.groups() == {"nlp": ["a-svc", "b-svc"]}

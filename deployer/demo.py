@@ -1,0 +1,167 @@
+"""Model-aware readiness: ``/info`` expectations and demo inputs sent to ``POST /predict``.
+
+A service is ready when it answers its demo inputs as its manifest expects,
+not merely when ``/health`` says 200. Responses are read with a cap (never held
+whole), JSON is kept as text for the pages, other bodies go to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deployer.errors import DeployerError, Reason, StalledError
+from deployer.model.manifest import DemoSpec
+
+
+class DemoFailed(DeployerError):
+    reason = Reason.DEMO_FAILED
+
+
+class InfoMismatch(DeployerError):
+    reason = Reason.INFO_MISMATCH
+
+
+@dataclass(frozen=True)
+class DemoLimits:
+    max_input_bytes: int = 10 * 1024 * 1024
+    max_response_bytes: int = 256 * 1024
+    timeout: float = 30.0
+
+
+@dataclass
+class DemoResult:
+    name: str
+    ok: bool
+    status: int | None
+    latency_ms: float | None
+    content_type: str = ""
+    text: str | None = None
+    body: bytes | None = field(default=None, repr=False)
+    truncated: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        head = f"{self.name}: HTTP {self.status}" if self.status is not None else f"{self.name}: no answer"
+        timing = f" in {self.latency_ms:.0f} ms" if self.latency_ms is not None else ""
+        return head + timing + ("" if self.ok else f" — {'; '.join(self.problems)}")
+
+
+def check_info(url: str, expect: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """``GET /info`` and compare ``expect`` (dotted paths allowed); raise InfoMismatch naming each field."""
+    try:
+        response = httpx.get(url, timeout=timeout)
+        info = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise InfoMismatch(f"{url}: no JSON answer ({type(exc).__name__})") from None
+    if response.status_code != 200 or not isinstance(info, dict):
+        raise InfoMismatch(f"{url}: expected a JSON object with HTTP 200 (got HTTP {response.status_code})")
+    wrong = [f"{key}: expected {want!r}, got {_lookup(info, key)!r}"
+             for key, want in sorted(expect.items()) if _lookup(info, key) != want]
+    if wrong:
+        raise InfoMismatch("/info does not match the manifest: " + "; ".join(wrong))
+    return info
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def run_demo(url: str, spec: DemoSpec, workdir: Path, limits: DemoLimits = DemoLimits()) -> DemoResult:
+    """Send one demo input and judge the answer against the spec's expectations."""
+    try:
+        request = _request(spec, workdir, limits)
+    except StalledError as exc:
+        return DemoResult(spec.name, False, None, None, problems=[str(exc)])
+    started = time.monotonic()
+    try:
+        with httpx.stream("POST", url, timeout=limits.timeout, **request) as response:
+            body, truncated = _read_capped(response, limits.max_response_bytes)
+    except httpx.TimeoutException:
+        return DemoResult(spec.name, False, None, None, problems=[f"no answer within {limits.timeout:g}s"])
+    except httpx.HTTPError as exc:
+        return DemoResult(spec.name, False, None, None, problems=[f"{type(exc).__name__}: {exc}"])
+    latency = (time.monotonic() - started) * 1000
+    result = _result(spec, response, body, truncated, latency)
+    result.problems = _judge(spec, result)
+    result.ok = not result.problems
+    return result
+
+
+def _request(spec: DemoSpec, workdir: Path, limits: DemoLimits) -> dict[str, Any]:
+    relative = spec.input or spec.file or ""
+    path = (workdir / relative).resolve()
+    if not path.is_relative_to(workdir.resolve()) or not path.is_file():
+        raise StalledError(f"demo {spec.name}: {relative} is missing from the repository")
+    if path.stat().st_size > limits.max_input_bytes:
+        raise StalledError(f"demo {spec.name}: {relative} is larger than {limits.max_input_bytes} bytes")
+    if spec.input is not None:
+        try:
+            return {"json": json.loads(path.read_bytes())}
+        except ValueError as exc:
+            raise StalledError(f"demo {spec.name}: {relative} is not valid JSON: {exc}") from None
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return {"files": {"file": (path.name, path.read_bytes(), kind)}}
+
+
+def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        if size + len(chunk) > limit:
+            chunks.append(chunk[: limit - size])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+def _result(spec: DemoSpec, response: httpx.Response, body: bytes, truncated: bool, latency: float) -> DemoResult:
+    """Text when the bytes decode as UTF-8 JSON or text, whatever the content type claims; else binary."""
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    result = DemoResult(spec.name, False, response.status_code, latency, content_type, truncated=truncated)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        result.body = body
+        return result
+    if "\x00" in text:
+        result.body = body
+    else:
+        result.text = text
+    return result
+
+
+def _judge(spec: DemoSpec, result: DemoResult) -> list[str]:
+    problems = []
+    if result.status != spec.status:
+        problems.append(f"expected HTTP {spec.status}, got {result.status}")
+    if spec.max_latency_ms is not None and result.latency_ms is not None and result.latency_ms > spec.max_latency_ms:
+        problems.append(f"took {result.latency_ms:.0f} ms, more than {spec.max_latency_ms:g} ms")
+    if spec.json_keys:
+        problems.extend(_missing_keys(spec.json_keys, result))
+    return problems
+
+
+def _missing_keys(keys: list[str], result: DemoResult) -> list[str]:
+    if result.text is None or result.truncated:
+        return ["expected a complete JSON answer"]
+    try:
+        data = json.loads(result.text)
+    except ValueError:
+        return ["expected JSON, got something else"]
+    if not isinstance(data, dict):
+        return ["expected a JSON object"]
+    missing = [key for key in keys if _lookup(data, key) is None]
+    return [f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}"] if missing else []
