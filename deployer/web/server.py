@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -35,7 +37,17 @@ from deployer.web.api import (
     revision_json,
     service_json,
 )
-from deployer.web.status import page_environment
+from deployer.web.status import (
+    Tone,
+    commit_links,
+    commit_statuses,
+    condition,
+    delivery_tone,
+    outcome_tone,
+    overview_rows,
+    page_environment,
+    status_tone,
+)
 from deployer.web.webhook import WebhookReceiver
 
 
@@ -48,6 +60,7 @@ class WebDeps:
     api_token: str | None = None
     checks: Mapping[str, Callable[[], None]] = field(default_factory=dict)
     refresh_seconds: int = 10
+    gitea_url: str = ""  # commits of sources that are Gitea repositories link to it
 
 
 def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None
@@ -57,6 +70,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/hooks/gitea", deps.webhook.handle, methods=["POST"]),
         Route("/", routes.index),
         Route("/services/{name}", routes.service_page),
+        Route("/deliveries", routes.deliveries),
         Route("/api/services", routes.services),
         Route("/api/services/{name}", routes.service),
         Route("/api/services/{name}/diff", routes.diff),
@@ -76,21 +90,30 @@ class _Routes:
         self.operator = Operator(deps.store)
 
     async def index(self, request: Request) -> Response:
-        views = await run_in_threadpool(self.store.service_views)
-        failing = [view.name for view in views if view.state == "failed" or
-                   (view.last_attempt is not None and view.last_attempt.outcome in ("failed", "rolled_back"))]
-        html = self.pages.get_template("index.html").render(
-            services=views, failing=failing, refresh=self.deps.refresh_seconds,
-            source_errors=sorted(self.deps.reconciler.source_errors.items()),
-        )
-        return HTMLResponse(html)
+        context = await run_in_threadpool(self._overview)
+        return self._page("index.html", request, context)
+
+    def _overview(self) -> dict[str, Any]:
+        rows = overview_rows(self.store.service_views(), self.store.all_active_overrides())
+        return {"rows": rows, "sources": self.store.list_sources(),
+                "failing": [row for row in rows if row.condition.tone is Tone.BAD],
+                "drifting": [row for row in rows if row.condition.tone is Tone.WARN],
+                "source_errors": sorted(self.deps.reconciler.source_errors.items())}
 
     async def service_page(self, request: Request) -> Response:
         name = request.path_params["name"]
-        detail = await run_in_threadpool(self._detail, name)
+        detail = await run_in_threadpool(self._service_context, name)
         if detail is None:
-            return HTMLResponse(self.pages.get_template("missing.html").render(name=name, refresh=0), 404)
-        return HTMLResponse(self.pages.get_template("service.html").render(**detail, refresh=self.deps.refresh_seconds))
+            return self._page("missing.html", request, {"name": name, "sources": []}, status=404, refresh=False)
+        return self._page("service.html", request, detail)
+
+    def _service_context(self, name: str) -> dict[str, Any] | None:
+        detail = self._detail(name)
+        if detail is None:
+            return None
+        revisions = [revision for revision, _ in detail["timeline"]]
+        return {**detail, "condition": condition(detail["service"]), "snapshot": self.store.snapshot(name),
+                "statuses": commit_statuses(detail["attempts"], revisions), "sources": self.store.list_sources()}
 
     def _detail(self, name: str) -> dict[str, Any] | None:
         view = self.store.service_view(name)
@@ -101,6 +124,26 @@ class _Routes:
                     for revision, older in zip(revisions, [*revisions[1:], None], strict=True)]
         return {"service": view, "timeline": timeline, "attempts": self.store.attempts(name, 20),
                 "overrides": self.store.override_history(name, 20)}
+
+    async def deliveries(self, request: Request) -> Response:
+        return self._page("deliveries.html", request, await run_in_threadpool(self._deliveries))
+
+    def _deliveries(self) -> dict[str, Any]:
+        """The webhook audit: what each delivery became and why; the store keeps no headers or secrets."""
+        deliveries = self.store.recent_deliveries(100)
+        return {"deliveries": deliveries, "counts": Counter(delivery.result.value for delivery in deliveries),
+                "sources": self.store.list_sources()}
+
+    def _page(self, template: str, request: Request, context: dict[str, Any], *, status: int = 200,
+              refresh: bool = True) -> HTMLResponse:
+        """Render with what every page shows: commit links and the auto-refresh (``?live=0`` pauses it)."""
+        live = refresh and request.query_params.get("live") != "0"
+        html = self.pages.get_template(template).render(
+            **context, path=request.url.path, live=live, refresh=self.deps.refresh_seconds if live else 0,
+            links=commit_links(self.deps.gitea_url, context["sources"]), now=datetime.now(UTC),
+            tone={"outcome": outcome_tone, "status": status_tone, "delivery": delivery_tone},
+        )
+        return HTMLResponse(html, status_code=status)
 
     async def services(self, request: Request) -> Response:
         views = await run_in_threadpool(self.store.service_views)

@@ -1,27 +1,206 @@
-"""The read-only status page, server-rendered with Jinja2 from the store alone."""
+"""The read-only status pages: server-rendered Jinja2 from the store alone, no JavaScript.
+
+This module holds what the templates should not compute: each service's
+condition (failing, drifting, deploying …) and the reason shown for it, commit
+links into Gitea, the commit statuses as reported to Gitea (derived from
+attempts, never read back), and the filters for ages, durations and JSON.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from deployer.gitea import state_for
+from deployer.model.status import (
+    AttemptView,
+    DeliveryResult,
+    Outcome,
+    OverrideKind,
+    OverrideView,
+    RevisionView,
+    ServiceView,
+)
+from deployer.store.store import NEVER_OBSERVED, SourceRecord
+
 TEMPLATES = Path(__file__).parent / "templates"
+LOG_LINES = 60
+_OWNER_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+_FAILED = frozenset({Outcome.FAILED.value, Outcome.ROLLED_BACK.value})
+
+
+class Tone(StrEnum):
+    """Colour and weight of a state on the page."""
+
+    OK = "ok"
+    BAD = "bad"
+    WARN = "warn"
+    BUSY = "busy"
+    IDLE = "idle"
 
 
 def page_environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(default=True),
+        # Our own stylesheet is included verbatim; everything else is escaped.
+        autoescape=select_autoescape(disabled_extensions=("css",), default=True),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["age"] = age
-    env.filters["exact"] = exact
-    env.filters["short"] = lambda sha: (sha or "")[:7]
+    env.filters.update(age=age, exact=exact, short=short, duration=duration, pretty=pretty, tail=tail,
+                       branch=branch, took=took)
     return env
+
+
+# -- conditions -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One word for a service's state of affairs, its tone, and why."""
+
+    tone: Tone
+    label: str
+    why: str = ""
+
+    @property
+    def alarming(self) -> bool:
+        return self.tone in (Tone.BAD, Tone.WARN)
+
+
+def condition(view: ServiceView) -> Condition:
+    """Deploying > failing > unhealthy > suspended > pending > drifting > pinned > healthy."""
+    attempt = view.last_attempt
+    if attempt is not None and attempt.outcome == Outcome.RUNNING.value:
+        return Condition(Tone.BUSY, "deploying", f"attempt {attempt.id} ({attempt.trigger}) in progress")
+    if view.state == "failed" or (attempt is not None and attempt.outcome in _FAILED):
+        return Condition(Tone.BAD, "failing", _failure(view, attempt))
+    if view.state == "running" and not view.healthy:
+        return Condition(Tone.BAD, "unhealthy", "running, but its health check fails")
+    if view.override == OverrideKind.SUSPENDED.value:
+        return Condition(Tone.IDLE, "suspended", "left alone until resumed")
+    if view.state == NEVER_OBSERVED:
+        return Condition(Tone.BUSY, "pending", "not observed yet")
+    drift = _drift(view)
+    if drift:
+        return Condition(Tone.WARN, "drifting", drift)
+    if view.override == OverrideKind.PINNED.value:
+        return Condition(Tone.OK, "pinned", f"held at revision {view.running_revision}")
+    return Condition(Tone.OK, "healthy")
+
+
+def _failure(view: ServiceView, attempt: AttemptView | None) -> str:
+    if attempt is None or attempt.outcome not in _FAILED:
+        return f"the runtime reports {view.state}"
+    kept = " (previous revision kept serving)" if attempt.outcome == Outcome.ROLLED_BACK.value else ""
+    return f"{attempt.reason}: {attempt.message}{kept}"
+
+
+def _drift(view: ServiceView) -> str:
+    """Why what runs is not what git asks for; empty when they agree (a pin is not drift)."""
+    if view.state != "running":
+        return f"{view.state}, desired running"
+    pinned = view.override == OverrideKind.PINNED.value
+    if not pinned and view.desired_revision is not None and view.running_revision != view.desired_revision:
+        return f"running {short(view.running_sha) or 'nothing'}, desired {short(view.desired_sha)}"
+    return ""
+
+
+@dataclass(frozen=True)
+class Row:
+    """A service on the overview: its view, condition and active overrides."""
+
+    view: ServiceView
+    condition: Condition
+    overrides: tuple[OverrideView, ...]
+
+
+def overview_rows(views: Sequence[ServiceView],
+                  overrides: Mapping[str, Mapping[OverrideKind, OverrideView]]) -> list[Row]:
+    return [Row(view, condition(view), tuple(overrides.get(view.name, {}).values())) for view in views]
+
+
+# -- commits --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommitLinks:
+    """Links to commits in Gitea for sources that are Gitea repositories (``owner/repo``)."""
+
+    base: str = ""
+    repos: frozenset[str] = frozenset()
+
+    def url(self, source: str, sha: str | None) -> str | None:
+        if not self.base or not sha or source not in self.repos or not _SHA.match(sha):
+            return None
+        return self.repo_url(source, sha)
+
+    def repo_url(self, repository: str, sha: str) -> str | None:
+        """A commit of any repository on this Gitea (deliveries name the repository themselves)."""
+        if not self.base or not _OWNER_REPO.match(repository) or not _SHA.match(sha) or not sha.strip("0"):
+            return None
+        return f"{self.base}/{quote(repository)}/commit/{sha}"
+
+
+def commit_links(gitea_url: str, sources: Iterable[SourceRecord]) -> CommitLinks:
+    base = gitea_url.rstrip("/")
+    if not base:
+        return CommitLinks()
+    repos = {source.name for source in sources if _OWNER_REPO.match(source.name)
+             and (source.origin == "gitea" or source.url.startswith(base + "/"))}
+    return CommitLinks(base, frozenset(repos))
+
+
+@dataclass(frozen=True)
+class CommitStatus:
+    """The status deployer reported to Gitea for one commit: the newest attempt's outcome wins."""
+
+    sha: str
+    revision: int
+    state: str
+    description: str
+    at: datetime
+
+
+def commit_statuses(attempts: Sequence[AttemptView], revisions: Sequence[RevisionView]) -> list[CommitStatus]:
+    """Attempts come newest first; one status per commit, as Gitea keeps one per context."""
+    sha_of = {revision.id: revision.sha for revision in revisions}
+    statuses: dict[str, CommitStatus] = {}
+    for attempt in attempts:
+        sha = sha_of.get(attempt.revision) if attempt.revision is not None else None
+        if sha is None or sha in statuses:
+            continue
+        state = state_for(Outcome(attempt.outcome), attempt.reason).value
+        statuses[sha] = CommitStatus(sha, attempt.revision or 0, state, f"{attempt.reason}: {attempt.message}",
+                                     attempt.finished_at or attempt.started_at)
+    return list(statuses.values())
+
+
+def status_tone(state: str) -> Tone:
+    return {"success": Tone.OK, "pending": Tone.BUSY, "warning": Tone.WARN}.get(state, Tone.BAD)
+
+
+def outcome_tone(outcome: str) -> Tone:
+    return {Outcome.SUCCEEDED.value: Tone.OK, Outcome.RUNNING.value: Tone.BUSY, Outcome.ROLLED_BACK.value: Tone.WARN,
+            Outcome.INTERRUPTED.value: Tone.IDLE}.get(outcome, Tone.BAD)
+
+
+def delivery_tone(result: str) -> Tone:
+    return {DeliveryResult.ACCEPTED.value: Tone.OK, DeliveryResult.DUPLICATE.value: Tone.IDLE,
+            DeliveryResult.IGNORED.value: Tone.IDLE}.get(result, Tone.BAD)
+
+
+# -- filters --------------------------------------------------------------
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> str:
@@ -39,3 +218,44 @@ def age(moment: datetime | None, now: datetime | None = None) -> str:
 
 def exact(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else ""
+
+
+def short(sha: str | None) -> str:
+    return (sha or "")[:7]
+
+
+def duration(seconds: float | None) -> str:
+    """'0.42s', '12.3s', '2m 03s'."""
+    if seconds is None:
+        return "still running"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m {rest:02d}s"
+
+
+def pretty(value: object) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def tail(text: str, lines: int = LOG_LINES) -> str:
+    """The last ``lines`` lines of a log tail."""
+    return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+
+
+def took(attempt: AttemptView) -> float | None:
+    """How long an attempt ran; None while it runs."""
+    if attempt.finished_at is None:
+        return None
+    return (attempt.finished_at - attempt.started_at).total_seconds()
+
+
+def branch(ref: str) -> str:
+    """'refs/heads/main' → 'main', 'refs/tags/v1' → 'tag v1'."""
+    if ref.startswith("refs/heads/"):
+        return ref.removeprefix("refs/heads/")
+    if ref.startswith("refs/tags/"):
+        return "tag " + ref.removeprefix("refs/tags/")
+    return ref

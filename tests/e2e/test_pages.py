@@ -1,0 +1,268 @@
+"""The status pages in a real headless Chromium, with real data from a real deploy.
+
+One daemon follows a local monorepo (``[[sources]]`` named ``acme/models``, so
+commits link to Gitea) holding two services: the example text-classify, with a
+secret and an env value full of HTML, and sentiment-next, whose health path
+does not exist, so it fails and the overview must say so. Deliveries come as
+signed webhooks in Gitea's format. Screenshots go to ``test-output/`` (and the
+overview to ``docs/overview.png`` with ``DEPLOYER_UPDATE_SCREENSHOT=1``).
+
+Tests run in file order on one daemon; each builds on what the previous left.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import gitea_payloads as gp
+from tests.browser import Browser
+from tests.helpers import EXAMPLE, ROOT, Daemon, GitRepo, free_port, start_daemon, stop_supervisord, wait_for
+
+OUTPUT = ROOT / "test-output"
+DOCS_SHOT = ROOT / "docs" / "overview.png"
+WEBHOOK_SECRET = "pages-webhook-secret-9f3a"
+HF_TOKEN = "hf_pagesSecretValue_7Qx2"
+GITEA = "http://gitea.example:3000"
+OWNER, NAME = "acme", "models"
+HOSTILE = "<script>alert(1)</script>"
+ZERO = "0" * 40
+API_TOKEN = "pages-api-token-51c0"
+SECRETS = (WEBHOOK_SECRET, HF_TOKEN, API_TOKEN)
+
+
+def manifest(version: str) -> str:
+    return f"""\
+services:
+  - name: text-classify
+    path: text-classify
+    command: python server.py --port ${{PORT}}
+    env:
+      MODEL_NAME: lexicon-sentiment
+      MODEL_VERSION: "{version}"
+      RELEASE_NOTE: "{HOSTILE}"
+    secrets: [HF_TOKEN]
+    health: {{path: /health, timeout: 30}}
+    group: text-classification
+    demo:
+      - {{name: short-review, input: demo/short.json}}
+  - name: sentiment-next
+    path: sentiment-next
+    command: python server.py --port ${{PORT}}
+    env: {{MODEL_NAME: lexicon-sentiment-next}}
+    health: {{path: /nope, timeout: 3}}
+    group: text-classification
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Browser:
+    return Browser.find()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("pages")
+    repo = GitRepo.create(root / "repo.git", root / "work")
+    example = repo.copy_tree(EXAMPLE)
+    files = {f"{folder}/{path}": data for folder in ("text-classify", "sentiment-next")
+             for path, data in example.items() if path != "service.yaml"}
+    repo.commit({**files, "service.yaml": manifest("1.0")}, "Add text-classify and sentiment-next")
+    state = root / "state"
+    (state / "secrets").mkdir(parents=True)
+    (state / "secrets" / "HF_TOKEN").write_text(HF_TOKEN + "\n")
+    port = free_port()
+    first = 24000 + (port % 2000) * 10
+    config = root / "deployer.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[gitea]
+url = "{GITEA}"
+[[sources]]
+url = "repo.git"
+name = "{OWNER}/{NAME}"
+[reconcile]
+interval = 1
+poll_interval = 3600
+[ports]
+range = "{first}-{first + 9}"
+[paths]
+state_dir = "{state}"
+""")
+    daemon = start_daemon(config, state,
+                          env={"DEPLOYER_WEBHOOK_SECRET": WEBHOOK_SECRET, "DEPLOYER_API_TOKEN": API_TOKEN})
+    try:
+        yield {"root": root, "repo": repo, "daemon": daemon}
+    finally:
+        daemon.stop()
+        stop_supervisord(state)
+
+
+def settled(daemon: Daemon, sha: str, timeout: float = 40) -> dict[str, Any]:
+    """text-classify serving ``sha`` healthy (its snapshot is taken right after), sentiment-next failed."""
+    def check() -> dict[str, Any] | None:
+        good, bad = daemon.service("text-classify"), daemon.service("sentiment-next")
+        if not good or not bad or not good["healthy"] or good["running_sha"] != sha:
+            return None
+        finished = bad["last_attempt"] and bad["last_attempt"]["outcome"] == "failed"
+        return good if finished and good["last_attempt"]["outcome"] == "succeeded" else None
+
+    return wait_for(check, timeout, f"text-classify at {sha[:7]} and sentiment-next failed")
+
+
+def push(daemon: Daemon, after: str, *, ref: str = "refs/heads/main", secret: str = WEBHOOK_SECRET,
+         repo: str = NAME, before: str = ZERO) -> int:
+    payload = gp.push_payload(OWNER, repo, ref, before, after, f"{GITEA}/{OWNER}/{repo}.git",
+                              commits=[{"id": after, "message": "update"}])
+    body = gp.encode(payload)
+    headers = gp.headers(body, secret, delivery=str(uuid.uuid4()))
+    return daemon.post("/hooks/gitea", body, headers).status_code
+
+
+def text_of(dom: str) -> str:
+    """The visible text, roughly: tags dropped, entities decoded, whitespace collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
+def find(pattern: str, text: str) -> str:
+    """The first group of ``pattern`` in ``text``; the test fails when it is not there."""
+    match = re.search(pattern, text, re.S)
+    assert match, f"not on the page: {pattern}"
+    return match.group(1)
+
+
+def assert_clean(dom: str) -> None:
+    """No secret anywhere, and no script element: the pages work with JavaScript off."""
+    for secret in SECRETS:
+        assert secret not in dom
+    assert "<script" not in dom.lower()
+
+
+def shot(browser: Browser, url: str, name: str, **options: Any) -> Path:
+    return browser.screenshot(url, OUTPUT / f"{name}.png", **options)
+
+
+def test_overview_shows_both_services_and_the_failing_banner(world: dict[str, Any], browser: Browser) -> None:
+    daemon, repo = world["daemon"], world["repo"]
+    settled(daemon, repo.shas[0])
+    dom = browser.dump_dom(daemon.url + "/")
+    assert_clean(dom)
+    banner = text_of(find(r'<div class="banner bad" role="alert" id="failing">(.*?)</div>', dom))
+    assert banner.startswith("1 service failing sentiment-next — HealthCheckFailed:"), banner
+    assert "text-classify" not in banner
+    good = text_of(find(r'<tr id="svc-text-classify"[^>]*>(.*?)</tr>', dom))
+    assert good.startswith("text-classify acme/models · supervisor healthy running · healthy"), good
+    assert "succeeded ReconciliationSucceeded" in good
+    bad = text_of(find(r'<tr id="svc-sentiment-next"[^>]*>(.*?)</tr>', dom))
+    assert bad.startswith("sentiment-next acme/models · supervisor failing") and "failed HealthCheckFailed" in bad
+    assert re.search(r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">\d+s ago</time>', dom)
+
+    for scheme in ("light", "dark"):
+        shot(browser, daemon.url + "/", f"overview-{scheme}", scheme=scheme)
+        shot(browser, daemon.url + "/", f"overview-phone-{scheme}", width=390, height=844, scheme=scheme)
+
+
+def test_service_page_shows_the_diff_steps_logs_and_info(world: dict[str, Any], browser: Browser) -> None:
+    daemon, repo = world["daemon"], world["repo"]
+    sha = repo.commit({"service.yaml": manifest("2.0")}, "text-classify: model 2.0")
+    assert push(daemon, sha, before=repo.shas[0]) == 202
+    settled(daemon, sha)
+    url = daemon.url + "/services/text-classify"
+    dom = browser.dump_dom(url)
+    assert_clean(dom)
+    assert HOSTILE not in dom and html.escape(HOSTILE, quote=False) in dom  # shown, as text
+
+    newest = find(r'<li id="rev-\d+" class="running desired">(.*?)</li>', dom)  # marked as both
+    assert "text-classify: model 2.0" in newest
+    diff = [text_of(row).split() for row in re.findall(r'<tr class="\w+">(.*?)</tr>', newest, re.S)]
+    assert diff == [["~", "env.MODEL_VERSION", "1.0", "2.0"]]  # only what changed, old and new
+
+    attempt = find(r'<details class="attempt" id="attempt-\d+" open="">(.*?)</details>', dom)
+    assert "succeeded" in attempt and "webhook" in attempt
+    steps = re.findall(r'<td data-label="step"[^>]*>✓ ([a-z-]+)</td>\s*<td data-label="took"[^>]*>.*?'
+                       r' (\d+\.\d\ds)</td>', attempt, re.S)
+    assert [name for name, _ in steps][:2] == ["checkout", "build"] and "health" in dict(steps), steps
+
+    logs = find(r'<pre class="logs">(.*?)</pre>', dom)
+    assert "text-classify listening on 127.0.0.1:" in logs and '"GET /health HTTP/1.1" 200' in logs
+    info = html.unescape(find(r'<pre class="info">(.*?)</pre>', dom))
+    assert '"version": "2.0"' in info and '"model": "lexicon-sentiment"' in info
+
+    statuses = text_of(find(r'<table class="stack statuses">(.*?)</table>', dom))
+    assert f"{sha[:7]} rev" in statuses and f"{repo.shas[0][:7]} rev" in statuses
+    assert statuses.count("success ReconciliationSucceeded") == 2, statuses
+    for scheme in ("light", "dark"):
+        shot(browser, url, f"service-{scheme}", height=1400, scheme=scheme)
+    shot(browser, url, "service-phone-light", width=390, height=2800)
+
+    failing = browser.dump_dom(daemon.url + "/services/sentiment-next")
+    assert '<div class="banner bad" role="alert"><strong>failing</strong>HealthCheckFailed' in failing
+    assert "failure" in failing  # as reported to Gitea
+    shot(browser, daemon.url + "/services/sentiment-next", "service-failing-light", height=1000)
+
+
+def test_deliveries_page_shows_each_result_and_why(world: dict[str, Any], browser: Browser) -> None:
+    daemon, repo = world["daemon"], world["repo"]
+    sha = repo.shas[-1]
+    assert push(daemon, sha, before=repo.shas[0]) == 200  # same push again: duplicate
+    assert push(daemon, sha, ref="refs/heads/feature") == 200  # another branch: ignored
+    assert push(daemon, sha, ref="refs/tags/v2") == 200  # a tag: ignored
+    assert push(daemon, sha, secret="not-the-secret") == 401  # rejected
+    assert push(daemon, sha, repo="unknown") == 403  # rejected: not a source
+    dom = browser.dump_dom(daemon.url + "/deliveries")
+    assert_clean(dom)
+    assert "X-Gitea-Signature" not in dom.replace("(X-Gitea-Signature)", "")
+    results = [text_of(row) for row in re.findall(r'<tr id="delivery-\d+">(.*?)</tr>', dom, re.S)]
+    found = [find(r"(accepted|duplicate|ignored|rejected)", row) for row in results]
+    assert found == ["rejected", "rejected", "ignored", "ignored", "duplicate", "accepted"], results
+    assert "missing or wrong signature" in results[1] and "not a configured source" in results[0]
+    assert "tag" in results[2] and "feature" in results[3] and "already accepted" in results[4]
+    assert f"pass requested for source {OWNER}/{NAME}" in results[5]
+    for scheme in ("light", "dark"):
+        shot(browser, daemon.url + "/deliveries", f"deliveries-{scheme}", height=700, scheme=scheme)
+
+
+def test_overview_shows_overrides(world: dict[str, Any], browser: Browser) -> None:
+    daemon = world["daemon"]
+    body = b'{"who": "ops@acme", "why": "model under investigation"}'
+    done = daemon.post("/api/services/sentiment-next/suspend", body, {"Authorization": f"Bearer {API_TOKEN}"})
+    assert done.status_code == 202, done.text
+    dom = browser.dump_dom(daemon.url + "/")
+    assert_clean(dom)
+    row = find(r'<tr id="svc-sentiment-next"[^>]*>(.*?)</tr>', dom)
+    assert "suspended by ops@acme" in text_of(row) and 'title="model under investigation"' in row
+    assert "sentiment-next" in find(r'id="failing">(.*?)</div>', dom)  # suspending does not hide a failure
+    readme = shot(browser, daemon.url + "/", "overview-readme", height=640)  # links, an override, a failure
+    if os.environ.get("DEPLOYER_UPDATE_SCREENSHOT") == "1":
+        DOCS_SHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(readme, DOCS_SHOT)
+
+
+def test_live_refresh_pauses_and_unknown_services_are_404(world: dict[str, Any]) -> None:
+    daemon = world["daemon"]
+    assert '<meta http-equiv="refresh" content="10">' in daemon.get("/deliveries").text
+    paused = daemon.get("/services/text-classify?live=0").text
+    assert 'http-equiv="refresh"' not in paused and "resume live updates" in paused
+    missing = daemon.get("/services/no-such-service")
+    assert missing.status_code == 404 and "No service named" in missing.text
+
+
+def test_commits_link_to_gitea(world: dict[str, Any], browser: Browser) -> None:
+    """The accepted webhook made acme/models a Gitea source: its commits link to [gitea] url."""
+    daemon, repo = world["daemon"], world["repo"]
+    link = f'href="{GITEA}/{OWNER}/{NAME}/commit/{repo.shas[-1]}"'
+    overview = browser.dump_dom(daemon.url + "/")
+    row = re.search(r'<tr id="svc-text-classify".*?</tr>', overview, re.S)
+    assert row and link in row.group(0), "WebDeps.gitea_url must be the [gitea] url (deployer/app.py)"
+    service = browser.dump_dom(daemon.url + "/services/text-classify")
+    assert link in service and f'href="{GITEA}/{OWNER}/{NAME}/commit/{repo.shas[0]}"' in service
+    assert link in browser.dump_dom(daemon.url + "/deliveries")
