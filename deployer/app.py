@@ -104,7 +104,7 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
     )
     daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, app=Starlette())
     deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, api_token=settings.api_token,
-                   checks=_checks(daemon))
+                   checks=_checks(daemon), gitea_url=settings.gitea.url)
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
 

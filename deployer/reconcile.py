@@ -536,6 +536,8 @@ class Reconciler:
             if rolled_back_to is not None:
                 outcome = Outcome.ROLLED_BACK
                 message += f"; rolled back to revision {rolled_back_to}"
+            else:
+                message += self._stop_failed(desired)
         except Exception as exc:
             log.exception("%s: deploy crashed", desired.name)
             message = f"internal error: {type(exc).__name__}"
@@ -547,6 +549,14 @@ class Reconciler:
         log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message,
                  extra={"service": desired.name, "revision": revision.id, "attempt": attempt})
         return outcome
+
+    def _stop_failed(self, desired: DesiredService) -> str:
+        """No good revision to go back to: stop the failed one rather than let it crash-loop."""
+        try:
+            self.runtimes[desired.runtime].stop(desired.name)
+        except DeployerError as exc:
+            return f"; could not stop it either: {exc}"
+        return "; no earlier good revision, so it was stopped"
 
     def _count(self, service: str, outcome: Outcome, trigger: Trigger, seconds: float) -> None:
         self.metrics.attempts.labels(service, outcome.value).inc()

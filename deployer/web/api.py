@@ -7,7 +7,7 @@ from typing import Any
 
 from deployer.model.diff import MASK, Change, flatten
 from deployer.model.plan import Action
-from deployer.model.status import AttemptView, OverrideView, RevisionView, ServiceView
+from deployer.model.status import AttemptView, DemoView, OverrideView, RevisionView, ServiceView
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -95,3 +95,12 @@ def change_json(change: Change) -> dict[str, Any]:
 
 def action_json(source: str, action: Action) -> dict[str, Any]:
     return {"source": source, "service": action.service, "kind": action.kind.value, "reason": action.reason}
+
+
+def demo_json(view: DemoView) -> dict[str, Any]:
+    return {
+        "name": view.name, "revision": view.revision, "ok": view.ok, "status": view.status,
+        "latency_ms": view.latency_ms, "content_type": view.content_type, "text": view.text,
+        "body_file": view.body_file, "truncated": view.truncated, "problems": view.problems,
+        "created_at": iso(view.created_at),
+    }

@@ -31,6 +31,7 @@ from deployer.scheduler import WorkQueue
 from deployer.store import Store
 from deployer.web.api import (
     action_json,
+    demo_json,
     attempt_json,
     change_json,
     override_json,
@@ -74,6 +75,9 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/api/services", routes.services),
         Route("/api/services/{name}", routes.service),
         Route("/api/services/{name}/diff", routes.diff),
+        Route("/api/services/{name}/demos", routes.demos),
+        Route("/api/services/{name}/demo", routes.demo, methods=["POST"]),
+        Route("/api/groups", routes.groups),
         Route("/api/plan", routes.plan),
         Route("/api/reconcile", routes.reconcile, methods=["POST"]),
         Route("/api/services/{name}/{action}", routes.act, methods=["POST"]),
@@ -241,6 +245,31 @@ class _Routes:
     async def metrics(self, request: Request) -> Response:
         body = self.deps.reconciler.metrics.exposition()
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def demos(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if await run_in_threadpool(self.store.service_view, name) is None:
+            return _error(404, f"no service named {name!r}")
+        runs = await run_in_threadpool(self.store.demo_runs, name)
+        ordered = sorted(runs.items(), key=lambda item: item[0] or 0, reverse=True)
+        return JSONResponse({"service": name, "runs": [
+            {"revision": revision, "results": [demo_json(view) for view in views]} for revision, views in ordered]})
+
+    async def demo(self, request: Request) -> Response:
+        denied = _denied(request, self.deps.api_token)
+        if denied is not None:
+            return denied
+        name = request.path_params["name"]
+        try:
+            revision, results = await run_in_threadpool(self.deps.reconciler.demo_now, name)
+        except DeployerError as exc:
+            return _error(409, str(exc))
+        return JSONResponse({"service": name, "revision": revision, "results": [
+            {"name": r.name, "ok": r.ok, "status": r.status, "latency_ms": r.latency_ms,
+             "content_type": r.content_type, "text": r.text, "problems": "; ".join(r.problems)} for r in results]})
+
+    async def groups(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(self.store.groups))
 
     async def healthz(self, request: Request) -> Response:
         report = await run_in_threadpool(_run_checks, self.deps.checks)

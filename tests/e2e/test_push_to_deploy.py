@@ -131,7 +131,7 @@ def test_signed_push_deploys_the_example_service(world: dict[str, Any]) -> None:
 
     attempt = service["attempts"][0]
     assert attempt["outcome"] == "succeeded" and attempt["reason"] == "ReconciliationSucceeded"
-    assert [step["name"] for step in attempt["steps"]] == ["checkout", "build", "apply", "health"]
+    assert [step["name"] for step in attempt["steps"]] == ["checkout", "build", "apply", "health", "demo"]
     assert all(step["ok"] for step in attempt["steps"])
     revision = service["revisions"][0]
     assert revision["sha"] == sha and revision["author"].startswith("Ada Dev")
@@ -207,7 +207,7 @@ def test_unhealthy_revision_is_rolled_back(world: dict[str, Any]) -> None:
     assert attempt["reason"] == "HealthCheckFailed"
     assert attempt["rolled_back_to"] == before["running_revision"]
     names = [step["name"] for step in attempt["steps"]]
-    assert "health" in names and names[-1] == "rollback-health"
+    assert "health" in names and names[-2:] == ["rollback-health", "rollback-demo"]
     service = daemon.service("text-classify")
     assert service is not None and service["healthy"] and service["running_revision"] == before["running_revision"]
     assert info(world["port"])["build"] == "two"
