@@ -31,9 +31,9 @@ from deployer.scheduler import WorkQueue
 from deployer.store import Store
 from deployer.web.api import (
     action_json,
-    demo_json,
     attempt_json,
     change_json,
+    demo_json,
     override_json,
     revision_json,
     service_json,
