@@ -15,6 +15,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "service.yaml"
 SERVICE_HOST = "127.0.0.1"
 SNAPSHOT_EVERY = 60.0  # seconds between captures of a steady service's log tail and /info
+CONFIRM_EVERY = 60.0  # an unchanged observation is written again only this often
+PROBE_THREADS = 16  # health probes of steady services run side by side
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class _Pass:
     actual: dict[str, ActualService] = field(default_factory=dict)
     overrides: dict[str, dict[OverrideKind, OverrideView]] = field(default_factory=dict)
     waiting: set[str] = field(default_factory=set)  # services whose runtime is unreachable this pass
+    probes: dict[str, Probe] = field(default_factory=dict)  # health of steady services, probed together
 
     @property
     def explicit(self) -> bool:
@@ -139,6 +143,8 @@ class Reconciler:
         self._stalled: dict[str, str] = {}  # source or service -> failure already recorded
         self._resolved: dict[str, _Resolved] = {}  # source -> last clean resolution
         self._snapshot_at: dict[str, float] = {}  # service -> monotonic time of its last snapshot
+        # service -> (what was last written, when): a steady service costs no database write per pass
+        self._written: dict[str, tuple[tuple[object, ...], float]] = {}
         self.source_errors: dict[str, str] = {}
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
         self._unverified = {view.name for view in store.service_views()
@@ -216,6 +222,7 @@ class Reconciler:
             result.outcomes[service] = "stalled"
         current = _Pass(resolved=resolved, trigger=trigger, revisions=dict(resolved.revisions))
         result.plan = self._plan(name, current)
+        current.probes = self._probe_steady(result.plan, current)
         for action in result.plan.actions:
             result.outcomes[action.service] = self._execute_isolated(action, current)
         return result
@@ -435,6 +442,7 @@ class Reconciler:
 
     def _execute(self, action: Action, current: _Pass) -> str:
         if action.service in current.waiting:
+            self._written.pop(action.service, None)
             self.store.record_observation(action.service, ServiceState.UNKNOWN.value, False, action.reason)
             return "waiting"
         if action.kind is ActionKind.REMOVE:
@@ -445,7 +453,8 @@ class Reconciler:
                                verify_only=True).value
         if action.kind is ActionKind.NOOP or action.desired is None:
             note = action.reason if action.reason.startswith("suspended") else ""
-            self._observe_health(action.service, action.desired, current.actual.get(action.service), note=note)
+            self._observe_health(action.service, action.desired, current.actual.get(action.service), note=note,
+                                 probed=current.probes.get(action.service))
             return "suspended" if note else "noop"
         return self._apply(action.desired, action, current)
 
@@ -497,6 +506,7 @@ class Reconciler:
         self.store.mark_removed(name)
         self.store.release_port(name)
         self.store.record_observation(name, ServiceState.ABSENT.value, False, "removed: no longer in the manifest")
+        self._written.pop(name, None)
         self.metrics.forget(name)
         log.info("%s: removed (no longer in any manifest)", name)
         return "removed"
@@ -679,11 +689,27 @@ class Reconciler:
             return seen.detail or "the runtime reports the process failed"
         return None
 
+    def _probe_steady(self, planned: Plan, current: _Pass) -> dict[str, Probe]:
+        """Health of every running service the plan leaves alone, probed side by side."""
+        urls = {}
+        for action in planned.actions:
+            seen = current.actual.get(action.service)
+            if action.kind is ActionKind.NOOP and action.desired is not None and seen is not None \
+                    and seen.state is ServiceState.RUNNING:
+                urls[action.service] = _health_url(action.desired)
+        if len(urls) < 2:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(urls))) as pool:
+            results = pool.map(lambda url: self._probe(url, timeout=2.0), urls.values())
+            return dict(zip(urls, results, strict=True))
+
     def _observe_health(self, name: str, desired: DesiredService | None,
-                        seen: ActualService | None = None, *, note: str = "", fresh: bool = False) -> None:
+                        seen: ActualService | None = None, *, note: str = "", fresh: bool = False,
+                        probed: Probe | None = None) -> None:
         """Record state and a quick health probe so the page never calls a runtime.
 
         ``seen`` comes from the pass's single listing; without it one listing is made.
+        An unchanged observation is written at most every CONFIRM_EVERY seconds.
         """
         if seen is None:
             seen = self._observe({name}).get(name)
@@ -692,15 +718,26 @@ class Reconciler:
         healthy = False
         detail = seen.detail if seen is not None else ""
         if state is ServiceState.RUNNING and port is not None:
-            path = desired.health.path if desired is not None else "/health"
-            result = self._probe(f"http://{SERVICE_HOST}:{port}{path}", timeout=2.0)
+            result = probed or self._probe(_health_url(desired) if desired else
+                                           f"http://{SERVICE_HOST}:{port}/health", timeout=2.0)
             healthy, detail = result.ok, result.detail
-        self.store.record_observation(name, state.value, healthy, f"{note}; {detail}" if note else detail)
+        running = seen.revision if seen is not None and state is ServiceState.RUNNING else None
+        self._write_observation(name, (state.value, healthy, f"{note}; {detail}" if note else detail, running),
+                                fresh)
         self.metrics.service_state(name, state is ServiceState.RUNNING, healthy)
         if seen is not None:
             self._snapshot(name, seen.runtime, port, desired, force=fresh)
-        if seen is not None and seen.revision is not None and state is ServiceState.RUNNING:
-            self.store.set_running(name, seen.revision)
+
+    def _write_observation(self, name: str, observed: tuple[object, ...], fresh: bool) -> None:
+        now = time.monotonic()
+        last = self._written.get(name)
+        if not fresh and last is not None and last[0] == observed and now - last[1] < CONFIRM_EVERY:
+            return
+        state, healthy, detail, running = observed
+        self.store.record_observation(name, str(state), bool(healthy), str(detail))
+        if isinstance(running, int) and (last is None or last[0][3] != running):
+            self.store.set_running(name, running)
+        self._written[name] = (observed, now)
 
     def _snapshot(self, name: str, runtime_name: str, port: int | None, desired: DesiredService | None, *,
                   force: bool) -> None:
@@ -740,6 +777,10 @@ class Reconciler:
             lock = self._service_locks.setdefault(service, threading.Lock())
         with lock:
             yield
+
+
+def _health_url(desired: DesiredService) -> str:
+    return f"http://{SERVICE_HOST}:{desired.port}{desired.health.path}"
 
 
 def _success_reason(trigger: Trigger) -> str:
