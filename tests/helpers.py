@@ -197,3 +197,33 @@ def _listen_of(config: Path) -> str:
     import tomllib
 
     return str(tomllib.loads(config.read_text())["server"]["listen"])
+
+
+def write_config(root: Path, *, sources: str = "", extra: str = "", interval: float = 1,
+                 poll_interval: float = 3600) -> tuple[Path, int]:
+    """A deployer.toml for a test daemon: its own listen port, state dir and a port window.
+
+    The window sits below the kernel's ephemeral range (32768+), so an outgoing
+    connection never happens to hold a port a test service is about to bind.
+    """
+    port = free_port()
+    first = 20000 + (port % 1200) * 10
+    config = root / "deployer.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+{extra}
+{sources}
+[reconcile]
+interval = {interval}
+poll_interval = {poll_interval}
+[ports]
+range = "{first}-{first + 9}"
+[paths]
+state_dir = "{root / 'state'}"
+""")
+    return config, port
+
+
+def local_source(name: str, url: str = "repo.git") -> str:
+    return f'[[sources]]\nurl = "{url}"\nname = "{name}"\n'

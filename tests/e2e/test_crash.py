@@ -20,7 +20,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import EXAMPLE, Daemon, GitRepo, free_port, make_wheel, start_daemon, stop_supervisord, wait_for
+from tests.helpers import (
+    EXAMPLE,
+    Daemon,
+    GitRepo,
+    local_source,
+    make_wheel,
+    start_daemon,
+    stop_supervisord,
+    wait_for,
+    write_config,
+)
 
 
 class SlowIndex(http.server.SimpleHTTPRequestHandler):
@@ -55,22 +65,7 @@ def start(root: Path, port: int) -> Daemon:
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     repo = GitRepo.create(tmp_path / "repo.git", tmp_path / "work")
     repo.commit(repo.copy_tree(EXAMPLE), "v1")
-    port = free_port()
-    first = 24000 + (port % 2000) * 10
-    (tmp_path / "deployer.toml").write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[[sources]]
-url = "repo.git"
-name = "models"
-[reconcile]
-interval = 1
-poll_interval = 2
-[ports]
-range = "{first}-{first + 9}"
-[paths]
-state_dir = "{tmp_path / 'state'}"
-""")
+    _, port = write_config(tmp_path, sources=local_source("models"), poll_interval=2)
     world: dict[str, Any] = {"root": tmp_path, "repo": repo, "port": port}
     world["daemon"] = start(tmp_path, port)
     try:

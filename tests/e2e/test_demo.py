@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import EXAMPLE, GitRepo, free_port, start_daemon, stop_supervisord, wait_for
+from tests.helpers import (
+    EXAMPLE,
+    GitRepo,
+    local_source,
+    start_daemon,
+    stop_supervisord,
+    wait_for,
+    write_config,
+)
 
 TOKEN = "demo-api-token"
 SERVER = (EXAMPLE / "server.py").read_text()
@@ -60,23 +68,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("demo")
     repo = GitRepo.create(root / "repo.git", root / "work")
     repo.commit(files(), "two classifiers")
-    port = free_port()
-    first = 26000 + (port % 2000) * 10
-    (root / "deployer.toml").write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[[sources]]
-url = "repo.git"
-name = "models"
-[reconcile]
-interval = 2
-poll_interval = 3600
-[ports]
-range = "{first}-{first + 9}"
-[paths]
-state_dir = "{root / 'state'}"
-""")
-    daemon = start_daemon(root / "deployer.toml", root / "state", env={"DEPLOYER_API_TOKEN": TOKEN})
+    config, _ = write_config(root, sources=local_source("models"), interval=2)
+    daemon = start_daemon(config, root / "state", env={"DEPLOYER_API_TOKEN": TOKEN})
     try:
         yield {"root": root, "repo": repo, "daemon": daemon}
     finally:

@@ -18,7 +18,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import EXAMPLE, Daemon, GitRepo, free_port, start_daemon, stop_supervisord, wait_for
+from tests.helpers import (
+    EXAMPLE,
+    Daemon,
+    GitRepo,
+    local_source,
+    start_daemon,
+    stop_supervisord,
+    wait_for,
+    write_config,
+)
 
 TOKEN = "operator-api-token"
 
@@ -34,23 +43,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     files = repo.copy_tree(EXAMPLE)
     files["service.yaml"] = manifest("1.0")
     repo.commit(files, "v1")
-    port = free_port()
-    first = 22000 + (port % 2000) * 10
-    config = root / "deployer.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[[sources]]
-url = "repo.git"
-name = "models"
-[reconcile]
-interval = 1
-poll_interval = 3600
-[ports]
-range = "{first}-{first + 9}"
-[paths]
-state_dir = "{root / 'state'}"
-""")
+    config, _ = write_config(root, sources=local_source("models"))
     daemon = start_daemon(config, root / "state", env={"DEPLOYER_API_TOKEN": TOKEN})
     try:
         yield {"root": root, "repo": repo, "daemon": daemon}

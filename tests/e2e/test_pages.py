@@ -25,7 +25,17 @@ import pytest
 
 from tests import gitea_payloads as gp
 from tests.browser import Browser
-from tests.helpers import EXAMPLE, ROOT, Daemon, GitRepo, free_port, start_daemon, stop_supervisord, wait_for
+from tests.helpers import (
+    EXAMPLE,
+    ROOT,
+    Daemon,
+    GitRepo,
+    local_source,
+    start_daemon,
+    stop_supervisord,
+    wait_for,
+    write_config,
+)
 
 OUTPUT = ROOT / "test-output"
 DOCS_SHOT = ROOT / "docs" / "overview.png"
@@ -79,25 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterato
     state = root / "state"
     (state / "secrets").mkdir(parents=True)
     (state / "secrets" / "HF_TOKEN").write_text(HF_TOKEN + "\n")
-    port = free_port()
-    first = 24000 + (port % 2000) * 10
-    config = root / "deployer.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[gitea]
-url = "{GITEA}"
-[[sources]]
-url = "repo.git"
-name = "{OWNER}/{NAME}"
-[reconcile]
-interval = 1
-poll_interval = 3600
-[ports]
-range = "{first}-{first + 9}"
-[paths]
-state_dir = "{state}"
-""")
+    config, _ = write_config(root, sources=local_source(f"{OWNER}/{NAME}"), extra=f'[gitea]\nurl = "{GITEA}"')
     daemon = start_daemon(config, state,
                           env={"DEPLOYER_WEBHOOK_SECRET": WEBHOOK_SECRET, "DEPLOYER_API_TOKEN": API_TOKEN})
     try:

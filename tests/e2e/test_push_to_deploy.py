@@ -45,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     known = gitea.add_repo(OWNER, REPO, [])
     repo.on_commit = known.shas.append
     port = free_port()
-    first = 20000 + (port % 2000) * 10  # a port window of our own, away from other tests
+    first = 20000 + (port % 1200) * 10  # a port window below the ephemeral range
     config = root / "deployer.toml"
     config.write_text(f"""
 [server]

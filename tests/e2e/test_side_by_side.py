@@ -12,7 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import EXAMPLE, GitRepo, free_port, start_daemon, stop_supervisord, wait_for
+from tests.helpers import (
+    EXAMPLE,
+    GitRepo,
+    local_source,
+    start_daemon,
+    stop_supervisord,
+    wait_for,
+    write_config,
+)
 
 DOCKERFILE = """FROM scratch
 COPY busybox /bin/busybox
@@ -46,25 +54,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, docker_api: Any) -> Iterator
     repo.commit(tree, "a process and a container", push=False)
     (repo.work / "static-model" / "busybox").chmod(0o755)
     repo.commit({}, "busybox is executable")
-    port = free_port()
-    first = 28000 + (port % 2000) * 10
-    (root / "deployer.toml").write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[[sources]]
-url = "repo.git"
-name = "mixed"
-[reconcile]
-interval = 2
-poll_interval = 3600
-[ports]
-range = "{first}-{first + 9}"
-[docker]
-enabled = true
-[paths]
-state_dir = "{root / 'state'}"
-""")
-    daemon = start_daemon(root / "deployer.toml", root / "state", env={"DEPLOYER_API_TOKEN": "t"})
+    config, _ = write_config(root, sources=local_source("mixed"), extra="[docker]\nenabled = true", interval=2)
+    daemon = start_daemon(config, root / "state", env={"DEPLOYER_API_TOKEN": "t"})
     try:
         yield {"root": root, "repo": repo, "daemon": daemon, "api": docker_api}
     finally:
