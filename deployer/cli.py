@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("b", type=int, nargs="?", help="newer revision (default: the newest)")
     plan = _remote(commands, remote, "plan", "what the daemon would do now (exit 2: changes pending)", _plan)
     plan.add_argument("service", nargs="?")
+    plan.add_argument("--no-fetch", action="store_true", help="plan from the heads already fetched")
+    logs = _remote(commands, remote, "logs", "a service's recent output", _logs, service=True)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    logs.add_argument("--bytes", type=int, default=16384)
     reconcile = _remote(commands, remote, "reconcile", "run a pass now (fetch first)", _reconcile)
     reconcile.add_argument("service", nargs="?")
     _remote(commands, remote, "demo", "run the demo inputs against the running revision now", _demo, service=True)
@@ -190,13 +194,40 @@ def _plan(args: argparse.Namespace) -> int:
     from deployer.client import table
 
     query = {"service": args.service} if args.service else {}
-    data = _client(args).get("/api/plan", **query)
+    data = _client(args).get("/api/plan", fetch=None if args.no_fetch else "1", **query)
     if args.json:
         _print_json(data)
     else:
         rows = [[item["kind"], item["service"], item["source"], item["reason"]] for item in data["actions"]]
         print(table(rows, ("ACTION", "SERVICE", "SOURCE", "REASON")) if rows else "nothing to plan")
     return EXIT_OK if data["converged"] else EXIT_USAGE
+
+
+def _logs(args: argparse.Namespace) -> int:
+    import time
+
+    client = _client(args)
+    text = client.get_text(f"/api/services/{args.service}/logs", bytes=args.bytes)
+    sys.stdout.write(text)
+    while args.follow:
+        time.sleep(1)
+        newer = client.get_text(f"/api/services/{args.service}/logs", bytes=args.bytes)
+        sys.stdout.write(_new_part(text, newer))
+        sys.stdout.flush()
+        text = newer
+    return EXIT_OK
+
+
+def _new_part(before: str, after: str) -> str:
+    """What ``after`` adds to ``before``: both are tails of the same growing log.
+
+    The end of ``before`` is looked for in ``after``; what follows it is new.
+    """
+    anchor = before[-256:]
+    if not anchor:
+        return after
+    found = after.rfind(anchor)
+    return after[found + len(anchor):] if found >= 0 else after
 
 
 def _reconcile(args: argparse.Namespace) -> int:

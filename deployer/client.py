@@ -31,6 +31,16 @@ class ApiClient:
     def get(self, path: str, **params: Any) -> Any:
         return self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
 
+    def get_text(self, path: str, **params: Any) -> str:
+        try:
+            response = self._http.get(path, params={k: v for k, v in params.items() if v is not None})
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach the daemon at {self.base_url}: {exc} (is `deployer serve` running?)"
+                              ) from None
+        if response.status_code >= 400:
+            raise ClientError(f"GET {path}: HTTP {response.status_code}: {response.text[:200]}")
+        return response.text
+
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._call("POST", path, json=body or {})
 

@@ -227,13 +227,13 @@ class Reconciler:
             result.outcomes[action.service] = self._execute_isolated(action, current)
         return result
 
-    def preview(self) -> list[tuple[str, Action]]:
-        """What a pass would do now for every source, from the last fetched heads. Changes nothing."""
+    def preview(self, *, fetch: bool = False) -> list[tuple[str, Action]]:
+        """What a pass would do now for every source (after a fetch, if asked). Changes no service."""
         lines: list[tuple[str, Action]] = []
         for name in self.source_names():
             source = self._git(name)
             try:
-                sha = source.head()
+                sha = self._head(source, fetch)
                 cached = self._resolved.get(name)
                 resolved = cached if cached is not None and cached.sha == sha else self._dry_resolve(source, sha)
             except DeployerError as exc:
@@ -621,6 +621,13 @@ class Reconciler:
                 body_file=self._save_body(desired.name, revision, result), truncated=result.truncated,
                 problems="; ".join(result.problems))
         return results
+
+    def logs(self, name: str, max_bytes: int) -> str:
+        """The service's recent output, asked of its runtime now (an operator's explicit request)."""
+        view = self.store.service_view(name)
+        if view is None or view.runtime not in self.runtimes:
+            raise StalledError(f"no service named {name!r} on a runtime of this host")
+        return self.runtimes[view.runtime].logs(name, max_bytes)
 
     def demo_now(self, name: str) -> tuple[int, list[DemoResult]]:
         """``deployer demo``: run the demo inputs against the running revision now, and record them."""

@@ -139,3 +139,4 @@ class ServiceView:
     last_attempt: AttemptView | None
     override: str | None = None
     observed_at: datetime | None = None
+    detail: str = ""  # what the runtime or the health probe said last (container id, image, engine health …)

@@ -797,6 +797,7 @@ def _service_view(
         last_attempt=attempt,
         override=override,
         observed_at=observed.observed_at if observed else None,
+        detail=observed.detail if observed else "",
     )
 
 

@@ -51,6 +51,7 @@ def service_json(view: ServiceView) -> dict[str, Any]:
         "last_attempt": attempt_json(view.last_attempt),
         "override": view.override,
         "observed_at": iso(view.observed_at),
+        "detail": view.detail,
     }
 
 

@@ -1,8 +1,11 @@
 """The Starlette application: routes only; everything it needs is handed in.
 
 Pages and the JSON read API use the store alone; ``GET /api/plan`` asks the
-reconciler for a dry run. POST endpoints (operator actions) need the API bearer
-token and are off when none is configured. ``/healthz`` runs the given checks.
+reconciler for a dry run. The showcase pages (a service's demo answers, a group's
+side-by-side table, a service across revisions) and the two demo file routes read
+through ``deployer.showcase``; files are served typed by their bytes, ``nosniff``.
+POST endpoints (operator actions) need the API bearer token and are off when none
+is configured. ``/healthz`` runs the given checks.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from deployer.model.status import RevisionView, Trigger
 from deployer.operator import Done, Operator
 from deployer.reconcile import Reconciler
 from deployer.scheduler import WorkQueue
+from deployer.showcase import Showcase
 from deployer.store import Store
 from deployer.web.api import (
     action_json,
@@ -71,6 +75,10 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/hooks/gitea", deps.webhook.handle, methods=["POST"]),
         Route("/", routes.index),
         Route("/services/{name}", routes.service_page),
+        Route("/services/{name}/showcase", routes.showcase_page),
+        Route("/services/{name}/demo-input/{revision}/{demo}", routes.demo_input),
+        Route("/services/{name}/demo-output/{result}", routes.demo_output),
+        Route("/groups/{group}", routes.group_page),
         Route("/deliveries", routes.deliveries),
         Route("/api/services", routes.services),
         Route("/api/services/{name}", routes.service),
@@ -78,6 +86,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/api/services/{name}/demos", routes.demos),
         Route("/api/services/{name}/demo", routes.demo, methods=["POST"]),
         Route("/api/groups", routes.groups),
+        Route("/api/services/{name}/logs", routes.logs),
         Route("/api/plan", routes.plan),
         Route("/api/reconcile", routes.reconcile, methods=["POST"]),
         Route("/api/services/{name}/{action}", routes.act, methods=["POST"]),
@@ -92,6 +101,7 @@ class _Routes:
         self.store = deps.store
         self.pages = page_environment()
         self.operator = Operator(deps.store)
+        self.showcase = Showcase(deps.reconciler)
 
     async def index(self, request: Request) -> Response:
         context = await run_in_threadpool(self._overview)
@@ -102,7 +112,7 @@ class _Routes:
         return {"rows": rows, "sources": self.store.list_sources(),
                 "failing": [row for row in rows if row.condition.tone is Tone.BAD],
                 "drifting": [row for row in rows if row.condition.tone is Tone.WARN],
-                "source_errors": sorted(self.deps.reconciler.source_errors.items())}
+                "source_errors": sorted(self.deps.reconciler.source_errors.items()), "groups": self.store.groups()}
 
     async def service_page(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -116,8 +126,58 @@ class _Routes:
         if detail is None:
             return None
         revisions = [revision for revision, _ in detail["timeline"]]
+        shown, demos = self.showcase.latest(detail["service"])
         return {**detail, "condition": condition(detail["service"]), "snapshot": self.store.snapshot(name),
-                "statuses": commit_statuses(detail["attempts"], revisions), "sources": self.store.list_sources()}
+                "statuses": commit_statuses(detail["attempts"], revisions), "sources": self.store.list_sources(),
+                "demo_revision": shown, "demos": demos, "group": self._group_of(name)}
+
+    def _group_of(self, name: str) -> tuple[str, list[str]] | None:
+        return next(((group, members) for group, members in self.store.groups().items() if name in members), None)
+
+    async def showcase_page(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        context = await run_in_threadpool(self._showcase_context, name)
+        if context is None:
+            return self._page("missing.html", request, {"name": name, "sources": []}, status=404, refresh=False)
+        return self._page("showcase.html", request, context)
+
+    def _showcase_context(self, name: str) -> dict[str, Any] | None:
+        view = self.store.service_view(name)
+        if view is None:
+            return None
+        shown, demos = self.showcase.latest(view)
+        return {"service": view, "condition": condition(view), "demo_revision": shown, "demos": demos,
+                "table": self.showcase.revision_table(view), "group": self._group_of(name),
+                "sources": self.store.list_sources()}
+
+    async def group_page(self, request: Request) -> Response:
+        group = request.path_params["group"]
+        table = await run_in_threadpool(self.showcase.group_table, group)
+        sources = await run_in_threadpool(self.store.list_sources)
+        if table is None:
+            return self._page("missing.html", request, {"name": group, "kind": "group", "sources": sources},
+                              status=404, refresh=False)
+        return self._page("group.html", request, {"group": group, "table": table, "sources": sources,
+                                                  "conditions": {column.title: condition(column.service)
+                                                                 for column in table.columns if column.service}})
+
+    async def demo_input(self, request: Request) -> Response:
+        """A demo input file as the revision's checkout holds it (what was sent to ``POST /predict``)."""
+        name, demo = request.path_params["name"], request.path_params["demo"]
+        revision = _int(request.path_params["revision"])
+        found = await run_in_threadpool(self.showcase.demo_input, name, revision, demo) if revision else None
+        if found is None:
+            return _error(404, f"{name}: no demo input {demo!r} at revision {request.path_params['revision']!r} "
+                               "(or it is larger than [demo] max_input_bytes)")
+        return _file(*found)
+
+    async def demo_output(self, request: Request) -> Response:
+        """A binary demo answer: only files under ``<state_dir>/demo/``, typed by their magic bytes."""
+        name, result = request.path_params["name"], _int(request.path_params["result"])
+        found = await run_in_threadpool(self.showcase.demo_output, name, result) if result else None
+        if found is None:
+            return _error(404, f"{name}: no stored demo answer {request.path_params['result']!r}")
+        return _file(*found)
 
     def _detail(self, name: str) -> dict[str, Any] | None:
         view = self.store.service_view(name)
@@ -147,7 +207,7 @@ class _Routes:
             links=commit_links(self.deps.gitea_url, context["sources"]), now=datetime.now(UTC),
             tone={"outcome": outcome_tone, "status": status_tone, "delivery": delivery_tone},
         )
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": PAGE_POLICY})
 
     async def services(self, request: Request) -> Response:
         views = await run_in_threadpool(self.store.service_views)
@@ -187,7 +247,8 @@ class _Routes:
         return newer, older
 
     async def plan(self, request: Request) -> Response:
-        lines = await run_in_threadpool(self.deps.reconciler.preview)
+        fetch = request.query_params.get("fetch") in ("1", "true", "yes")
+        lines = await run_in_threadpool(lambda: self.deps.reconciler.preview(fetch=fetch))
         wanted = request.query_params.get("service")
         actions = [action_json(source, action) for source, action in lines
                    if wanted is None or action.service == wanted]
@@ -268,6 +329,17 @@ class _Routes:
             {"name": r.name, "ok": r.ok, "status": r.status, "latency_ms": r.latency_ms,
              "content_type": r.content_type, "text": r.text, "problems": "; ".join(r.problems)} for r in results]})
 
+    async def logs(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            size = max(1, min(int(request.query_params.get("bytes", "16384")), 1024 * 1024))
+            text = await run_in_threadpool(self.deps.reconciler.logs, name, size)
+        except ValueError:
+            return _error(400, "bytes must be a number")
+        except DeployerError as exc:
+            return _error(404 if "no service" in str(exc) else 503, str(exc))
+        return Response(text, media_type="text/plain; charset=utf-8")
+
     async def groups(self, request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(self.store.groups))
 
@@ -276,6 +348,22 @@ class _Routes:
         ok = all(value == "ok" for value in report.values())
         return JSONResponse({"status": "ok" if ok else "failing", "checks": report},
                             status_code=200 if ok else 503)
+
+
+# Pages run no script and load nothing from elsewhere; a model's output could not run even if unescaped.
+PAGE_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; media-src 'self'; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# A file served from a service's demo is data, never a document: typed by its bytes, not sniffed, sandboxed.
+FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline", "Cache-Control": "no-cache",
+                "Content-Security-Policy": "default-src 'none'; sandbox"}
+
+
+def _file(data: bytes, media_type: str) -> Response:
+    return Response(data, media_type=media_type, headers=FILE_HEADERS)
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def _denied(request: Request, token: str | None) -> Response | None:

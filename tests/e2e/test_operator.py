@@ -212,3 +212,29 @@ def test_service_page_shows_timeline_diff_and_overrides(world: dict[str, Any]) -
     assert "pinned" in html and "suspended" in html and "v2 mislabels reviews" in html
     assert "DriftCorrected" in html
     assert world["daemon"].get("/services/nope").status_code == 404
+
+
+def test_logs_plan_pending_and_validate(world: dict[str, Any]) -> None:
+    logs = cli(world, "logs", "text-classify", "--bytes", "2000")
+    assert logs.returncode == 0 and "text-classify listening on 127.0.0.1:" in logs.stdout
+    assert cli(world, "logs", "nope").returncode == 1
+
+    world["repo"].commit({"service.yaml": manifest("5.0")}, "v5, not reconciled yet")
+    pending = cli(world, "plan", "text-classify")
+    assert pending.returncode == 2, pending.stdout + pending.stderr
+    assert "update" in pending.stdout and "spec changed" in pending.stdout
+    detail = world["daemon"].service("text-classify")
+    assert detail is not None and detail["detail"] != "" and "observed_at" in detail
+
+    def local(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "deployer", *args], cwd=world["root"], capture_output=True,
+                              text=True, timeout=60)
+
+    valid = local("validate", str(world["repo"].work))
+    assert valid.returncode == 0 and "ok (1 service: text-classify)" in valid.stdout
+    (world["root"] / "bad.yaml").write_text("name: Bad Name\nport: 1\n")
+    invalid = local("validate", str(world["root"] / "bad.yaml"))
+    assert invalid.returncode == 1
+    assert "bad.yaml:1:7: name:" in invalid.stderr and "bad.yaml:2:7: port:" in invalid.stderr
+    schema = subprocess.run([sys.executable, "-m", "deployer", "schema"], capture_output=True, text=True)
+    assert schema.returncode == 0 and '"$schema"' in schema.stdout
