@@ -22,6 +22,7 @@ from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
 from deployer.errors import DeployerError
 from deployer.gitea import GiteaClient, StatusReporter
+from deployer.hooks import HookRunner
 from deployer.model.status import Trigger
 from deployer.ports import holder, is_free
 from deployer.reconcile import Reconciler, SourceSpec
@@ -89,6 +90,7 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
         secrets=SecretStore(settings.secrets_dir), state_dir=state_dir, port_bounds=settings.ports.bounds,
         default_runtime=settings.runtime, prune=settings.reconcile.prune, port_is_free=is_free, status=status,
         port_holder=holder, port_grace=settings.ports.reuse_grace,
+        hook_runner=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout),
         demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes, settings.demo.timeout),
     )
     _add_sources(reconciler, store, settings, config_dir or Path.cwd())

@@ -27,6 +27,7 @@ class Reason(StrEnum):
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
     DEMO_FAILED = "DemoFailed"
     INFO_MISMATCH = "InfoMismatch"
+    HOOK_FAILED = "HookFailed"
     ROLLED_BACK = "RolledBack"
     ROLLBACK_FAILED = "RollbackFailed"
     PORT_CONFLICT = "PortConflict"

@@ -25,6 +25,7 @@ from deployer.demo import DemoFailed, DemoLimits, DemoResult, check_info, run_de
 from deployer.errors import BuildError, DeployerError, Reason, SourceError, StalledError
 from deployer.gitea import CommitState, StatusReporter, state_for
 from deployer.health import Probe, fetch_info, probe, wait_healthy
+from deployer.hooks import HookRunner, hook_output
 from deployer.loader import load_manifest_file
 from deployer.metrics import Metrics
 from deployer.model.actual import ActualService, ServiceState
@@ -120,6 +121,7 @@ class Reconciler:
         status: StatusReporter | None = None,
         metrics: Metrics | None = None,
         demo_limits: DemoLimits | None = None,
+        hook_runner: HookRunner | None = None,
     ) -> None:
         self.store = store
         self.runtimes = dict(runtimes)
@@ -137,6 +139,7 @@ class Reconciler:
         self.status = status or StatusReporter(None)
         self.metrics = metrics or Metrics()
         self.demo_limits = demo_limits or DemoLimits()
+        self.hook_runner = hook_runner or HookRunner()
         self._sources: dict[str, GitSource] = {}
         self._service_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -579,9 +582,41 @@ class Reconciler:
     def _roll_out(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> None:
         runtime = self.runtimes[desired.runtime]
         deployment = self._prepare(desired, revision, attempt, prefix)
-        with self._step(attempt, f"{prefix}apply"):
-            runtime.apply(deployment)
-        self._gate(desired, revision, attempt, prefix=prefix)
+        try:
+            self._hooks(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
+            with self._step(attempt, f"{prefix}apply"):
+                runtime.apply(deployment)
+            self._gate(desired, revision, attempt, prefix=prefix)
+            self._hooks(deployment, attempt, prefix, "post-deploy", desired.hooks.post_deploy)
+        except DeployerError:
+            if not prefix:  # the operator's on-failure hook runs once, for the revision that failed
+                self._global_hook(deployment, attempt, "on-failure", best_effort=True)
+            raise
+
+    def _hooks(self, deployment: Deployment, attempt: int, prefix: str, event: str, own: str | None) -> None:
+        """The operator's global hook for ``event``, then the service's own, each a recorded step."""
+        self._global_hook(deployment, attempt, event, step=f"{prefix}{event}")
+        if own is None:
+            return
+        with self._step(attempt, f"{prefix}{event.replace('-', '_')}") as step:
+            try:
+                step.output = self.hook_runner.service_hook(deployment, own, event).output
+            except DeployerError as exc:
+                step.output = f"{exc}\n{hook_output(exc)}".strip()
+                raise
+
+    def _global_hook(self, deployment: Deployment, attempt: int, event: str, *, step: str = "",
+                     best_effort: bool = False) -> None:
+        if self.hook_runner.global_dir is None or not (self.hook_runner.global_dir / event).is_file():
+            return
+        with self._step(attempt, step or f"global-{event}") as record:
+            try:
+                ran = self.hook_runner.global_hook(deployment, event)
+                record.output = ran.output if ran else ""
+            except DeployerError as exc:
+                record.output = f"{exc}\n{hook_output(exc)}".strip()
+                if not best_effort:
+                    raise
 
     def _gate(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> None:
         """Healthy first, then ready: /info matches the manifest and every demo input is answered as expected."""

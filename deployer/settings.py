@@ -162,6 +162,11 @@ class PathSettings(Section):
     secrets_dir: OptionalPath = None
 
 
+class HookSettings(Section):
+    dir: OptionalPath = None
+    timeout: float = Field(default=300, gt=0)
+
+
 class DemoSettings(Section):
     max_input_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_response_bytes: int = Field(default=256 * 1024, gt=0)
@@ -188,6 +193,7 @@ class Settings(Section):
     paths: PathSettings = Field(default_factory=PathSettings)
     build: BuildSettings = Field(default_factory=BuildSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
+    hooks: HookSettings = Field(default_factory=HookSettings)
     runtime: Literal["supervisor", "docker", "swarm"] = "supervisor"
 
     @model_validator(mode="after")

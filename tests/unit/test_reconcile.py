@@ -292,3 +292,31 @@ def test_an_unreachable_runtime_holds_its_services_instead_of_recreating_them(wo
     assert view is not None and view.state == "unknown" and not view.healthy
     runtime.down = False
     assert run(world) == {"alpha": "succeeded", "beta": "noop"}
+
+
+def test_service_hooks_run_as_steps_and_a_failing_pre_deploy_hook_fails_the_attempt(world: dict[str, Any]) -> None:
+    from deployer.hooks import HookRunner
+
+    hooks = world["tmp"] / "global-hooks"
+    hooks.mkdir()
+    (hooks / "on-failure").write_text("#!/bin/sh\necho \"operator told: $DEPLOYER_SERVICE $DEPLOYER_EVENT\"\n")
+    (hooks / "on-failure").chmod(0o755)
+    world["reconciler"].hook_runner = HookRunner(hooks, timeout=10)
+    text = manifest({"name": "solo"}).replace("    command:", "    hooks: {pre_deploy: fetch.sh, post_deploy: done.sh}\n"
+                                              "    command:")
+    world["repo"].commit({"service.yaml": text, "app.py": "x",
+                          "fetch.sh": "echo fetching model for $DEPLOYER_SERVICE on port $PORT\n",
+                          "done.sh": "echo deployed $DEPLOYER_SHA\n"}, "hooks")
+    assert run(world) == {"solo": "succeeded"}
+    steps = {step.name: step for step in world["store"].attempts("solo", 1)[0].steps}
+    assert list(steps)[:4] == ["checkout", "build", "pre_deploy", "apply"] and "post_deploy" in steps
+    assert "fetching model for solo on port 91" in steps["pre_deploy"].output_tail
+    assert world["repo"].shas[-1] in steps["post_deploy"].output_tail
+
+    world["repo"].commit({"fetch.sh": "echo model server unreachable; exit 3\n"}, "a hook that fails")
+    assert run(world) == {"solo": "rolled_back"}
+    attempt = world["store"].attempts("solo", 1)[0]
+    assert attempt.reason == "HookFailed" and "pre-deploy hook fetch.sh exited with 3" in attempt.message
+    steps = {step.name: step for step in attempt.steps}
+    assert not steps["pre_deploy"].ok and "model server unreachable" in steps["pre_deploy"].output_tail
+    assert "operator told: solo on-failure" in steps["global-on-failure"].output_tail
