@@ -3,7 +3,8 @@
 This module holds what the templates should not compute: each service's
 condition (failing, drifting, deploying …) and the reason shown for it, commit
 links into Gitea, the commit statuses as reported to Gitea (derived from
-attempts, never read back), and the filters for ages, durations and JSON.
+attempts, never read back), and the filters for ages, durations, latencies,
+sizes and JSON. How demo answers are shown is decided in ``deployer.showcase``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def page_environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(age=age, exact=exact, short=short, duration=duration, pretty=pretty, tail=tail,
-                       branch=branch, took=took)
+                       branch=branch, took=took, latency=latency, size=size, first_line=first_line)
     return env
 
 
@@ -234,6 +235,26 @@ def duration(seconds: float | None) -> str:
         return f"{seconds:.1f}s"
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes}m {rest:02d}s"
+
+
+def latency(milliseconds: float | None) -> str:
+    """'8 ms', '1.24 s'; a dash when there was no answer to time."""
+    if milliseconds is None:
+        return "\u2013"
+    return f"{milliseconds:.0f} ms" if milliseconds < 1000 else f"{milliseconds / 1000:.2f} s"
+
+
+def size(count: int) -> str:
+    """'512 B', '12.3 KiB', '4.0 MiB'."""
+    if count < 1024:
+        return f"{count} B"
+    if count < 1024 * 1024:
+        return f"{count / 1024:.1f} KiB"
+    return f"{count / 1024 / 1024:.1f} MiB"
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n", 1)[0]
 
 
 def pretty(value: object) -> str:
