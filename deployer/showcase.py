@@ -472,12 +472,8 @@ class Showcase:
         return None if data is None else (data, sniff(data[:64]) or OCTET)
 
     def _result(self, name: str, result_id: int) -> DemoView | None:
-        """One of the service's recorded answers (the newest per input and revision are kept reachable)."""
-        for views in self.store.demo_runs(name, revisions=1000).values():
-            for view in views:
-                if view.id == result_id:
-                    return view
-        return None
+        """One of the service's recorded answers."""
+        return self.store.demo_result(name, result_id)
 
     def _inputs(self, revision: RevisionView) -> dict[str, DemoInput]:
         inputs = {}

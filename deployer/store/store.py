@@ -435,6 +435,12 @@ class Store:
                 runs.setdefault(row.revision_id, {}).setdefault(row.name, _demo_view(row))
         return {revision: sorted(by_name.values(), key=lambda view: view.name) for revision, by_name in runs.items()}
 
+    def demo_result(self, service: str, result_id: int) -> DemoView | None:
+        """One recorded answer of ``service`` (None for another service's id)."""
+        with self._transaction("demo_result") as session:
+            row = session.get(DemoResultRow, result_id)
+            return _demo_view(row) if row is not None and row.service == service else None
+
     def groups(self) -> dict[str, list[str]]:
         """Group name -> member services, from each live service's desired revision."""
         query = (select(ServiceRow.name, RevisionRow.spec)

@@ -677,3 +677,13 @@ def test_groups_come_from_the_desired_revision(store: Store) -> None:
         spec = desired(name).model_copy(update={"group": None if name == "solo" else "nlp"})
         store.set_desired(name, store.add_revision(spec, author="a", message="m", manifest_text="t").id)
     assert store.groups() == {"nlp": ["a-svc", "b-svc"]}
+
+
+def test_demo_result_by_id_belongs_to_its_service(store: Store) -> None:
+    revision = store.add_revision(desired("svc"), author="a", message="m", manifest_text="t")
+    result = store.record_demo("svc", revision.id, None, name="x", ok=True, status=200, latency_ms=1.0,
+                               content_type="image/png", text=None, body_file="demo/svc/1/x.png", truncated=False,
+                               problems="")
+    found = store.demo_result("svc", result)
+    assert found is not None and found.body_file == "demo/svc/1/x.png"
+    assert store.demo_result("other", result) is None and store.demo_result("svc", result + 99) is None
