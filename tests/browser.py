@@ -7,6 +7,8 @@ network beyond the page itself, and a timeout. Missing chromium skips (fails in 
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 import subprocess
 import tempfile
@@ -69,3 +71,15 @@ def _scheme(scheme: Scheme) -> str:
     """What ``prefers-color-scheme`` reports. (``scriptEnabled=false`` here breaks --dump-dom and
     --screenshot, which use script themselves: pages prove they need no JS by having none.)"""
     return f"--blink-settings=preferredColorScheme={_SCHEME[scheme]}"
+
+
+def text_of(dom: str) -> str:
+    """The visible text, roughly: tags dropped, entities decoded, whitespace collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
+def find(pattern: str, text: str) -> str:
+    """The first group of ``pattern`` in ``text``; the test fails when it is not there."""
+    match = re.search(pattern, text, re.S)
+    assert match, f"not on the page: {pattern}"
+    return match.group(1)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests import gitea_payloads as gp
-from tests.browser import Browser
+from tests.browser import Browser, find, text_of
 from tests.helpers import (
     EXAMPLE,
     ROOT,
@@ -120,16 +120,6 @@ def push(daemon: Daemon, after: str, *, ref: str = "refs/heads/main", secret: st
     return daemon.post("/hooks/gitea", body, headers).status_code
 
 
-def text_of(dom: str) -> str:
-    """The visible text, roughly: tags dropped, entities decoded, whitespace collapsed."""
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
-
-
-def find(pattern: str, text: str) -> str:
-    """The first group of ``pattern`` in ``text``; the test fails when it is not there."""
-    match = re.search(pattern, text, re.S)
-    assert match, f"not on the page: {pattern}"
-    return match.group(1)
 
 
 def assert_clean(dom: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from deployer.store import Store
-from tests.browser import Browser
+from tests.browser import Browser, find, text_of
 from tests.e2e.test_demo import files, settled
 from tests.helpers import ROOT, GitRepo, free_port, start_daemon, stop_supervisord
 
@@ -180,15 +180,6 @@ timeout = 2
 # -- reading pages ----------------------------------------------------------
 
 
-def text_of(dom: str) -> str:
-    """The visible text, roughly: tags dropped, entities decoded, whitespace collapsed."""
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
-
-
-def find(pattern: str, text: str) -> str:
-    match = re.search(pattern, text, re.S)
-    assert match, f"not on the page: {pattern}"
-    return match.group(1)
 
 
 def rows(dom: str) -> dict[str, str]:

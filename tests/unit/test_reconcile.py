@@ -302,8 +302,8 @@ def test_service_hooks_run_as_steps_and_a_failing_pre_deploy_hook_fails_the_atte
     (hooks / "on-failure").write_text("#!/bin/sh\necho \"operator told: $DEPLOYER_SERVICE $DEPLOYER_EVENT\"\n")
     (hooks / "on-failure").chmod(0o755)
     world["reconciler"].hook_runner = HookRunner(hooks, timeout=10)
-    text = manifest({"name": "solo"}).replace("    command:", "    hooks: {pre_deploy: fetch.sh, post_deploy: done.sh}\n"
-                                              "    command:")
+    hooks_line = "    hooks: {pre_deploy: fetch.sh, post_deploy: done.sh}\n"
+    text = manifest({"name": "solo"}).replace("    command:", hooks_line + "    command:")
     world["repo"].commit({"service.yaml": text, "app.py": "x",
                           "fetch.sh": "echo fetching model for $DEPLOYER_SERVICE on port $PORT\n",
                           "done.sh": "echo deployed $DEPLOYER_SHA\n"}, "hooks")
