@@ -1,7 +1,9 @@
 """HTTP probes of a service: the health gate and the quick check of a running service.
 
 The gate polls ``GET health.path`` until it answers 200 or ``health.timeout``
-passes; a runtime that reports the process failed ends the wait at once.
+passes; a runtime that reports the process failed ends the wait at once. One
+``HttpChecks`` holds one HTTP client for all of it: building a client per probe
+(its TLS context above all) cost more than the probe itself.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -26,10 +29,36 @@ class Probe:
     detail: str
 
 
+class HttpChecks:
+    """Probes over one shared client (thread-safe); services are on loopback, so no proxies."""
+
+    def __init__(self) -> None:
+        self._client = httpx.Client(trust_env=False, follow_redirects=False)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def probe(self, url: str, timeout: float = 2.0) -> Probe:
+        """One GET; ``ok`` only for a 200."""
+        return _probe(self._client, url, timeout)
+
+    def wait_healthy(self, url: str, **options: Any) -> float:
+        return wait_healthy(url, probe=self.probe, **options)
+
+    def fetch_info(self, url: str, timeout: float = 2.0,
+                   max_bytes: int = 65536) -> tuple[dict[str, object] | None, str]:
+        return fetch_info(url, timeout, max_bytes, client=self._client)
+
+
 def probe(url: str, timeout: float = 2.0) -> Probe:
-    """One GET; ``ok`` only for a 200."""
+    """One GET with a client of its own (one-off checks; passes use ``HttpChecks``)."""
+    with httpx.Client(trust_env=False) as client:
+        return _probe(client, url, timeout)
+
+
+def _probe(client: httpx.Client, url: str, timeout: float) -> Probe:
     try:
-        response = httpx.get(url, timeout=timeout)
+        response = client.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
         return Probe(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     return Probe(response.status_code == 200, f"HTTP {response.status_code}")
@@ -43,6 +72,7 @@ def wait_healthy(
     failed: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    probe: Callable[..., Probe] = probe,
 ) -> float:
     """Block until ``url`` answers 200; return the seconds it took.
 
@@ -63,10 +93,14 @@ def wait_healthy(
         sleep(interval)
 
 
-def fetch_info(url: str, timeout: float = 2.0, max_bytes: int = 65536) -> tuple[dict[str, object] | None, str]:
+def fetch_info(url: str, timeout: float = 2.0, max_bytes: int = 65536, *,
+               client: httpx.Client | None = None) -> tuple[dict[str, object] | None, str]:
     """``GET /info`` as a JSON object, or (None, why not). Large or non-JSON answers are refused."""
+    if client is None:
+        with httpx.Client(trust_env=False) as own:
+            return fetch_info(url, timeout, max_bytes, client=own)
     try:
-        with httpx.stream("GET", url, timeout=timeout) as response:
+        with client.stream("GET", url, timeout=timeout) as response:
             body = b""
             for chunk in response.iter_bytes():
                 body += chunk

@@ -14,6 +14,7 @@ import mimetypes
 import shlex
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from deployer.build import EnvBuilder
 from deployer.demo import DemoFailed, DemoLimits, DemoResult, check_info, run_demo
 from deployer.errors import BuildError, DeployerError, Reason, SourceError, StalledError
 from deployer.gitea import CommitState, StatusReporter, state_for
-from deployer.health import Probe, fetch_info, probe, wait_healthy
+from deployer.health import HttpChecks, Probe
 from deployer.hooks import HookRunner, hook_output
 from deployer.loader import load_manifest_file
 from deployer.metrics import Metrics
@@ -116,8 +117,8 @@ class Reconciler:
         port_is_free: Callable[[int], bool],
         port_holder: Callable[[int], str | None] = lambda port: None,
         port_grace: float = 0.0,
-        health_gate: Callable[..., float] = wait_healthy,
-        health_probe: Callable[..., Probe] = probe,
+        health_gate: Callable[..., float] | None = None,
+        health_probe: Callable[..., Probe] | None = None,
         status: StatusReporter | None = None,
         metrics: Metrics | None = None,
         demo_limits: DemoLimits | None = None,
@@ -134,8 +135,9 @@ class Reconciler:
         self.port_is_free = port_is_free
         self.port_holder = port_holder
         self.port_grace = port_grace
-        self._wait_healthy = health_gate  # injectable so reconciler unit tests need no HTTP server
-        self._probe = health_probe
+        self.http = HttpChecks()
+        self._wait_healthy = health_gate or self.http.wait_healthy  # injectable: unit tests need no HTTP server
+        self._probe = health_probe or self.http.probe
         self.status = status or StatusReporter(None)
         self.metrics = metrics or Metrics()
         self.demo_limits = demo_limits or DemoLimits()
@@ -785,7 +787,10 @@ class Reconciler:
                   force: bool) -> None:
         """The service's log tail and /info for the pages: after each deploy, else once a minute."""
         now = time.monotonic()
-        if not force and now - self._snapshot_at.get(name, -SNAPSHOT_EVERY) < SNAPSHOT_EVERY:
+        # A steady service first seen gets a due time spread over the minute by its name,
+        # so a daemon with hundreds of services does not capture them all in one pass.
+        last = self._snapshot_at.setdefault(name, now - zlib.crc32(name.encode()) % SNAPSHOT_EVERY)
+        if not force and now - last < SNAPSHOT_EVERY:
             return
         self._snapshot_at[name] = now
         runtime = self.runtimes.get(runtime_name)
@@ -796,7 +801,7 @@ class Reconciler:
         info, error = None, "not running"
         if port is not None:
             path = desired.info.path if desired is not None else "/info"
-            info, error = fetch_info(f"http://{SERVICE_HOST}:{port}{path}")
+            info, error = self.http.fetch_info(f"http://{SERVICE_HOST}:{port}{path}")
         self.store.record_snapshot(name, logs_tail=logs, info=info, info_error=error)
 
     # ------------------------------------------------------------------ helpers
