@@ -205,6 +205,7 @@ def start(daemon: Daemon) -> None:
         except DeployerError as exc:
             log.error("runtime %s unavailable: %s; its services wait until it is back", name, exc)
     daemon.reconciler.status.start()
+    daemon.webhook.start()
     daemon.queue.start()
     daemon.scheduler.start()
     daemon.scheduler.poll_all(Trigger.STARTUP)
@@ -214,7 +215,7 @@ def start(daemon: Daemon) -> None:
 
 def stop(daemon: Daemon) -> None:
     """Stop taking webhooks, let running passes finish, close the store."""
-    daemon.webhook.accepting = False
+    daemon.webhook.stop()
     daemon.scheduler.stop()
     daemon.queue.stop(timeout=60)
     daemon.reconciler.status.stop(timeout=5)

@@ -186,6 +186,10 @@ class Reconciler:
         with self._locks_guard:
             return sorted(self._sources)
 
+    def source_specs(self) -> list[SourceSpec]:
+        with self._locks_guard:
+            return [SourceSpec(name, git.url, git.branch) for name, git in sorted(self._sources.items())]
+
     def has_source(self, name: str) -> bool:
         with self._locks_guard:
             return name in self._sources

@@ -191,6 +191,22 @@ class Store:
             session.flush()
             return row.id
 
+    def record_deliveries(self, deliveries: Sequence[tuple[str, str, str, str, str, DeliveryResult, str]]) -> None:
+        """Many audit rows in one transaction: (delivery_id, event, repository, ref, after, result, detail)."""
+        rows = [DeliveryRow(delivery_id=d, event=e, repository=repo, ref=ref, after=after,
+                            result=DeliveryResult(result).value, detail=detail)
+                for d, e, repo, ref, after, result, detail in deliveries]
+        with self._transaction("record_deliveries", write=True) as session:
+            session.add_all(rows)
+
+    def recent_accepted(self, limit: int = 10000) -> list[tuple[str, str, str]]:
+        """(repository, ref, after) of the newest accepted pushes, newest first: the dedupe memory at start."""
+        query = (select(DeliveryRow.repository, DeliveryRow.ref, DeliveryRow.after)
+                 .where(DeliveryRow.result == DeliveryResult.ACCEPTED.value)
+                 .order_by(DeliveryRow.id.desc()).limit(limit))
+        with self._transaction("recent_accepted") as session:
+            return [(repository, ref, after) for repository, ref, after in session.execute(query)]
+
     def seen_push(self, repository: str, ref: str, after: str) -> bool:
         """True when this push (whatever its delivery id) was accepted before."""
         query = select(DeliveryRow.id).where(

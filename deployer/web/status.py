@@ -157,8 +157,8 @@ def commit_links(gitea_url: str, sources: Iterable[SourceRecord]) -> CommitLinks
     base = gitea_url.rstrip("/")
     if not base:
         return CommitLinks()
-    repos = {source.name for source in sources if _OWNER_REPO.match(source.name)
-             and (source.origin == "gitea" or source.url.startswith(base + "/"))}
+    # A source named owner/repo is that Gitea repository: webhooks are matched by the same name.
+    repos = {source.name for source in sources if _OWNER_REPO.match(source.name)}
     return CommitLinks(base, frozenset(repos))
 
 

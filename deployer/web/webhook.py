@@ -3,14 +3,19 @@
 Order matters: size cap → secret configured → payload → signature on the exact
 bytes → event → source → branch/test filter → dedupe on (repository, ref,
 after) → record and request a pass. It never clones, renders or touches a
-runtime. Audit rows keep the outcome, never headers or secrets.
+runtime, and the database stays off the request path: dedupe keys live in
+memory (loaded from the audit at start), audit rows and "pending" commit
+statuses are written by a background thread. Audit rows never hold headers or secrets.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +32,8 @@ from deployer.web.gitea_push import PushEvent, WebhookError, classify, extract_p
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
+DEDUPE_MEMORY = 10_000  # accepted pushes remembered; an older replay just causes a no-op pass
+AUDIT_BATCH = 200
 _DELIVERY_ID = re.compile(r"[^A-Za-z0-9-]")
 
 
@@ -58,7 +65,22 @@ class WebhookReceiver:
         self._secret = secret
         self._routing = routing
         self._dedupe = threading.Lock()
+        self._accepted: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._audit = _AuditWriter(store, reconciler)
         self.accepting = True
+
+    def start(self) -> None:
+        """Remember the pushes already accepted (dedupe survives restarts), start the audit writer."""
+        for key in reversed(self._store.recent_accepted(DEDUPE_MEMORY)):
+            self._accepted[key] = None
+        self._audit.start()
+
+    def stop(self) -> None:
+        self.accepting = False
+        self._audit.stop()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return self._audit.flush(timeout)
 
     async def handle(self, request: Request) -> JSONResponse:
         delivery = _Delivery(
@@ -100,21 +122,25 @@ class WebhookReceiver:
         if ignored is not None:
             self._record(delivery, DeliveryResult.IGNORED, ignored)
             return _answer(200, "ignored", ignored)
+        key = (push.full_name, push.ref, push.after)
         with self._dedupe:
-            if self._store.seen_push(push.full_name, push.ref, push.after):
+            if key in self._accepted:
                 self._record(delivery, DeliveryResult.DUPLICATE, f"{push.after[:7]} was already accepted")
                 return _answer(200, "duplicate", f"{push.after[:7]} was already accepted")
+            self._accepted[key] = None
+            while len(self._accepted) > DEDUPE_MEMORY:
+                self._accepted.popitem(last=False)
+        if not self._reconciler.has_source(source.name):
             self._reconciler.add_source(source, origin="gitea")
-            self._record(delivery, DeliveryResult.ACCEPTED, f"pass requested for source {source.name}")
+        self._record(delivery, DeliveryResult.ACCEPTED, f"pass requested for source {source.name}",
+                     pending=(source.name, push.after))
         self._queue.request(source.name, Trigger.WEBHOOK, fetch=True)
-        for service in sorted(self._store.inventory(source.name)):
-            self._reconciler.report(source.name, push.after, service, CommitState.PENDING, "queued for deployment")
         return _answer(202, "accepted", f"pass requested for source {source.name} at {push.after[:7]}")
 
     def _source_for(self, push: PushEvent) -> SourceSpec | None:
-        for record in self._store.list_sources():
-            if record.name == push.full_name or _same_repo(record.url, push):
-                return SourceSpec(record.name, record.url, record.branch)
+        for spec in self._reconciler.source_specs():
+            if spec.name == push.full_name or _same_repo(spec.url, push):
+                return spec
         owner_ok = push.owner.lower() in {owner.lower() for owner in self._routing.allowed_owners}
         if not owner_ok or not push.name.startswith(self._routing.repo_prefix):
             return None
@@ -122,16 +148,83 @@ class WebhookReceiver:
         url = f"{base}/{push.full_name}.git" if base else push.clone_url
         return SourceSpec(push.full_name, url, self._routing.branch or push.default_branch)
 
-    def _record(self, delivery: _Delivery, result: DeliveryResult, detail: str) -> None:
+    def _record(self, delivery: _Delivery, result: DeliveryResult, detail: str, *,
+                pending: tuple[str, str] | None = None) -> None:
         self._reconciler.metrics.webhooks.labels(result.value).inc()
-        self._store.record_delivery(delivery.delivery_id, delivery.event, delivery.repository, delivery.ref,
-                                    delivery.after, result, detail)
-        log.info("webhook %s %s %s: %s", delivery.delivery_id or "-", delivery.repository or "-",
-                 result.value, detail)
+        self._audit.put(_AuditRow(delivery, result, detail, pending))
 
     async def _reject(self, delivery: _Delivery, status: int, detail: str) -> JSONResponse:
-        await run_in_threadpool(self._record, delivery, DeliveryResult.REJECTED, f"{status}: {detail}")
+        self._record(delivery, DeliveryResult.REJECTED, f"{status}: {detail}")
         return _answer(status, "rejected", detail)
+
+
+@dataclass(frozen=True)
+class _AuditRow:
+    delivery: _Delivery
+    result: DeliveryResult
+    detail: str
+    pending: tuple[str, str] | None  # (source, sha): report "pending" for the source's services
+
+
+class _AuditWriter:
+    """Writes delivery audit rows in batches and sends the "pending" statuses, off the request path."""
+
+    def __init__(self, store: Store, reconciler: Reconciler) -> None:
+        self._store = store
+        self._reconciler = reconciler
+        self._rows: queue.Queue[_AuditRow | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="webhook-audit", daemon=True)
+            self._thread.start()
+
+    def put(self, row: _AuditRow) -> None:
+        self._rows.put(row)
+        if self._thread is None:  # not started (a test building the app by hand): write now
+            self._write([row])
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._rows.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._rows.unfinished_tasks
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._rows.put(None)
+            self._thread.join(10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._rows.get()]
+            while len(batch) < AUDIT_BATCH and not self._rows.empty():
+                batch.append(self._rows.get_nowait())
+            rows = [row for row in batch if row is not None]
+            try:
+                if rows:
+                    self._write(rows)
+            except Exception:  # the audit must not take the receiver down; the push itself is queued
+                log.exception("could not record %d webhook deliveries", len(rows))
+            finally:
+                for _ in batch:
+                    self._rows.task_done()
+            if len(rows) < len(batch):
+                return
+
+    def _write(self, rows: list[_AuditRow]) -> None:
+        self._store.record_deliveries([(row.delivery.delivery_id, row.delivery.event, row.delivery.repository,
+                                        row.delivery.ref, row.delivery.after, row.result, row.detail)
+                                       for row in rows])
+        for row in rows:
+            log.info("webhook %s %s %s: %s", row.delivery.delivery_id or "-", row.delivery.repository or "-",
+                     row.result.value, row.detail)
+            if row.pending is not None:
+                source, sha = row.pending
+                for service in sorted(self._store.inventory(source)):
+                    self._reconciler.report(source, sha, service, CommitState.PENDING, "queued for deployment")
 
 
 def _event(request: Request) -> str:

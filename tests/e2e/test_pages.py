@@ -239,7 +239,7 @@ def test_live_refresh_pauses_and_unknown_services_are_404(world: dict[str, Any])
 
 
 def test_commits_link_to_gitea(world: dict[str, Any], browser: Browser) -> None:
-    """The accepted webhook made acme/models a Gitea source: its commits link to [gitea] url."""
+    """A source named owner/repo is that Gitea repository: its commits link to [gitea] url."""
     daemon, repo = world["daemon"], world["repo"]
     link = f'href="{GITEA}/{OWNER}/{NAME}/commit/{repo.shas[-1]}"'
     overview = browser.dump_dom(daemon.url + "/")
