@@ -687,3 +687,12 @@ def test_demo_result_by_id_belongs_to_its_service(store: Store) -> None:
     found = store.demo_result("svc", result)
     assert found is not None and found.body_file == "demo/svc/1/x.png"
     assert store.demo_result("other", result) is None and store.demo_result("svc", result + 99) is None
+
+
+def test_deliveries_in_a_batch_and_the_dedupe_memory(store: Store) -> None:
+    batch = [(f"d{i}", "push", "acme/x", "refs/heads/main", f"{i:040x}",
+              DeliveryResult.ACCEPTED if i % 2 else DeliveryResult.IGNORED, "why") for i in range(6)]
+    store.record_deliveries(batch)
+    assert len(store.recent_deliveries(10)) == 6
+    assert store.recent_accepted(2) == [("acme/x", "refs/heads/main", f"{5:040x}"),
+                                        ("acme/x", "refs/heads/main", f"{3:040x}")]
