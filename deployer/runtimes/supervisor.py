@@ -180,11 +180,10 @@ class SupervisorRuntime:
 
     def stop(self, name: str) -> None:
         """Stop the program and keep it installed; not loaded or not running is fine."""
-        results = self._call("stopProcessGroup", name, True, ok={Faults.BAD_NAME},
-                             timeout=self.rpc.timeout + _STOP_ALLOWANCE) or []
-        failed = [result for result in results if result.get("status") not in (Faults.SUCCESS, Faults.NOT_RUNNING)]
-        if failed:
-            raise ApplyError(f"service {name}: supervisord could not stop it: {failed[0].get('description')}")
+        # stopProcess, not stopProcessGroup: the group call answers on supervisord's next
+        # one-second tick (measured: 1.0 s against 5 ms), and each group holds one process.
+        self._call("stopProcess", f"{name}:{name}", True, ok={Faults.BAD_NAME, Faults.NOT_RUNNING},
+                   timeout=self.rpc.timeout + _STOP_ALLOWANCE)
 
     def remove(self, name: str) -> None:
         """Delete the program file, reload, stop and unload; already absent is fine."""
