@@ -1,0 +1,237 @@
+"""``deployer serve`` with span tracing, for the benchmarks that split deployer's time by phase.
+
+Wraps (without changing any deployer file) the functions a push-to-healthy pass goes through
+— git, store, supervisord RPC, runtimes, env build, rendering, health probes, status reports,
+the reconciler's own steps — and appends one JSON line per call to ``$BENCH_TRACE``:
+``{"n": label, "t0": start, "t1": end, "th": thread}`` on ``time.monotonic``'s clock, which is
+system-wide, so the bench process can line spans up with its own measurements.
+Usage: ``python bench/_traced_serve.py serve --config deployer.toml`` (what common.start_daemon runs).
+Without ``$BENCH_TRACE`` nothing is traced; ``$BENCH_TRACEMALLOC=FILE`` records allocations and
+appends the top sites to FILE on each SIGUSR2 (for finding where the daemon's memory goes).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+_LOCK = threading.Lock()
+_TRACE = os.environ.get("BENCH_TRACE")
+_OUT = open(_TRACE, "a", buffering=1) if _TRACE else None  # noqa: SIM115 - lives as long as the process
+
+
+def _emit(label: str, started: float, ended: float) -> None:
+    if _OUT is None:
+        return
+    line = json.dumps({"n": label, "t0": started, "t1": ended, "th": threading.current_thread().name})
+    with _LOCK:
+        _OUT.write(line + "\n")
+
+
+def _wrap(func: Any, label: Any) -> Any:
+    """``label`` is a string, or a function of the call's arguments returning one."""
+
+    @functools.wraps(func)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _emit(label(*args, **kwargs) if callable(label) else label, started, time.monotonic())
+
+    return traced
+
+
+def _methods(cls: type, prefix: str, names: list[str] | None = None) -> None:
+    missing = sorted(set(names or []) - set(vars(cls)))
+    if missing:  # deployer changed: say so rather than measure less than the bench thinks
+        print(f"bench tracer: {cls.__name__} has no {', '.join(missing)}; those spans are missing",
+              file=sys.stderr, flush=True)
+    for name, member in list(vars(cls).items()):
+        if names is not None and name not in names:
+            continue
+        if names is None and name.startswith("_"):
+            continue
+        if inspect.isfunction(member):
+            setattr(cls, name, _wrap(member, f"{prefix}.{name}"))
+
+
+def install() -> None:
+    from deployer import health, reconcile
+    from deployer.build import EnvBuilder
+    from deployer.gitea import StatusReporter
+    from deployer.reconcile import Reconciler
+    from deployer.runtimes import _supervisor_rpc, docker, supervisor, swarm
+    from deployer.source import GitSource
+    from deployer.store.store import Store
+    from deployer.web.webhook import WebhookReceiver
+
+    _methods(GitSource, "git")
+    _methods(Store, "store")
+    _methods(EnvBuilder, "build", ["ensure"])
+    _methods(StatusReporter, "status", ["report"])
+    _methods(supervisor.SupervisorRuntime, "sup", ["check", "observe", "apply", "stop", "start", "logs",
+                                                   "_unload", "_reload", "_start_and_wait", "_with_port_holders"])
+    _methods(docker.DockerRuntime, "docker", ["check", "observe", "apply", "build", "logs", "_present", "_create",
+                                              "_replace", "_start", "_settle", "_discard", "_stop"])
+    from deployer.runtimes._docker_common import ImageBuilder
+
+    _methods(ImageBuilder, "images", ["ensure", "prune", "exists", "recipe"])
+    _methods(swarm.SwarmRuntime, "swarm", ["check", "observe", "apply", "build", "logs"])
+    _methods(Reconciler, "rec", ["reconcile_source", "deploy", "_prepare", "_gate", "_resolution", "_plan",
+                                 "_observe_health", "_snapshot", "run_demos", "_load", "_resolve",
+                                 "_observe_checked", "_apply", "_execute_isolated", "_roll_out"])
+    _methods(WebhookReceiver, "webhook", ["_route"])
+    _trace_engine_calls()
+    rpc = _supervisor_rpc.SupervisorRpc
+    rpc.call = _wrap(rpc.call, lambda self, method, *a, **k: f"rpc.{method}")  # type: ignore[method-assign]
+    supervisor.render_program = _wrap(supervisor.render_program, "render.program")  # type: ignore[attr-defined]
+    supervisor.check_program = _wrap(supervisor.check_program, "render.check")  # type: ignore[attr-defined]
+    reconcile.load_manifest_file = _wrap(reconcile.load_manifest_file, "loader.manifest")  # type: ignore[attr-defined]
+    # The health gate and probe are bound as keyword defaults of Reconciler.__init__.
+    # wait_healthy looks ``probe`` up in its module, so patching the module traces each probe of the gate.
+    health.probe = _wrap(health.probe, "health.probe")  # type: ignore[attr-defined]
+    defaults = Reconciler.__init__.__kwdefaults__ or {}
+    defaults["health_gate"] = _wrap(health.wait_healthy, "health.gate")
+    defaults["health_probe"] = health.probe
+
+
+class _TracedApi:
+    """A docker APIClient whose method calls become ``dockerapi.<method>`` spans."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._api, name)
+        return _wrap(value, f"dockerapi.{name}") if callable(value) else value
+
+
+def _trace_engine_calls() -> None:
+    from deployer.runtimes import _docker_common
+
+    engine = _docker_common.Engine
+    original = engine.api
+    engine.api = lambda self: _TracedApi(original(self))  # type: ignore[method-assign]
+
+
+def what_if(names: str) -> None:
+    """Proposed deployer changes, patched in for a what-if run (``BENCH_WHATIF``, comma-separated).
+
+    Never the default: a benchmark run with any of these says WHAT-IF in its title.
+    """
+    patches = {"stop-process": _stop_process, "inline-route": _inline_route, "audit-batch": _audit_batch,
+               "switch-interval": _switch_interval}
+    for name in names.split(","):
+        if name not in patches:
+            raise SystemExit(f"unknown BENCH_WHATIF {name!r} (known: {', '.join(patches)})")
+        patches[name]()
+
+
+def _stop_process() -> None:
+    """SupervisorRuntime.stop with stopProcess instead of stopProcessGroup.
+
+    stopProcess(wait) returns as soon as the process is gone; stopProcessGroup(wait) only on
+    supervisord's next 1-second loop tick. deployer never writes [group:] sections, so the group
+    named NAME holds exactly the process NAME.
+    """
+    from supervisor.xmlrpc import Faults
+
+    from deployer.runtimes import supervisor
+
+    def stop(self: Any, name: str) -> None:
+        self._call("stopProcess", name, True, ok={Faults.BAD_NAME, Faults.NOT_RUNNING},
+                   timeout=self.rpc.timeout + supervisor._STOP_ALLOWANCE)
+
+    supervisor.SupervisorRuntime.stop = stop  # type: ignore[method-assign]
+
+
+def _inline_route() -> None:
+    """The webhook's routing runs on the event loop (it no longer touches the database) instead of
+    hopping to a worker thread and back for every request."""
+    from deployer.web import webhook
+
+    async def inline(func: Any, *args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    webhook.run_in_threadpool = inline  # type: ignore[attr-defined]
+
+
+def _audit_batch() -> None:
+    """The audit writer waits up to 100 ms to fill a batch instead of writing whatever one row is there."""
+    import queue as queue_module
+
+    from deployer.web import webhook
+
+    def run(self: Any) -> None:
+        while True:
+            batch = [self._rows.get()]
+            deadline = time.monotonic() + 0.1
+            while len(batch) < webhook.AUDIT_BATCH and batch[-1] is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(self._rows.get(timeout=left))
+                except queue_module.Empty:
+                    break
+            rows = [row for row in batch if row is not None]
+            try:
+                if rows:
+                    self._write(rows)
+            except Exception:
+                webhook.log.exception("could not record %d webhook deliveries", len(rows))
+            finally:
+                for _ in batch:
+                    self._rows.task_done()
+            if len(rows) < len(batch):
+                return
+
+    webhook._AuditWriter._run = run  # type: ignore[attr-defined]
+
+
+def _switch_interval() -> None:
+    """A 1 ms GIL switch interval (CPython's default is 5 ms): the event loop waits less for the GIL."""
+    sys.setswitchinterval(0.001)
+
+
+def memory_dumps(path: str) -> None:
+    """tracemalloc from the start; each SIGUSR2 appends the top allocation sites to ``path``."""
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(1)
+
+    def dump(_signum: int, _frame: Any) -> None:
+        snapshot = tracemalloc.take_snapshot()
+        current, peak = tracemalloc.get_traced_memory()
+        with open(path, "a") as out:
+            out.write(f"== traced {current / 2**20:.1f} MB (peak {peak / 2**20:.1f} MB)\n")
+            for stat in snapshot.statistics("filename")[:25]:
+                out.write(f"{stat.size / 2**20:8.2f} MB {stat.count:8d} {stat.traceback[0].filename}\n")
+            out.write("-- by line\n")
+            for stat in snapshot.statistics("lineno")[:25]:
+                frame = stat.traceback[0]
+                out.write(f"{stat.size / 2**20:8.2f} MB {stat.count:8d} {frame.filename}:{frame.lineno}\n")
+
+    signal.signal(signal.SIGUSR2, dump)
+
+
+if __name__ == "__main__":
+    if os.environ.get("BENCH_WHATIF"):
+        what_if(os.environ["BENCH_WHATIF"])
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        memory_dumps(os.environ["BENCH_TRACEMALLOC"])
+    install()
+    from deployer.cli import main
+
+    sys.exit(main(sys.argv[1:]))
