@@ -73,10 +73,24 @@ BUSYBOX = Path("/bin/busybox")
 
 
 class Counts(Counter[str]):
+    """Calls by label, and the seconds spent in them (``seconds``; nested labels overlap)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: Counter[str] = Counter()
+
+    def clear(self) -> None:
+        super().clear()
+        self.seconds.clear()
+
     def wrap(self, label: str, func: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
             self[label] += 1
-            return func(*args, **kwargs)
+            started = time.monotonic()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.monotonic() - started
 
         return counted
 
@@ -103,8 +117,8 @@ def instrument(reconciler: Any, counts: Counts) -> None:
         if hasattr(runtime, "rpc"):
             rpc = runtime.rpc
             original = rpc.call
-            rpc.call = lambda method, *a, _o=original, _k=key, **kw: (counts.update([f"{_k}.rpc.{method}"]),
-                                                                      _o(method, *a, **kw))[1]
+            rpc.call = lambda method, *a, _o=original, _k=key, **kw: counts.wrap(f"{_k}.rpc.{method}", _o)(
+                method, *a, **kw)
         if hasattr(runtime, "engine"):
             engine = runtime.engine
             real_api = engine.api
@@ -369,7 +383,8 @@ def one_pass(world: World, interval: float, probe: Callable[..., Any] | None = N
     outcomes = Counter(result.outcomes.values())
     if set(outcomes) - {"noop"} or len(result.outcomes) != world.size:
         raise RuntimeError(f"not a no-op pass at {world.size}: {dict(outcomes)} {result.error}")
-    return {"seconds": took, "runtime_calls": runtime_calls(counts), "calls": dict(counts)}
+    return {"seconds": took, "runtime_calls": runtime_calls(counts), "calls": dict(counts),
+            "call_seconds": {key: round(value, 4) for key, value in counts.seconds.items()}}
 
 
 def what_if_probes() -> dict[str, Callable[..., Any]]:
@@ -589,6 +604,13 @@ def _report(report: Report, results: dict[str, list[dict[str, Any]]]) -> None:
         if rows and rows[-1].get("profile"):
             report.notes.append(profile_note(f"{kind} {rows[-1]['size']} passes", rows[-1]["profile"]))
         if rows:
+            keys = {key for run in rows[-1]["runs"] for key in run.get("call_seconds", {})}
+            spent = {key: median([run.get("call_seconds", {}).get(key, 0.0) for run in rows[-1]["runs"]])
+                     for key in keys}
+            top = sorted(spent.items(), key=lambda item: -item[1])[:10]
+            report.notes.append(f"{kind} {rows[-1]['size']}, median seconds per pass inside counted calls (nested "
+                                "ones overlap; http.probe runs on 16 threads): "
+                                + ", ".join(f"{key} {value * 1000:.0f} ms" for key, value in top))
             for label, per in (("quietest", rows[-1]["calls"]), ("busiest", rows[-1]["busiest_calls"])):
                 top = sorted(per.items(), key=lambda item: -item[1])[:12]
                 report.notes.append(f"{kind} {rows[-1]['size']}, calls in the {label} pass: "

@@ -49,8 +49,9 @@ def main() -> int:
         report = load(path)
         print(report.table())
         print(f"({path.name})\n")
-        missed += [f"{report.name}: {row.figure.strip()}" for row in report.rows if row.met is False]
-    print("targets missed: " + ("none" if not missed else "\n  " + "\n  ".join(missed)))
+        missed += [f"{report.name}: {row.figure.strip()}" for row in report.rows
+                   if row.met is False and "WHAT-IF" not in row.figure and "WHAT-IF" not in report.title]
+    print("targets missed (WHAT-IF rows left out): " + ("none" if not missed else "\n  " + "\n  ".join(missed)))
     return 0
 
 
