@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/example-repo.sh
+# Fewer glibc malloc arenas: less memory fragmentation across the daemon's threads.
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 exec .venv/bin/deployer serve --config deployer.toml "$@"

@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployer.gitea import CommitState
 from deployer.model.status import DeliveryResult, Trigger
 from deployer.reconcile import Reconciler, SourceSpec
 from deployer.scheduler import WorkQueue
@@ -34,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 DEDUPE_MEMORY = 10_000  # accepted pushes remembered; an older replay just causes a no-op pass
 AUDIT_BATCH = 200
+AUDIT_GATHER = 0.1  # seconds the audit writer waits to fill a batch
 _DELIVERY_ID = re.compile(r"[^A-Za-z0-9-]")
 
 
@@ -108,7 +108,9 @@ class WebhookReceiver:
             push = parse_push(payload)
         except WebhookError as exc:
             return await self._reject(delivery, 400, str(exc))
-        return await run_in_threadpool(self._route, delivery, push)
+        if self._reconciler.has_source(push.full_name):
+            return self._route(delivery, push)  # no I/O on this path: a thread hop would only add waiting
+        return await run_in_threadpool(self._route, delivery, push)  # may register a new source (a write)
 
     def _route(self, delivery: _Delivery, push: PushEvent) -> JSONResponse:
         delivery = _Delivery(delivery.delivery_id, delivery.event, push.full_name, push.ref, push.after)
@@ -132,8 +134,7 @@ class WebhookReceiver:
                 self._accepted.popitem(last=False)
         if not self._reconciler.has_source(source.name):
             self._reconciler.add_source(source, origin="gitea")
-        self._record(delivery, DeliveryResult.ACCEPTED, f"pass requested for source {source.name}",
-                     pending=(source.name, push.after))
+        self._record(delivery, DeliveryResult.ACCEPTED, f"pass requested for source {source.name}")
         self._queue.request(source.name, Trigger.WEBHOOK, fetch=True)
         return _answer(202, "accepted", f"pass requested for source {source.name} at {push.after[:7]}")
 
@@ -148,10 +149,9 @@ class WebhookReceiver:
         url = f"{base}/{push.full_name}.git" if base else push.clone_url
         return SourceSpec(push.full_name, url, self._routing.branch or push.default_branch)
 
-    def _record(self, delivery: _Delivery, result: DeliveryResult, detail: str, *,
-                pending: tuple[str, str] | None = None) -> None:
+    def _record(self, delivery: _Delivery, result: DeliveryResult, detail: str) -> None:
         self._reconciler.metrics.webhooks.labels(result.value).inc()
-        self._audit.put(_AuditRow(delivery, result, detail, pending))
+        self._audit.put(_AuditRow(delivery, result, detail))
 
     async def _reject(self, delivery: _Delivery, status: int, detail: str) -> JSONResponse:
         self._record(delivery, DeliveryResult.REJECTED, f"{status}: {detail}")
@@ -163,11 +163,14 @@ class _AuditRow:
     delivery: _Delivery
     result: DeliveryResult
     detail: str
-    pending: tuple[str, str] | None  # (source, sha): report "pending" for the source's services
 
 
 class _AuditWriter:
-    """Writes delivery audit rows in batches and sends the "pending" statuses, off the request path."""
+    """Writes delivery audit rows in batches, off the request path.
+
+    Commit statuses are not sent from here: a service's "pending" goes out when its deploy
+    starts (a push that leaves a service unchanged must not leave it pending forever).
+    """
 
     def __init__(self, store: Store, reconciler: Reconciler) -> None:
         self._store = store
@@ -200,8 +203,13 @@ class _AuditWriter:
     def _run(self) -> None:
         while True:
             batch = [self._rows.get()]
-            while len(batch) < AUDIT_BATCH and not self._rows.empty():
-                batch.append(self._rows.get_nowait())
+            # Gather for a moment: a burst becomes a few commits instead of one per delivery.
+            deadline = time.monotonic() + AUDIT_GATHER
+            while len(batch) < AUDIT_BATCH and batch[-1] is not None:
+                try:
+                    batch.append(self._rows.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
             rows = [row for row in batch if row is not None]
             try:
                 if rows:
@@ -221,10 +229,6 @@ class _AuditWriter:
         for row in rows:
             log.info("webhook %s %s %s: %s", row.delivery.delivery_id or "-", row.delivery.repository or "-",
                      row.result.value, row.detail)
-            if row.pending is not None:
-                source, sha = row.pending
-                for service in sorted(self._store.inventory(source)):
-                    self._reconciler.report(source, sha, service, CommitState.PENDING, "queued for deployment")
 
 
 def _event(request: Request) -> str:
