@@ -713,3 +713,38 @@ def profile_note(label: str, summary_data: dict[str, Any], top: int = 6) -> str:
     share = summary_data.get("share") or {}
     parts = ", ".join(f"{key} {value * 100:.0f}%" for key, value in list(share.items())[:top])
     return f"py-spy {label} ({summary_data.get('samples', 0)} samples): {parts}"
+
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def busybox_image(cleanup: Cleanup, extra: dict[str, bytes] | None = None,
+                  dockerfile_tail: str = "") -> tuple[Any, str]:
+    """A ``FROM scratch`` image with Debian's static busybox (plus ``extra`` files), built, never pulled.
+
+    Returns the low-level client and the tag; the image is removed by ``cleanup``.
+    """
+    import io
+    import secrets
+    import tarfile
+
+    import docker
+
+    if not BUSYBOX.is_file() or b"ld-linux" in BUSYBOX.read_bytes()[:8192]:
+        raise RuntimeError("a static /bin/busybox is needed (Debian's busybox-static; scripts/docker-services.sh)")
+    dockerfile = f"FROM scratch\nCOPY busybox /bin/busybox\n{dockerfile_tail}LABEL deployer-bench=base\n"
+    files = {"Dockerfile": dockerfile.encode(), "busybox": BUSYBOX.read_bytes(), **(extra or {})}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            archive.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    api = docker.APIClient(version="auto", timeout=120)
+    tag = f"deployer-bench/busybox:{secrets.token_hex(4)}"
+    for event in api.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, decode=True, pull=False):
+        if "error" in event:
+            raise RuntimeError(f"building the busybox image failed: {event['error']}")
+    cleanup.add("remove the bench image", lambda: api.remove_image(tag, force=True))
+    return api, tag

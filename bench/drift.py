@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import random
 import secrets
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from bench.common import (
     Cleanup,
     DaemonProc,
     Report,
+    busybox_image,
     free_port,
     free_window,
     health_json,
@@ -56,32 +55,13 @@ from tests.helpers import EXAMPLE, GitRepo
 
 SECRET = "bench-webhook-secret"
 OWNER = "bench"
-BUSYBOX = Path("/bin/busybox")
 # One poll request gives up after this: while the engine starts a container, docker-proxy accepts
 # connections it cannot forward yet and they hang until the client's timeout (baseline polls alike).
 ATTEMPT_TIMEOUT = 0.1
 
 
 def base_image(cleanup: Cleanup) -> tuple[Any, str]:
-    import docker
-
-    if not BUSYBOX.is_file() or b"ld-linux" in BUSYBOX.read_bytes()[:8192]:
-        raise RuntimeError("a static /bin/busybox is needed (Debian's busybox-static; scripts/docker-services.sh)")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in {"Dockerfile": b"FROM scratch\nCOPY busybox /bin/busybox\nLABEL deployer-bench=base\n",
-                           "busybox": BUSYBOX.read_bytes()}.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            archive.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    api = docker.APIClient(version="auto", timeout=120)
-    tag = f"deployer-bench/busybox:{secrets.token_hex(4)}"
-    for event in api.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, decode=True, pull=False):
-        if "error" in event:
-            raise RuntimeError(f"building the busybox base image failed: {event['error']}")
-    cleanup.add("remove the bench base image", lambda: api.remove_image(tag, force=True))
-    return api, tag
+    return busybox_image(cleanup)
 
 
 def healthy_service(daemon: DaemonProc, name: str, after_attempt: int = 0) -> dict[str, Any] | None:

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import math
 import re
 import secrets
 import sys
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -47,6 +45,7 @@ from bench.common import (
     Cleanup,
     PySpy,
     Report,
+    busybox_image,
     find_py_spy,
     free_port,
     free_window,
@@ -66,7 +65,6 @@ from tests.helpers import GitRepo
 PASS_TARGET = 0.250  # seconds, at 500 services
 RSS_TARGET = 150.0  # MB, at 500 services
 SOURCE = "scale"
-BUSYBOX = Path("/bin/busybox")
 
 
 # ---------------------------------------------------------------- counting
@@ -461,27 +459,8 @@ def daemon_check(cleanup: Cleanup, world: World, seconds: float) -> list[dict[st
 # ---------------------------------------------------------------- docker image
 
 
-def busybox_image(cleanup: Cleanup) -> str:
-    import docker
-
-    if not BUSYBOX.is_file() or b"ld-linux" in BUSYBOX.read_bytes()[:8192]:
-        raise RuntimeError("a static /bin/busybox is needed (Debian's busybox-static; scripts/docker-services.sh)")
-    files = {"Dockerfile": b"FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nLABEL deployer-bench=base\n",
-             "busybox": BUSYBOX.read_bytes(), "www/health": b'{"status": "ok"}\n'}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            archive.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    api = docker.APIClient(version="auto", timeout=120)
-    tag = f"deployer-bench/busybox:{secrets.token_hex(4)}"
-    for event in api.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, decode=True, pull=False):
-        if "error" in event:
-            raise RuntimeError(f"building the busybox image failed: {event['error']}")
-    cleanup.add("remove the bench image", lambda: api.remove_image(tag, force=True))
-    return tag
+def scratch_image(cleanup: Cleanup) -> str:
+    return busybox_image(cleanup, {"www/health": b'{"status": "ok"}\n'}, "COPY www /www\n")[1]
 
 
 def _remove_containers(prefix: str) -> None:
@@ -535,7 +514,7 @@ def main() -> int:
 
 def _run_kind(cleanup: Cleanup, kind: str, wanted: list[int], args: argparse.Namespace, py_spy: str | None,
               results: dict[str, list[dict[str, Any]]]) -> None:
-    image = busybox_image(cleanup) if kind == "docker" else None
+    image = scratch_image(cleanup) if kind == "docker" else None
     world = make_world(cleanup, kind, max(wanted), image)
     base_rss = rss_mb(_own_pid())[0]
     for size in sorted(wanted):
