@@ -14,6 +14,7 @@ import secrets
 import shutil
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,21 @@ def _safe(call: Any, default: Any) -> Any:
         return call()
     except docker.errors.APIError:
         return default
+
+
+@contextmanager
+def engine_calls(runtime: Any) -> Iterator[list[str]]:
+    """The names of the engine API calls ``runtime`` makes inside the block."""
+    api = runtime.engine.api()
+    calls: list[str] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            calls.append(name)
+            return getattr(api, name)
+
+    runtime.engine._clients[runtime.engine.timeout] = Counting()
+    try:
+        yield calls
+    finally:
+        runtime.engine._clients[runtime.engine.timeout] = api

@@ -18,7 +18,7 @@ from deployer.model.actual import ServiceState
 from deployer.model.manifest import ResourcesSpec, ServiceManifest
 from deployer.runtimes._docker_common import LABEL_SERVICE, MANAGED_FILTER
 from deployer.runtimes.docker import ContainerConflict, ContainerExited, DockerRuntime
-from tests.docker_fixtures import TEMPLATES, TEST_LABEL, ServiceFolder, http_get, predict, served_version
+from tests.docker_fixtures import TEMPLATES, TEST_LABEL, ServiceFolder, engine_calls, http_get, predict, served_version
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("docker_api")
@@ -250,19 +250,8 @@ def test_privileged_and_host_network_are_not_in_the_manifest() -> None:
 
 def test_observe_is_one_listing(runtime: DockerRuntime, folder: ServiceFolder) -> None:
     runtime.apply(folder.deployment(1))
-    api = runtime.engine.api()
-    calls: list[str] = []
-
-    class Counting:
-        def __getattr__(self, name: str) -> Any:
-            calls.append(name)
-            return getattr(api, name)
-
-    runtime.engine._clients[runtime.engine.timeout] = Counting()
-    try:
+    with engine_calls(runtime) as calls:
         assert folder.name in runtime.observe()
-    finally:
-        runtime.engine._clients[runtime.engine.timeout] = api
     assert calls == ["containers"]
 
 

@@ -17,7 +17,7 @@ from deployer.errors import ApplyError, BuildError
 from deployer.model.actual import ServiceState
 from deployer.runtimes._docker_common import ContainerConflict
 from deployer.runtimes.swarm import SwarmRuntime, service_spec
-from tests.docker_fixtures import REGISTRY, TEMPLATES, ServiceFolder, http_get, predict, served_version
+from tests.docker_fixtures import REGISTRY, TEMPLATES, ServiceFolder, engine_calls, http_get, predict, served_version
 from tests.helpers import wait_for
 
 engine = pytest.mark.usefixtures("docker_api", "swarm_manager", "registry")
@@ -169,17 +169,6 @@ def test_swarm_needs_a_registry(busybox_image: str, folder: ServiceFolder) -> No
 @engine
 def test_observe_is_one_listing(runtime: SwarmRuntime, folder: ServiceFolder) -> None:
     runtime.apply(folder.deployment(1))
-    api = runtime.engine.api()
-    calls: list[str] = []
-
-    class Counting:
-        def __getattr__(self, name: str) -> Any:
-            calls.append(name)
-            return getattr(api, name)
-
-    runtime.engine._clients[runtime.engine.timeout] = Counting()
-    try:
+    with engine_calls(runtime) as calls:
         assert runtime.observe()[folder.name].state is ServiceState.RUNNING
-    finally:
-        runtime.engine._clients[runtime.engine.timeout] = api
     assert calls == ["services"]
