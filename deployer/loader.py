@@ -32,6 +32,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from deployer.errors import ManifestError
 from deployer.model.manifest import ENV_KEY_PATTERN, NAME_PATTERN, ManifestFile, ServiceManifest
+from deployer.safety import UnsafePath, read_inside
 
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 32  # deeper nesting is never a real manifest, and the composer recurses per level
@@ -150,14 +151,29 @@ def load_manifest_file(
     ``repo_root`` defaults to the file's folder (``service.yaml`` sits at the repository root).
     ``requirements``, demo files, hooks and the Dockerfile are relative to the service's folder.
     """
+    return load_manifest_with_text(path, repo_root=repo_root, port_range=port_range)[0]
+
+
+def load_manifest_with_text(
+    path: Path,
+    *,
+    repo_root: Path | None = None,
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
+) -> tuple[ManifestFile, str]:
+    """``load_manifest_file``, also returning the file's text (what a revision records).
+
+    The file itself must be inside ``repo_root`` too (a ``service.yaml`` that is a symlink
+    out of the checkout is refused, and never read), and at most 256 KiB is ever read.
+    """
     root = repo_root if repo_root is not None else path.parent
     filename = _display_name(path, root)
-    manifest, doc = _load(_read_capped(path, filename), filename, port_range)
+    text = _decode(_read_capped(path, root, filename), filename)
+    manifest, doc = _load(text, filename, port_range)
     problems = _Problems(filename, doc)
     for index, service in enumerate(manifest.services):
         _check_service_paths(service, ("services", index), root, doc, problems)
     problems.raise_if_any()
-    return manifest
+    return manifest, text
 
 
 def json_schema() -> dict[str, Any]:
@@ -197,17 +213,23 @@ def _fail(filename: str, mark: Mark, message: str) -> NoReturn:
 
 
 def _display_name(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
+    """The path as the repository names it (never where a symlink leads)."""
+    for candidate, base in ((path, root), (path.absolute(), root.absolute())):
+        try:
+            return candidate.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return str(path)
 
 
-def _read_capped(path: Path, filename: str) -> bytes:
-    """Read at most one byte past the limit, so a huge file is never loaded whole."""
+def _read_capped(path: Path, root: Path, filename: str) -> bytes:
+    """Read at most one byte past the limit, so a huge file is never loaded whole; never outside ``root``."""
     try:
-        with path.open("rb") as handle:
-            return handle.read(MAX_BYTES + 1)
+        return read_inside(root, path, MAX_BYTES)
+    except UnsafePath as exc:
+        raise ManifestError([f"{filename}:1:1: {exc}; the file was not read"]) from None
+    except FileNotFoundError:
+        raise ManifestError([f"{filename}:1:1: not found"]) from None
     except OSError as exc:
         raise ManifestError([f"{filename}:1:1: cannot read the file: {exc.strerror or exc}"]) from None
 

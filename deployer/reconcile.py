@@ -27,7 +27,7 @@ from deployer.errors import BuildError, DeployerError, Reason, SourceError, Stal
 from deployer.gitea import CommitState, StatusReporter, state_for
 from deployer.health import HttpChecks, Probe
 from deployer.hooks import HookRunner, hook_output
-from deployer.loader import load_manifest_file
+from deployer.loader import load_manifest_with_text
 from deployer.metrics import Metrics
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
@@ -380,11 +380,10 @@ class Reconciler:
 
     def _load(self, source: GitSource, sha: str) -> tuple[ManifestFile, str, Path]:
         checkout = source.checkout(sha)
-        try:
-            text = (checkout / MANIFEST).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise StalledError(f"{MANIFEST}: not found at {sha[:7]}", reason=Reason.MANIFEST_INVALID) from None
-        manifest = load_manifest_file(checkout / MANIFEST, repo_root=checkout, port_range=self.port_bounds)
+        if not (checkout / MANIFEST).exists() and not (checkout / MANIFEST).is_symlink():
+            raise StalledError(f"{MANIFEST}: not found at {sha[:7]}", reason=Reason.MANIFEST_INVALID)
+        manifest, text = load_manifest_with_text(checkout / MANIFEST, repo_root=checkout,
+                                                 port_range=self.port_bounds)
         return manifest, text, checkout
 
     def _resolve(self, source: GitSource, sha: str, entry: ServiceManifest, checkout: Path, *,
