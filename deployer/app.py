@@ -20,7 +20,7 @@ import deployer
 from deployer import logs
 from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
-from deployer.errors import DeployerError
+from deployer.errors import ConfigError, DeployerError
 from deployer.gitea import GiteaClient, StatusReporter
 from deployer.hooks import HookRunner
 from deployer.model.status import Trigger
@@ -149,7 +149,11 @@ def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, confi
         if reconciler.has_source(record.name):
             continue
         if record.origin == "gitea":  # repos first seen through a webhook stay followed
-            reconciler.add_source(SourceSpec(record.name, record.url, record.branch), origin="gitea")
+            try:
+                reconciler.add_source(SourceSpec(record.name, record.url, record.branch), origin="gitea")
+            except ConfigError as exc:  # a stored row never stops start-up: say so and go on
+                log.error("stored source skipped: %s", exc)
+                reconciler.source_errors[record.name[:120]] = f"not followed: {exc}"
             continue
         removed = reconciler.retire_source(record.name, allow_empty=settings.reconcile.allow_empty)
         if removed:

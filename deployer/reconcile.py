@@ -158,10 +158,11 @@ class Reconciler:
     # ------------------------------------------------------------------ sources
 
     def add_source(self, spec: SourceSpec, *, origin: str = "config") -> None:
+        """Follow a source. Its name and branch are checked (``ConfigError``) before anything is written."""
+        git = GitSource(spec.name, spec.url, spec.branch, self.state_dir)
         self.store.upsert_source(spec.name, spec.url, spec.branch, origin)
         with self._locks_guard:
-            if spec.name not in self._sources:
-                self._sources[spec.name] = GitSource(spec.name, spec.url, spec.branch, self.state_dir)
+            self._sources.setdefault(spec.name, git)
 
     def retire_source(self, name: str, *, allow_empty: bool) -> list[str]:
         """A source left the config: prune its services only when an empty desired set is allowed.

@@ -1,4 +1,4 @@
-"""Safety helpers written once: path containment, capped reads of repository files.
+"""Safety helpers written once: path containment, capped reads of repository files, source names.
 
 Everything deployer reads from a checkout goes through ``contained`` or ``read_inside``:
 a symlink is followed only while it stays inside the root, and no read is ever larger
@@ -9,8 +9,16 @@ checkout nor make it load a huge one. Errors name the path, never the content.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
+
+# Gitea's own rule for owner and repository names (letters, digits, '_', '-', '.'), less the
+# few that would be unsafe as a folder name or a command-line word: '.', '..', a leading '-'.
+_NAME_PART = r"(?!\.{1,2}(?:/|$))[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}"
+_SOURCE_NAME = re.compile(rf"{_NAME_PART}(?:/{_NAME_PART})?")
+SOURCE_NAME_RULE = ("a source is named 'name' or 'owner/name', each part letters, digits, '_', '-' or '.' "
+                    "(at most 100, not starting with '-', not '.' or '..')")
 
 
 class UnsafePath(ValueError):
@@ -47,3 +55,8 @@ def read_inside(root: Path, relative: str | Path, limit: int) -> bytes:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnsafePath(f"'{relative}' is not a regular file")
         return handle.read(limit + 1)
+
+
+def is_source_name(name: str) -> bool:
+    """True for names deployer can follow: they become folder names under the state dir."""
+    return _SOURCE_NAME.fullmatch(name) is not None and not name.endswith(".git")

@@ -23,11 +23,11 @@ import git
 from git.exc import GitCommandError, GitError, ODBError
 
 from deployer.errors import ConfigError, SourceError
+from deployer.safety import SOURCE_NAME_RULE, is_source_name
 
 ZERO_SHA = re.compile(r"0{40}|0{64}")
 _HEX = re.compile(r"[0-9a-f]{4,64}")  # hex only: a value can never be read as a git option
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._-]{0,99})?")
 _BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
 _TMP_PREFIX = ".tmp-"
@@ -68,8 +68,8 @@ class GitSource:
     """
 
     def __init__(self, name: str, url: str, branch: str, state_dir: Path, *, timeout: float = 300.0) -> None:
-        if not _NAME.fullmatch(name):
-            raise ConfigError(f"source name {name!r} must look like 'name' or 'owner/name'")
+        if not is_source_name(name):
+            raise ConfigError(f"source name {name[:120]!r}: {SOURCE_NAME_RULE}")
         if not _BRANCH.fullmatch(branch) or ".." in branch:
             raise ConfigError(f"source {name}: {branch!r} is not a valid branch name")
         self.name = name

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from deployer.safety import SOURCE_NAME_RULE, is_source_name
+
 ZERO_SHA = re.compile(r"0{40}|0{64}")  # SHA-1 and SHA-256 repositories
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _FORM = "application/x-www-form-urlencoded"
@@ -88,11 +90,13 @@ def parse_push(payload: bytes) -> PushEvent:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WebhookError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise WebhookError("malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise WebhookError("malformed JSON: the payload is not an object")
     head = data.get("head_commit")
     return PushEvent(
-        full_name=_text(data, "repository.full_name"),
+        full_name=_repository_identity(data),
         repo_id=_int(data, "repository.id"),
         owner=_text(data, "repository.owner.login"),
         name=_text(data, "repository.name"),
@@ -105,6 +109,23 @@ def parse_push(payload: bytes) -> PushEvent:
         pusher=_text(data, "pusher.login", required=False),
         message=_text(head, "message", required=False) if isinstance(head, dict) else "",
     )
+
+
+def _repository_identity(data: Any) -> str:
+    """``owner/name``, checked once: the full name must be the owner's login and the repository's name.
+
+    Everything downstream (the allowed-owner check, the source's name, its folders and clone
+    URL) uses this one value, so a payload cannot pass the owner check as one repository and
+    be followed as another. A name deployer cannot follow is refused here, before anything is written.
+    """
+    full_name = _text(data, "repository.full_name")
+    owner, name = _text(data, "repository.owner.login"), _text(data, "repository.name")
+    if full_name != f"{owner}/{name}":
+        raise WebhookError(f"repository.full_name {full_name[:120]!r} is not repository.owner.login/"
+                           f"repository.name ({owner[:60]!r}/{name[:60]!r})")
+    if not is_source_name(full_name):
+        raise WebhookError(f"repository {full_name[:120]!r} cannot be followed: {SOURCE_NAME_RULE}")
+    return full_name
 
 
 def classify(event: PushEvent, branch: str) -> str | None:

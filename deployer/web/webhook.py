@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from deployer.errors import ConfigError
 from deployer.model.status import DeliveryResult, Trigger
 from deployer.reconcile import Reconciler, SourceSpec
 from deployer.scheduler import WorkQueue
@@ -124,6 +125,12 @@ class WebhookReceiver:
         if ignored is not None:
             self._record(delivery, DeliveryResult.IGNORED, ignored)
             return _answer(200, "ignored", ignored)
+        if not self._reconciler.has_source(source.name):
+            try:
+                self._reconciler.add_source(source, origin="gitea")
+            except ConfigError as exc:  # checked before anything is written
+                self._record(delivery, DeliveryResult.REJECTED, f"400: {exc}")
+                return _answer(400, "rejected", str(exc))
         key = (push.full_name, push.ref, push.after)
         with self._dedupe:
             if key in self._accepted:
@@ -132,8 +139,6 @@ class WebhookReceiver:
             self._accepted[key] = None
             while len(self._accepted) > DEDUPE_MEMORY:
                 self._accepted.popitem(last=False)
-        if not self._reconciler.has_source(source.name):
-            self._reconciler.add_source(source, origin="gitea")
         self._record(delivery, DeliveryResult.ACCEPTED, f"pass requested for source {source.name}")
         self._queue.request(source.name, Trigger.WEBHOOK, fetch=True)
         return _answer(202, "accepted", f"pass requested for source {source.name} at {push.after[:7]}")
