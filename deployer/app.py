@@ -31,7 +31,7 @@ from deployer.runtimes.docker import DockerRuntime
 from deployer.runtimes.supervisor import SupervisorRuntime
 from deployer.runtimes.swarm import SwarmRuntime
 from deployer.scheduler import Request, Scheduler, WorkQueue
-from deployer.secrets import SecretStore
+from deployer.secrets import SecretStore, local_api_token
 from deployer.settings import Settings, SourceSettings
 from deployer.store import Store
 from deployer.web.server import WebDeps, build_app
@@ -69,10 +69,19 @@ def source_spec(entry: SourceSettings, config_dir: Path) -> SourceSpec:
     return SourceSpec(name=name, url=url, branch=entry.branch)
 
 
-def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
+def secret_store(settings: Settings) -> SecretStore:
+    """Service secrets, and the values masked in every log line, row and page: theirs and the daemon's own."""
+    return SecretStore(settings.secrets_dir,
+                       also_mask=(settings.webhook_secret, settings.gitea_token, settings.api_token))
+
+
+def build(settings: Settings, *, config_dir: Path | None = None, secrets: SecretStore | None = None) -> Daemon:
     state_dir = settings.paths.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.database_url)
+    secrets = secrets or secret_store(settings)
+    api_token = settings.api_token or local_api_token(state_dir)  # the CLI on this host finds it there
+    secrets.also_mask(api_token)
+    store = Store(settings.database_url, redact=secrets.mask)
     store.migrate()
     interrupted = store.interrupt_running_attempts()
     if interrupted:
@@ -87,7 +96,7 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
         store=store, runtimes=runtimes,
         builder=EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
                            timeout=settings.build.timeout),
-        secrets=SecretStore(settings.secrets_dir), state_dir=state_dir, port_bounds=settings.ports.bounds,
+        secrets=secrets, state_dir=state_dir, port_bounds=settings.ports.bounds,
         default_runtime=settings.runtime, prune=settings.reconcile.prune, port_is_free=is_free, status=status,
         port_holder=holder, port_grace=settings.ports.reuse_grace,
         hook_runner=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout),
@@ -105,7 +114,7 @@ def build(settings: Settings, *, config_dir: Path | None = None) -> Daemon:
                              settings.gitea.branch, settings.gitea.clone_base or settings.gitea.url),
     )
     daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, app=Starlette())
-    deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, api_token=settings.api_token,
+    deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, api_token=api_token,
                    checks=_checks(daemon), gitea_url=settings.gitea.url)
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
@@ -227,12 +236,10 @@ def stop(daemon: Daemon) -> None:
     log.info("deployer stopped; services keep running under their runtimes")
 
 
-def configure_logging(settings: Settings, level: str = "INFO", fmt: str = "text") -> None:
-    secrets = [settings.webhook_secret, settings.gitea_token, settings.api_token]
-    logs.configure(level, fmt, [secret for secret in secrets if secret])
-
-
-def serve(settings: Settings, *, config_dir: Path | None = None) -> None:
-    daemon = build(settings, config_dir=config_dir)
+def serve(settings: Settings, *, config_dir: Path | None = None, log_level: str = "INFO",
+          log_format: str = "text") -> None:
+    secrets = secret_store(settings)
+    logs.configure(log_level, log_format, secrets.mask)
+    daemon = build(settings, config_dir=config_dir, secrets=secrets)
     uvicorn.run(daemon.app, host=settings.server.host, port=settings.server.port, log_level="warning",
                 access_log=False, lifespan="on")

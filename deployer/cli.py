@@ -107,13 +107,13 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from deployer.app import configure_logging, serve
+    from deployer.app import serve
     from deployer.settings import default_config_path
 
     config = args.config if args.config is not None else default_config_path()
     settings = _settings(config)
-    configure_logging(settings, args.log_level, args.log_format)
-    serve(settings, config_dir=config.resolve().parent if config is not None else None)
+    serve(settings, config_dir=config.resolve().parent if config is not None else None,
+          log_level=args.log_level, log_format=args.log_format)
     return EXIT_OK
 
 
@@ -142,9 +142,11 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from deployer.client import ApiClient
+    from deployer.secrets import read_local_api_token
 
     settings = _settings(args.config)
-    return ApiClient(args.url or f"http://{settings.server.listen}", settings.api_token)
+    token = settings.api_token or read_local_api_token(settings.paths.state_dir)  # made by serve on this host
+    return ApiClient(args.url or f"http://{settings.server.listen}", token)
 
 
 def _print_json(data: Any) -> int:

@@ -1,8 +1,8 @@
 """Log output: readable text by default, one JSON object per line with ``--log-format json``.
 
 Records may carry ``service``, ``revision`` and ``attempt`` (``extra=``); both
-formats show them. A filter replaces every configured secret value with
-``******`` before anything is written, whatever the message says.
+formats show them. A filter masks every secret value (``SecretStore.mask``)
+before anything is written, whatever the message says.
 """
 
 from __future__ import annotations
@@ -10,26 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 CONTEXT = ("service", "revision", "attempt", "source")
-MASK = "******"
 
 
 class SecretFilter(logging.Filter):
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, mask: Callable[[str], str]) -> None:
         super().__init__()
-        # Longest first, so a secret that contains another is masked whole.
-        self._secrets = sorted({secret for secret in secrets if len(secret) >= 4}, key=len, reverse=True)
+        self._mask = mask
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
         message = record.getMessage()
-        masked = message
-        for secret in self._secrets:
-            masked = masked.replace(secret, MASK)
+        masked = self._mask(message)
         if masked != message:
             record.msg, record.args = masked, None
         return True
@@ -59,10 +53,10 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{context}]" if context else line
 
 
-def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
+def configure(level: str = "INFO", fmt: str = "text", mask: Callable[[str], str] = str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(SecretFilter(secrets))
+    handler.addFilter(SecretFilter(mask))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

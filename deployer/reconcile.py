@@ -668,7 +668,7 @@ class Reconciler:
         view = self.store.service_view(name)
         if view is None or view.runtime not in self.runtimes:
             raise StalledError(f"no service named {name!r} on a runtime of this host")
-        return self.runtimes[view.runtime].logs(name, max_bytes)
+        return self.secrets.mask(self.runtimes[view.runtime].logs(name, max_bytes))
 
     def demo_now(self, name: str) -> tuple[int, list[DemoResult]]:
         """``deployer demo``: run the demo inputs against the running revision now, and record them."""

@@ -85,7 +85,7 @@ def write_atomic(path: Path, text: str) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o600)  # a program file holds the service's secrets in its environment
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

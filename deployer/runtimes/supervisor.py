@@ -391,6 +391,8 @@ class SupervisorRuntime:
     def _prepare_dirs(self) -> None:
         for folder in (self.home, self.include_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
+            if folder.is_relative_to(self.home):  # ours: program files and logs are for root's eyes only
+                folder.chmod(0o700)
 
     def _restore(self, path: Path, previous: str | None) -> None:
         if previous is None:

@@ -102,9 +102,12 @@ class DeliveryView:
 class Store:
     """State and history in SQLite or PostgreSQL; see DESIGN.md §8 for the tables."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, redact: Callable[[str], str] = str) -> None:
         self._engine = _create_engine(url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        # Applied to every text that may carry service output (steps, attempts, observations,
+        # snapshots, demo answers): no secret value is ever written.
+        self._redact = redact
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -355,7 +358,7 @@ class Store:
 
     def add_step(self, attempt_id: int, name: str, duration: float, ok: bool, output_tail: str = "") -> None:
         """Record one step; only the last 4000 characters of its output are kept (errors come last)."""
-        tail = output_tail[-OUTPUT_TAIL_CHARS:]
+        tail = self._redact(output_tail)[-OUTPUT_TAIL_CHARS:]
         with self._transaction("add_step", write=True) as session:
             session.add(StepRow(attempt_id=attempt_id, name=name, duration=duration, ok=ok, output_tail=tail))
 
@@ -372,7 +375,7 @@ class Store:
             row = session.get(AttemptRow, attempt_id)
             if row is None:
                 raise StoreError(f"store: finish_attempt: attempt {attempt_id} does not exist")
-            row.outcome, row.reason, row.message = Outcome(outcome).value, reason, message
+            row.outcome, row.reason, row.message = Outcome(outcome).value, reason, self._redact(message)
             row.finished_at, row.rolled_back_to = utcnow(), rolled_back_to
 
     def interrupt_running_attempts(self) -> int:
@@ -400,6 +403,7 @@ class Store:
     # -- observed state ----------------------------------------------------
 
     def record_observation(self, service: str, state: str, healthy: bool, detail: str = "") -> None:
+        detail = self._redact(detail)
         _retry_once(lambda: self._record_observation(service, state, healthy, detail))
 
     def _record_observation(self, service: str, state: str, healthy: bool, detail: str) -> None:
@@ -416,7 +420,8 @@ class Store:
             if row is None:
                 row = SnapshotRow(service=service)
                 session.add(row)
-            row.logs_tail, row.info, row.info_error = logs_tail[-OUTPUT_TAIL_CHARS:], info, info_error[:2000]
+            row.logs_tail = self._redact(logs_tail)[-OUTPUT_TAIL_CHARS:]
+            row.info, row.info_error = _redact_json(info, self._redact), self._redact(info_error)[:2000]
             row.captured_at = utcnow()
 
     def snapshot(self, service: str) -> SnapshotView | None:
@@ -433,8 +438,9 @@ class Store:
                     status: int | None, latency_ms: float | None, content_type: str, text: str | None,
                     body_file: str | None, truncated: bool, problems: str) -> int:
         row = DemoResultRow(service=service, revision_id=revision_id, attempt_id=attempt_id, name=name, ok=ok,
-                            status=status, latency_ms=latency_ms, content_type=content_type[:200], text=text,
-                            body_file=body_file, truncated=truncated, problems=problems, created_at=utcnow())
+                            status=status, latency_ms=latency_ms, content_type=content_type[:200],
+                            text=self._redact(text) if text is not None else None, body_file=body_file,
+                            truncated=truncated, problems=self._redact(problems), created_at=utcnow())
         with self._transaction("record_demo", write=True) as session:
             session.add(row)
             session.flush()
@@ -618,6 +624,18 @@ class Store:
 
 
 # -- engine --------------------------------------------------------------
+
+
+def _redact_json(value: Any, redact: Callable[[str], str], depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if depth >= 32 and isinstance(value, dict | list):
+        return "(nested too deeply)"
+    if isinstance(value, dict):
+        return {redact(str(key)): _redact_json(item, redact, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact_json(item, redact, depth + 1) for item in value]
+    return value
 
 
 def _create_engine(url: str) -> Engine:

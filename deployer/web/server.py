@@ -330,6 +330,10 @@ class _Routes:
              "content_type": r.content_type, "text": r.text, "problems": "; ".join(r.problems)} for r in results]})
 
     async def logs(self, request: Request) -> Response:
+        """Service output is operator data: it needs the token (and is masked all the same)."""
+        denied = _denied(request, self.deps.api_token)
+        if denied is not None:
+            return denied
         name = request.path_params["name"]
         try:
             size = max(1, min(int(request.query_params.get("bytes", "16384")), 1024 * 1024))

@@ -5,15 +5,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
-from deployer.logs import MASK, JsonFormatter, SecretFilter, TextFormatter
+from deployer.logs import JsonFormatter, SecretFilter, TextFormatter
+from deployer.secrets import MASK, SecretStore
 
 
 def emit(formatter: logging.Formatter, secrets: list[str], message: str, *args: object, **extra: object) -> str:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
-    handler.addFilter(SecretFilter(secrets))
+    handler.addFilter(SecretFilter(SecretStore(Path('/nonexistent'), also_mask=secrets).mask))
     logger = logging.getLogger(f"test-{id(stream)}")
     logger.addHandler(handler)
     logger.propagate = False
