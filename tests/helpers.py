@@ -135,6 +135,15 @@ class Daemon:
     def post(self, path: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
         return httpx.post(self.url + path, content=content, headers=headers, timeout=10)
 
+    def local_token(self) -> str:
+        """The API token ``serve`` made for this host (no token configured)."""
+        return (self.state_dir / "api-token").read_text().strip()
+
+    def request_pass(self, token: str | None = None) -> httpx.Response:
+        """``POST /api/reconcile`` with the given token, else the one made for this host."""
+        auth = {"Authorization": f"Bearer {token or self.local_token()}"}
+        return httpx.post(self.url + "/api/reconcile", json={}, headers=auth, timeout=10)
+
     def service(self, name: str) -> dict[str, Any] | None:
         response = self.get(f"/api/services/{name}")
         return response.json() if response.status_code == 200 else None
