@@ -72,7 +72,7 @@ def install() -> None:
     from deployer.reconcile import Reconciler
     from deployer.runtimes import _supervisor_rpc, docker, supervisor, swarm
     from deployer.source import GitSource
-    from deployer.store.store import Store
+    from deployer.store import Store
     from deployer.web.webhook import WebhookReceiver
 
     _methods(GitSource, "git")

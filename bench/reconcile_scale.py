@@ -107,7 +107,7 @@ class _CountingApi:
 def instrument(reconciler: Any, counts: Counts) -> None:
     """Count runtime methods, supervisord RPCs, Docker API calls, store calls and HTTP to services."""
     from deployer import reconcile
-    from deployer.store.store import Store
+    from deployer.store import Store
 
     for key, runtime in reconciler.runtimes.items():
         for method in ("check", "observe", "logs", "apply", "start", "stop", "remove"):
@@ -303,7 +303,7 @@ def grow(world: World, count: int, image: str | None) -> float:
     if bad or result.error:
         raise RuntimeError(f"setup pass failed: {result.error} {dict(list(bad.items())[:5])}")
     world.size = count
-    ports = [world.daemon.store.port_of(name) for name in world.names(count)]
+    ports = [world.daemon.store.ports.of(name) for name in world.names(count)]
     wait_for(lambda: all(_answers(port) for port in ports), 300, f"{count} services answering /health", 0.5)
     if world.runtime == "supervisor":  # and supervisord calls them RUNNING (startsecs passed)
         wait_for(lambda: _all_running(real, world.names(count)), 120, "every program RUNNING", 0.5)

@@ -83,7 +83,7 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
     secrets.also_mask(api_token)
     store = Store(settings.database_url, redact=secrets.mask)
     store.migrate()
-    interrupted = store.interrupt_running_attempts()
+    interrupted = store.history.interrupt_running_attempts()
     if interrupted:
         log.warning("marked %d attempt(s) interrupted by the last shutdown", interrupted)
     supervisor = SupervisorRuntime(
@@ -154,7 +154,7 @@ def _status_reporter(settings: Settings) -> StatusReporter:
 def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, config_dir: Path) -> None:
     for entry in settings.sources:
         reconciler.add_source(source_spec(entry, config_dir), origin="config")
-    for record in store.list_sources():
+    for record in store.sources.all():
         if reconciler.has_source(record.name):
             continue
         if record.origin == "gitea":  # repos first seen through a webhook stay followed
@@ -190,7 +190,7 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
         def check() -> None:
             # Supervisor always counts; a container runtime only once a service uses it
             # (a host with Docker but no swarm is healthy until someone asks for swarm).
-            if name == "supervisor" or any(view.runtime == name for view in daemon.store.service_views()):
+            if name == "supervisor" or any(view.runtime == name for view in daemon.store.views.services()):
                 runtime.check()
         return check
 

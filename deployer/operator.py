@@ -37,14 +37,14 @@ class Operator:
         if target is None:
             raise OperatorError(f"{service}: nothing is running to pin; name a revision")
         chosen = self._revision(service, target)
-        override = self.store.set_override(service, OverrideKind.PINNED, who=who, why=why, revision_id=chosen.id)
+        override = self.store.overrides.set(service, OverrideKind.PINNED, who=who, why=why, revision_id=chosen.id)
         return Done(service, view.source, f"{service} pinned to revision {chosen.id} ({chosen.sha[:7]})", override)
 
     def rollback(self, service: str, revision: int | None, *, who: str, why: str = "") -> Done:
         """Deploy an earlier revision (default: the last good one before the running one) and pin it."""
         view = self._service(service)
         if revision is None:
-            good = self.store.last_good_revision(service, exclude=view.running_revision)
+            good = self.store.history.last_good_revision(service, exclude=view.running_revision)
             if good is None:
                 raise OperatorError(f"{service}: no earlier revision ever passed its health gate; name one")
             revision = good.id
@@ -54,29 +54,29 @@ class Operator:
 
     def unpin(self, service: str, *, who: str) -> Done:
         view = self._service(service)
-        cleared = self.store.clear_override(service, OverrideKind.PINNED, who=who)
+        cleared = self.store.overrides.clear(service, OverrideKind.PINNED, who=who)
         message = f"{service} unpinned; it follows its branch again" if cleared else f"{service} was not pinned"
         return Done(service, view.source, message)
 
     def suspend(self, service: str, *, who: str, why: str = "") -> Done:
         view = self._service(service)
-        override = self.store.set_override(service, OverrideKind.SUSPENDED, who=who, why=why)
+        override = self.store.overrides.set(service, OverrideKind.SUSPENDED, who=who, why=why)
         return Done(service, view.source, f"{service} suspended: deployer leaves it as it is", override)
 
     def resume(self, service: str, *, who: str) -> Done:
         view = self._service(service)
-        cleared = self.store.clear_override(service, OverrideKind.SUSPENDED, who=who)
+        cleared = self.store.overrides.clear(service, OverrideKind.SUSPENDED, who=who)
         message = f"{service} resumed" if cleared else f"{service} was not suspended"
         return Done(service, view.source, message)
 
     def _service(self, name: str) -> ServiceView:
-        view = self.store.service_view(name)
+        view = self.store.views.service(name)
         if view is None:
             raise OperatorError(f"no service named {name!r}")
         return view
 
     def _revision(self, service: str, revision_id: int) -> RevisionView:
-        revision = self.store.get_revision(revision_id)
+        revision = self.store.history.get_revision(revision_id)
         if revision is None or revision.service != service:
             raise OperatorError(f"{service}: revision {revision_id} is not one of its revisions "
                                 f"(see `deployer history {service}`)")

@@ -152,7 +152,7 @@ class Reconciler:
         self._written: dict[str, tuple[tuple[object, ...], float]] = {}
         self.source_errors: dict[str, str] = {}
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
-        self._unverified = {view.name for view in store.service_views()
+        self._unverified = {view.name for view in store.views.services()
                             if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
 
     # ------------------------------------------------------------------ sources
@@ -160,7 +160,7 @@ class Reconciler:
     def add_source(self, spec: SourceSpec, *, origin: str = "config") -> None:
         """Follow a source. Its name and branch are checked (``ConfigError``) before anything is written."""
         git = GitSource(spec.name, spec.url, spec.branch, self.state_dir)
-        self.store.upsert_source(spec.name, spec.url, spec.branch, origin)
+        self.store.sources.upsert(spec.name, spec.url, spec.branch, origin)
         with self._locks_guard:
             self._sources.setdefault(spec.name, git)
 
@@ -170,7 +170,7 @@ class Reconciler:
         Removing a source by mistake (a typo in deployer.toml) must not take its
         services down, so by default they keep running and the page says why.
         """
-        owned = sorted(self.store.inventory(name))
+        owned = sorted(self.store.services.inventory(name))
         if not owned:
             return []
         if not (allow_empty and self.prune):
@@ -221,7 +221,7 @@ class Reconciler:
             log.warning("source %s: %s; retrying at the next poll", name, exc)
             return result
         self.source_errors.pop(name, None)
-        self.store.set_source_head(name, result.sha)
+        self.store.sources.set_head(name, result.sha)
         resolved = self._resolution(source, result.sha, trigger)
         if resolved is None:
             result.error = f"{MANIFEST} at {result.sha[:7]} is invalid"
@@ -275,8 +275,8 @@ class Reconciler:
         return source.head()
 
     def _plan(self, name: str, current: _Pass) -> Plan:
-        inventory = self.store.inventory(name) - set(current.resolved.errors)
-        current.overrides = self.store.all_active_overrides()
+        inventory = self.store.services.inventory(name) - set(current.resolved.errors)
+        current.overrides = self.store.overrides.active()
         desired = self._with_pins(dict(current.resolved.desired), inventory, current)
         current.actual, down = self._observe_checked(set(desired) | inventory)
         waiting = self._on_down_runtimes(desired, inventory, down) if down else {}
@@ -306,7 +306,7 @@ class Reconciler:
 
     def _on_down_runtimes(self, desired: Mapping[str, DesiredService], inventory: set[str],
                           down: Mapping[str, str]) -> dict[str, str]:
-        runtime_of = {view.name: view.runtime for view in self.store.service_views()}
+        runtime_of = {view.name: view.runtime for view in self.store.views.services()}
         runtime_of.update({service: want.runtime for service, want in desired.items()})
         return {service: f"runtime {runtime_of[service]} unreachable, waiting: {down[runtime_of[service]]}"
                 for service in sorted(set(desired) | inventory) if runtime_of.get(service) in down}
@@ -316,7 +316,7 @@ class Reconciler:
         """A pinned service wants its pinned revision, whatever the branch head says."""
         for service in sorted(set(desired) | inventory):
             pin = current.overrides.get(service, {}).get(OverrideKind.PINNED)
-            revision = self.store.get_revision(pin.revision) if pin and pin.revision else None
+            revision = self.store.history.get_revision(pin.revision) if pin and pin.revision else None
             if revision is not None:
                 desired[service] = DesiredService.model_validate(revision.spec)
                 current.revisions[service] = revision
@@ -372,9 +372,9 @@ class Reconciler:
             except DeployerError as exc:
                 resolved.errors[entry.name] = exc
                 continue
-            revision = self.store.add_revision(desired, author=info.author, message=info.message,
+            revision = self.store.history.add_revision(desired, author=info.author, message=info.message,
                                                manifest_text=text)
-            self.store.set_desired(desired.name, revision.id)
+            self.store.services.set_desired(desired.name, revision.id)
             resolved.desired[desired.name] = desired
             resolved.revisions[desired.name] = revision
         return resolved
@@ -389,7 +389,7 @@ class Reconciler:
 
     def _resolve(self, source: GitSource, sha: str, entry: ServiceManifest, checkout: Path, *,
                  dry: bool = False) -> DesiredService:
-        owner = self.store.service_source(entry.name)
+        owner = self.store.services.source_of(entry.name)
         if owner is not None and owner != source.name:
             raise StalledError(f"{entry.name}: service name already belongs to source {owner!r}; "
                                "names are unique across sources")
@@ -401,9 +401,9 @@ class Reconciler:
             raise StalledError(f"{entry.name}: 'command' is required for runtime supervisor",
                                reason=Reason.MANIFEST_INVALID)
         if dry:
-            port = self.store.port_of(entry.name) or (entry.port if entry.port != "auto" else 0)
+            port = self.store.ports.of(entry.name) or (entry.port if entry.port != "auto" else 0)
         else:
-            self.store.upsert_service(entry.name, source.name, runtime)
+            self.store.services.upsert(entry.name, source.name, runtime)
             port = self._port(entry)
         requirements, requirements_hash = _requirements(checkout / entry.path, entry.requirements)
         return DesiredService(
@@ -417,13 +417,13 @@ class Reconciler:
 
     def _port(self, entry: ServiceManifest) -> int:
         if entry.port == "auto":
-            return self.store.allocate_port(entry.name, self.port_bounds, self.port_is_free, grace=self.port_grace)
-        held = self.store.port_of(entry.name)
+            return self.store.ports.allocate(entry.name, self.port_bounds, self.port_is_free, grace=self.port_grace)
+        held = self.store.ports.of(entry.name)
         if held != entry.port and not self.port_is_free(entry.port):
             who = self.port_holder(entry.port) or "a process outside deployer"
             raise StalledError(f"{entry.name}: port {entry.port} is already in use by {who}, outside deployer; "
                                "free it or choose another port", reason=Reason.PORT_CONFLICT)
-        self.store.claim_port(entry.name, entry.port)
+        self.store.ports.claim(entry.name, entry.port)
         return entry.port
 
     def _record_stalled(self, source: str, sha: str, exc: DeployerError, trigger: Trigger) -> None:
@@ -433,9 +433,9 @@ class Reconciler:
             return
         self._stalled[source] = sha
         log.warning("source %s at %s: %s; the running revisions keep serving", source, sha[:7], exc)
-        for service in sorted(self.store.inventory(source)):
-            attempt = self.store.start_attempt(service, None, trigger)
-            self.store.finish_attempt(attempt, Outcome.FAILED, exc.reason.value,
+        for service in sorted(self.store.services.inventory(source)):
+            attempt = self.store.history.start_attempt(service, None, trigger)
+            self.store.history.finish_attempt(attempt, Outcome.FAILED, exc.reason.value,
                                       f"{exc} (commit {sha[:7]}); the previous revision keeps serving")
             self.report(source, sha, service, CommitState.FAILURE, f"{exc.reason.value}: {exc}")
 
@@ -452,7 +452,7 @@ class Reconciler:
     def _execute(self, action: Action, current: _Pass) -> str:
         if action.service in current.waiting:
             self._written.pop(action.service, None)
-            self.store.record_observation(action.service, ServiceState.UNKNOWN.value, False, action.reason)
+            self.store.observations.record(action.service, ServiceState.UNKNOWN.value, False, action.reason)
             return "waiting"
         if action.kind is ActionKind.REMOVE:
             return self._remove(action.service)
@@ -469,7 +469,7 @@ class Reconciler:
 
     def _apply(self, desired: DesiredService, action: Action, current: _Pass) -> str:
         revision = current.revisions[desired.name]
-        if not current.explicit and self.store.failed_revision(desired.name, desired.spec_hash):
+        if not current.explicit and self.store.history.failed_revision(desired.name, desired.spec_hash):
             note = f"revision {revision.id} failed before; waiting for a new commit"
             self._observe_health(desired.name, None, note=note)
             return "held"
@@ -479,7 +479,7 @@ class Reconciler:
             self._record_resolution_error(desired.name, exc, current.trigger)
             return "waiting"
         trigger = current.trigger
-        running = self.store.service_view(desired.name)
+        running = self.store.views.service(desired.name)
         if running is not None and running.running_revision == revision.id:
             trigger = Trigger.DRIFT  # git did not change: the world did
         moved_from = current.actual.get(desired.name)
@@ -496,25 +496,25 @@ class Reconciler:
         if self._stalled.get(service) == key:
             return
         self._stalled[service] = key
-        attempt = self.store.start_attempt(service, None, trigger)
-        self.store.finish_attempt(attempt, Outcome.FAILED, error.reason.value,
+        attempt = self.store.history.start_attempt(service, None, trigger)
+        self.store.history.finish_attempt(attempt, Outcome.FAILED, error.reason.value,
                                   f"{error}; the previous revision keeps serving")
 
     def _remove(self, name: str) -> str:
         runtime = self._runtime_of(name)
-        attempt = self.store.start_attempt(name, None, Trigger.SCHEDULE)
+        attempt = self.store.history.start_attempt(name, None, Trigger.SCHEDULE)
         try:
             with self._step(attempt, "remove"):
                 if runtime is not None:
                     runtime.remove(name)
         except DeployerError as exc:
-            self.store.finish_attempt(attempt, Outcome.FAILED, exc.reason.value, f"could not remove: {exc}")
+            self.store.history.finish_attempt(attempt, Outcome.FAILED, exc.reason.value, f"could not remove: {exc}")
             return "failed"
-        self.store.finish_attempt(attempt, Outcome.SUCCEEDED, Reason.PRUNED.value,
+        self.store.history.finish_attempt(attempt, Outcome.SUCCEEDED, Reason.PRUNED.value,
                                   "removed: no longer in any manifest")
-        self.store.mark_removed(name)
-        self.store.release_port(name)
-        self.store.record_observation(name, ServiceState.ABSENT.value, False, "removed: no longer in the manifest")
+        self.store.services.mark_removed(name)
+        self.store.ports.release(name)
+        self.store.observations.record(name, ServiceState.ABSENT.value, False, "removed: no longer in the manifest")
         self._written.pop(name, None)
         self.metrics.forget(name)
         log.info("%s: removed (no longer in any manifest)", name)
@@ -535,7 +535,7 @@ class Reconciler:
         ``verify_only`` runs just the health gate: for a revision that was already
         applied when a deploy was interrupted, so it is not trusted unchecked.
         """
-        attempt = self.store.start_attempt(desired.name, revision.id, trigger)
+        attempt = self.store.history.start_attempt(desired.name, revision.id, trigger)
         started = time.monotonic()
         outcome, reason, message, rolled_back_to = Outcome.FAILED, Reason.INTERNAL_ERROR.value, "", None
         self.report(desired.source, desired.sha, desired.name, CommitState.PENDING, f"deploying {desired.sha[:7]}")
@@ -544,7 +544,7 @@ class Reconciler:
                 self._gate(desired, revision.id, attempt, prefix="")
             else:
                 self._roll_out(desired, revision.id, attempt, prefix="")
-            self.store.set_running(desired.name, revision.id)
+            self.store.services.set_running(desired.name, revision.id)
             outcome, reason = Outcome.SUCCEEDED, _success_reason(trigger)
             message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
             if verify_only:
@@ -561,7 +561,7 @@ class Reconciler:
             log.exception("%s: deploy crashed", desired.name)
             message = f"internal error: {type(exc).__name__}"
         finally:
-            self.store.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
+            self.store.history.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
             self._count(desired.name, outcome, trigger, time.monotonic() - started)
             self.report(desired.source, desired.sha, desired.name, state_for(outcome, reason), f"{reason}: {message}")
             self._observe_health(desired.name, desired if outcome is Outcome.SUCCEEDED else None, fresh=True)
@@ -656,7 +656,7 @@ class Reconciler:
         url = f"http://{SERVICE_HOST}:{desired.port}/predict"
         results = [run_demo(url, spec, workdir, self.demo_limits) for spec in desired.demo]
         for result in results:
-            self.store.record_demo(
+            self.store.demos.record(
                 desired.name, revision, attempt, name=result.name, ok=result.ok, status=result.status,
                 latency_ms=result.latency_ms, content_type=result.content_type, text=result.text,
                 body_file=self._save_body(desired.name, revision, result), truncated=result.truncated,
@@ -665,15 +665,15 @@ class Reconciler:
 
     def logs(self, name: str, max_bytes: int) -> str:
         """The service's recent output, asked of its runtime now (an operator's explicit request)."""
-        view = self.store.service_view(name)
+        view = self.store.views.service(name)
         if view is None or view.runtime not in self.runtimes:
             raise StalledError(f"no service named {name!r} on a runtime of this host")
         return self.secrets.mask(self.runtimes[view.runtime].logs(name, max_bytes))
 
     def demo_now(self, name: str) -> tuple[int, list[DemoResult]]:
         """``deployer demo``: run the demo inputs against the running revision now, and record them."""
-        view = self.store.service_view(name)
-        revision = self.store.get_revision(view.running_revision) if view and view.running_revision else None
+        view = self.store.views.service(name)
+        revision = self.store.history.get_revision(view.running_revision) if view and view.running_revision else None
         if revision is None:
             raise StalledError(f"{name}: nothing is running, no demo to run")
         desired = DesiredService.model_validate(revision.spec)
@@ -719,7 +719,7 @@ class Reconciler:
 
     def _roll_back(self, name: str, failed_revision: int, attempt: int) -> int | None:
         """Put the last good revision back; return its id, or None when there is none or it fails too."""
-        good = self.store.last_good_revision(name, exclude=failed_revision)
+        good = self.store.history.last_good_revision(name, exclude=failed_revision)
         if good is None:
             return None
         desired = DesiredService.model_validate(good.spec)
@@ -728,7 +728,7 @@ class Reconciler:
         except DeployerError as exc:
             log.error("%s: rollback to revision %s failed too: %s", name, good.id, exc)
             return None
-        self.store.set_running(name, good.id)
+        self.store.services.set_running(name, good.id)
         return good.id
 
     def _failed_detail(self, runtime: Runtime, name: str) -> str | None:
@@ -762,7 +762,7 @@ class Reconciler:
         if seen is None:
             seen = self._observe({name}).get(name)
         state = seen.state if seen is not None else ServiceState.ABSENT
-        port = desired.port if desired is not None else self.store.port_of(name)
+        port = desired.port if desired is not None else self.store.ports.of(name)
         healthy = False
         detail = seen.detail if seen is not None else ""
         if state is ServiceState.RUNNING and port is not None:
@@ -782,9 +782,9 @@ class Reconciler:
         if not fresh and last is not None and last[0] == observed and now - last[1] < CONFIRM_EVERY:
             return
         state, healthy, detail, running = observed
-        self.store.record_observation(name, str(state), bool(healthy), str(detail))
+        self.store.observations.record(name, str(state), bool(healthy), str(detail))
         if isinstance(running, int) and (last is None or last[0][3] != running):
-            self.store.set_running(name, running)
+            self.store.services.set_running(name, running)
         self._written[name] = (observed, now)
 
     def _snapshot(self, name: str, runtime_name: str, port: int | None, desired: DesiredService | None, *,
@@ -806,7 +806,7 @@ class Reconciler:
         if port is not None:
             path = desired.info.path if desired is not None else "/info"
             info, error = self.http.fetch_info(f"http://{SERVICE_HOST}:{port}{path}")
-        self.store.record_snapshot(name, logs_tail=logs, info=info, info_error=error)
+        self.store.observations.record_snapshot(name, logs_tail=logs, info=info, info_error=error)
 
     # ------------------------------------------------------------------ helpers
 
@@ -818,9 +818,9 @@ class Reconciler:
             yield step
         except BaseException as exc:
             output = step.output or str(exc)
-            self.store.add_step(attempt, name, time.monotonic() - started, False, output)
+            self.store.history.add_step(attempt, name, time.monotonic() - started, False, output)
             raise
-        self.store.add_step(attempt, name, time.monotonic() - started, True, step.output)
+        self.store.history.add_step(attempt, name, time.monotonic() - started, True, step.output)
 
     @contextmanager
     def _lock(self, service: str) -> Iterator[None]:

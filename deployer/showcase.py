@@ -359,16 +359,16 @@ class Showcase:
 
     def _runs(self, name: str, revisions: int) -> dict[int | None, dict[str, Answer]]:
         return {revision: {view.name: interpret(view, self.state_dir) for view in views}
-                for revision, views in self.store.demo_runs(name, revisions=revisions).items()}
+                for revision, views in self.store.demos.runs(name, revisions=revisions).items()}
 
     def latest(self, view: ServiceView) -> tuple[int | None, list[tuple[DemoInput | None, Answer]]]:
         """The answers of the running revision (else of the newest with any), each beside its input."""
-        runs = self.store.demo_runs(view.name, revisions=50)
+        runs = self.store.demos.runs(view.name, revisions=50)
         if not runs:
             return None, []
         chosen = view.running_revision if view.running_revision in runs else _newest(runs)
         answers = {result.name: interpret(result, self.state_dir) for result in runs[chosen]}
-        revision = self.store.get_revision(chosen) if chosen is not None else None
+        revision = self.store.history.get_revision(chosen) if chosen is not None else None
         inputs = self._inputs(revision) if revision is not None else {}
         names = _ordered_names([answers], [_demo_specs(revision)] if revision is not None else [])
         return chosen, [(inputs.get(name), answers[name]) for name in names if name in answers]
@@ -376,7 +376,7 @@ class Showcase:
     def revision_table(self, view: ServiceView, limit: int = REVISIONS) -> Table:
         """Rows: demo inputs; columns: the newest ``limit`` revisions that have answers, newest first."""
         runs = self._runs(view.name, limit)
-        history = self.store.revisions(view.name, 200)
+        history = self.store.history.revisions(view.name, 200)
         by_id = {revision.id: revision for revision in history}
         older = {revision.id: before for revision, before in zip(history, [*history[1:], None], strict=True)}
         outcomes = self._outcomes(view.name)
@@ -400,7 +400,7 @@ class Showcase:
     def _outcomes(self, name: str) -> dict[int, str]:
         """Each revision's newest attempt outcome."""
         outcomes: dict[int, str] = {}
-        for attempt in self.store.attempts(name, 100):
+        for attempt in self.store.history.attempts(name, 100):
             if attempt.revision is not None:
                 outcomes.setdefault(attempt.revision, attempt.outcome)
         return outcomes
@@ -409,10 +409,10 @@ class Showcase:
 
     def group_table(self, group: str) -> Table | None:
         """Rows: demo inputs (matched by name); columns: the group's services, each at its shown revision."""
-        members = self.store.groups().get(group)
+        members = self.store.views.groups().get(group)
         if not members:
             return None
-        views = [view for view in (self.store.service_view(name) for name in members) if view is not None]
+        views = [view for view in (self.store.views.service(name) for name in members) if view is not None]
         columns: list[Column] = []
         inputs: dict[str, DemoInput] = {}
         specs: list[dict[str, dict[str, Any]]] = []
@@ -423,7 +423,7 @@ class Showcase:
             for item, _ in pairs:
                 if item is not None:
                     inputs.setdefault(item.name, item)
-            revision = self.store.get_revision(view.desired_revision) if view.desired_revision else None
+            revision = self.store.history.get_revision(view.desired_revision) if view.desired_revision else None
             specs.append(_demo_specs(revision) if revision is not None else {})
         return Table(_ordered_names([column.answers for column in columns], specs), columns, inputs)
 
@@ -436,7 +436,7 @@ class Showcase:
         None when the revision is not this service's, the demo is not in it, the
         file is gone or leaves the service's folder, or it is larger than the cap.
         """
-        revision = self.store.get_revision(revision_id)
+        revision = self.store.history.get_revision(revision_id)
         if revision is None or revision.service != name:
             return None
         spec = _demo_specs(revision).get(demo_name)
@@ -473,7 +473,7 @@ class Showcase:
 
     def _result(self, name: str, result_id: int) -> DemoView | None:
         """One of the service's recorded answers."""
-        return self.store.demo_result(name, result_id)
+        return self.store.demos.result(name, result_id)
 
     def _inputs(self, revision: RevisionView) -> dict[str, DemoInput]:
         inputs = {}

@@ -108,11 +108,12 @@ class _Routes:
         return self._page("index.html", request, context)
 
     def _overview(self) -> dict[str, Any]:
-        rows = overview_rows(self.store.service_views(), self.store.all_active_overrides())
-        return {"rows": rows, "sources": self.store.list_sources(),
+        rows = overview_rows(self.store.views.services(), self.store.overrides.active())
+        return {"rows": rows, "sources": self.store.sources.all(),
                 "failing": [row for row in rows if row.condition.tone is Tone.BAD],
                 "drifting": [row for row in rows if row.condition.tone is Tone.WARN],
-                "source_errors": sorted(self.deps.reconciler.source_errors.items()), "groups": self.store.groups()}
+                "source_errors": sorted(self.deps.reconciler.source_errors.items()),
+                "groups": self.store.views.groups()}
 
     async def service_page(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -127,12 +128,12 @@ class _Routes:
             return None
         revisions = [revision for revision, _ in detail["timeline"]]
         shown, demos = self.showcase.latest(detail["service"])
-        return {**detail, "condition": condition(detail["service"]), "snapshot": self.store.snapshot(name),
-                "statuses": commit_statuses(detail["attempts"], revisions), "sources": self.store.list_sources(),
+        return {**detail, "condition": condition(detail["service"]), "snapshot": self.store.observations.snapshot(name),
+                "statuses": commit_statuses(detail["attempts"], revisions), "sources": self.store.sources.all(),
                 "demo_revision": shown, "demos": demos, "group": self._group_of(name)}
 
     def _group_of(self, name: str) -> tuple[str, list[str]] | None:
-        return next(((group, members) for group, members in self.store.groups().items() if name in members), None)
+        return next(((group, members) for group, members in self.store.views.groups().items() if name in members), None)
 
     async def showcase_page(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -142,18 +143,18 @@ class _Routes:
         return self._page("showcase.html", request, context)
 
     def _showcase_context(self, name: str) -> dict[str, Any] | None:
-        view = self.store.service_view(name)
+        view = self.store.views.service(name)
         if view is None:
             return None
         shown, demos = self.showcase.latest(view)
         return {"service": view, "condition": condition(view), "demo_revision": shown, "demos": demos,
                 "table": self.showcase.revision_table(view), "group": self._group_of(name),
-                "sources": self.store.list_sources()}
+                "sources": self.store.sources.all()}
 
     async def group_page(self, request: Request) -> Response:
         group = request.path_params["group"]
         table = await run_in_threadpool(self.showcase.group_table, group)
-        sources = await run_in_threadpool(self.store.list_sources)
+        sources = await run_in_threadpool(self.store.sources.all)
         if table is None:
             return self._page("missing.html", request, {"name": group, "kind": "group", "sources": sources},
                               status=404, refresh=False)
@@ -180,23 +181,23 @@ class _Routes:
         return _file(*found)
 
     def _detail(self, name: str) -> dict[str, Any] | None:
-        view = self.store.service_view(name)
+        view = self.store.views.service(name)
         if view is None:
             return None
-        revisions = self.store.revisions(name, 50)
+        revisions = self.store.history.revisions(name, 50)
         timeline = [(revision, spec_diff(older.spec if older else None, revision.spec))
                     for revision, older in zip(revisions, [*revisions[1:], None], strict=True)]
-        return {"service": view, "timeline": timeline, "attempts": self.store.attempts(name, 20),
-                "overrides": self.store.override_history(name, 20)}
+        return {"service": view, "timeline": timeline, "attempts": self.store.history.attempts(name, 20),
+                "overrides": self.store.overrides.history(name, 20)}
 
     async def deliveries(self, request: Request) -> Response:
         return self._page("deliveries.html", request, await run_in_threadpool(self._deliveries))
 
     def _deliveries(self) -> dict[str, Any]:
         """The webhook audit: what each delivery became and why; the store keeps no headers or secrets."""
-        deliveries = self.store.recent_deliveries(100)
+        deliveries = self.store.deliveries.recent(100)
         return {"deliveries": deliveries, "counts": Counter(delivery.result.value for delivery in deliveries),
-                "sources": self.store.list_sources()}
+                "sources": self.store.sources.all()}
 
     def _page(self, template: str, request: Request, context: dict[str, Any], *, status: int = 200,
               refresh: bool = True) -> HTMLResponse:
@@ -210,7 +211,7 @@ class _Routes:
         return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": PAGE_POLICY})
 
     async def services(self, request: Request) -> Response:
-        views = await run_in_threadpool(self.store.service_views)
+        views = await run_in_threadpool(self.store.views.services)
         return JSONResponse([service_json(view) for view in views])
 
     async def service(self, request: Request) -> Response:
@@ -236,7 +237,7 @@ class _Routes:
 
     def _pair(self, name: str, query: Mapping[str, str]) -> tuple[RevisionView, RevisionView | None]:
         """``?a=&b=`` revisions; b defaults to the newest, a to the one before b."""
-        revisions = self.store.revisions(name, 1000)
+        revisions = self.store.history.revisions(name, 1000)
         by_id = {revision.id: revision for revision in revisions}
         try:
             newer = by_id[int(query["b"])] if "b" in query else revisions[0]
@@ -262,7 +263,7 @@ class _Routes:
         service = body.get("service")
         sources = self.deps.reconciler.source_names()
         if service:
-            view = await run_in_threadpool(self.store.service_view, str(service))
+            view = await run_in_threadpool(self.store.views.service, str(service))
             if view is None:
                 return _error(404, f"no service named {service!r}")
             sources = [view.source]
@@ -309,9 +310,9 @@ class _Routes:
 
     async def demos(self, request: Request) -> Response:
         name = request.path_params["name"]
-        if await run_in_threadpool(self.store.service_view, name) is None:
+        if await run_in_threadpool(self.store.views.service, name) is None:
             return _error(404, f"no service named {name!r}")
-        runs = await run_in_threadpool(self.store.demo_runs, name)
+        runs = await run_in_threadpool(self.store.demos.runs, name)
         ordered = sorted(runs.items(), key=lambda item: item[0] or 0, reverse=True)
         return JSONResponse({"service": name, "runs": [
             {"revision": revision, "results": [demo_json(view) for view in views]} for revision, views in ordered]})
@@ -345,7 +346,7 @@ class _Routes:
         return Response(text, media_type="text/plain; charset=utf-8")
 
     async def groups(self, request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(self.store.groups))
+        return JSONResponse(await run_in_threadpool(self.store.views.groups))
 
     async def healthz(self, request: Request) -> Response:
         report = await run_in_threadpool(_run_checks, self.deps.checks)

@@ -30,7 +30,7 @@ from deployer.model.status import (
     RevisionView,
     ServiceView,
 )
-from deployer.store.store import NEVER_OBSERVED, SourceRecord
+from deployer.store import NEVER_OBSERVED, SourceRecord
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOG_LINES = 60

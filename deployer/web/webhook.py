@@ -26,7 +26,7 @@ from deployer.errors import ConfigError
 from deployer.model.status import DeliveryResult, Trigger
 from deployer.reconcile import Reconciler, SourceSpec
 from deployer.scheduler import WorkQueue
-from deployer.store import Store
+from deployer.store import Delivery, Store
 from deployer.web.gitea_push import PushEvent, WebhookError, classify, extract_payload, parse_push, verify_signature
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class WebhookReceiver:
 
     def start(self) -> None:
         """Remember the pushes already accepted (dedupe survives restarts), start the audit writer."""
-        for key in reversed(self._store.recent_accepted(DEDUPE_MEMORY)):
+        for key in reversed(self._store.deliveries.recent_accepted(DEDUPE_MEMORY)):
             self._accepted[key] = None
         self._audit.start()
 
@@ -228,9 +228,9 @@ class _AuditWriter:
                 return
 
     def _write(self, rows: list[_AuditRow]) -> None:
-        self._store.record_deliveries([(row.delivery.delivery_id, row.delivery.event, row.delivery.repository,
-                                        row.delivery.ref, row.delivery.after, row.result, row.detail)
-                                       for row in rows])
+        self._store.deliveries.record([Delivery(row.delivery.delivery_id, row.delivery.event,
+                                                row.delivery.repository, row.delivery.ref, row.delivery.after,
+                                                row.result, row.detail) for row in rows])
         for row in rows:
             log.info("webhook %s %s %s: %s", row.delivery.delivery_id or "-", row.delivery.repository or "-",
                      row.result.value, row.detail)

@@ -380,7 +380,7 @@ def test_demo_output_refuses_paths_outside_its_folder(world: dict[str, Any]) -> 
     revision = daemon.service("oddball")["attempts"][0]["revision"]  # type: ignore[index]
     store = Store(f"sqlite:///{state / 'deployer.db'}")
     try:  # rows pointing outside <state_dir>/demo/, as a corrupted or tampered database might hold
-        planted = {body_file: store.record_demo(
+        planted = {body_file: store.demos.record(
             "oddball", revision, None, name=f"planted-{index}", ok=True, status=200, latency_ms=1.0,
             content_type="image/png", text=None, body_file=body_file, truncated=False, problems="")
             for index, body_file in enumerate(("demo/../deployer.db", str(root / "deployer.toml"),

@@ -25,10 +25,10 @@ SECRET = "s3cr3t-planted-outside-the-repo-7f1c"
 
 def _everything_stored(world: dict[str, Any]) -> str:  # noqa: F811
     store = world["store"]
-    parts = [repr(store.service_views())]
-    for view in store.service_views():
-        parts.append(repr(store.attempts(view.name, 50)))
-        parts.append(repr(store.revisions(view.name, 50)))
+    parts = [repr(store.views.services())]
+    for view in store.views.services():
+        parts.append(repr(store.history.attempts(view.name, 50)))
+        parts.append(repr(store.history.revisions(view.name, 50)))
     parts.append(repr(world["reconciler"].source_errors))
     return "\n".join(parts)
 
@@ -54,7 +54,7 @@ def test_symlinked_manifest_pointing_outside_is_refused_and_never_read(
     seen = "\n".join([stored, repr(result), repr(preview), caplog.text])
     assert SECRET not in seen
     assert str(outside) not in seen  # not even where the link leads
-    assert world["store"].service_view("alpha").running_sha == repo.shas[0]  # the good revision keeps serving
+    assert world["store"].views.service("alpha").running_sha == repo.shas[0]  # the good revision keeps serving
 
 
 def test_manifest_link_inside_the_repository_still_works(tmp_path: Path) -> None:

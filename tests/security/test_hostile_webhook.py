@@ -84,7 +84,7 @@ def test_forged_or_unusable_repository_names_are_refused_before_anything_is_writ
     assert response.status_code == 400, response.text
     assert why in response.json()["detail"]
     store = Store(f"sqlite:///{world['root'] / 'state' / 'deployer.db'}")
-    assert store.list_sources() == []
+    assert store.sources.all() == []
 
 
 def test_deeply_nested_json_is_a_400_not_a_500(world: dict[str, Any]) -> None:
@@ -99,7 +99,7 @@ def test_deeply_nested_json_is_a_400_not_a_500(world: dict[str, Any]) -> None:
 def test_a_stored_source_deployer_cannot_follow_does_not_stop_start_up(world: dict[str, Any]) -> None:
     world["daemon"].stop()
     store = Store(f"sqlite:///{world['root'] / 'state' / 'deployer.db'}")
-    store.upsert_source("acme/-bad", "file:///nowhere/acme/-bad.git", "main", "gitea")  # written by an old version
+    store.sources.upsert("acme/-bad", "file:///nowhere/acme/-bad.git", "main", "gitea")  # written by an old version
     store.close()
 
     daemon = world["daemon"] = start_daemon(world["config"], world["root"] / "state", env=world["env"])

@@ -108,13 +108,13 @@ def test_first_pass_creates_everything_and_second_pass_is_noop(world: dict[str, 
     world["repo"].commit(files(two_services()), "two services")
     assert run(world) == {"alpha": "succeeded", "beta": "succeeded"}
     store: Store = world["store"]
-    assert {view.name: view.running_sha for view in store.service_views()} == {
+    assert {view.name: view.running_sha for view in store.views.services()} == {
         "alpha": world["repo"].shas[-1], "beta": world["repo"].shas[-1]}
     applies = [call for call in world["runtime"].calls if call[0] == "apply"]
 
     assert run(world) == {"alpha": "noop", "beta": "noop"}
     assert [call for call in world["runtime"].calls if call[0] == "apply"] == applies
-    ports = {view.name: view.port for view in store.service_views()}
+    ports = {view.name: view.port for view in store.views.services()}
     assert len(set(ports.values())) == 2 and all(9100 <= port <= 9199 for port in ports.values())
 
 
@@ -130,21 +130,21 @@ def test_unhealthy_revision_rolls_back_and_is_not_reapplied(world: dict[str, Any
     repo, store = world["repo"], world["store"]
     repo.commit(files(two_services()), "good")
     run(world)
-    good = store.service_view("alpha")
+    good = store.views.service("alpha")
     assert good is not None
     repo.commit(files(two_services(alpha={"health": "/broken"})), "alpha never healthy")
     assert run(world) == {"alpha": "rolled_back", "beta": "noop"}
 
-    attempt = store.attempts("alpha", 1)[0]
+    attempt = store.history.attempts("alpha", 1)[0]
     assert attempt.reason == Reason.HEALTH_CHECK_FAILED.value
     assert attempt.rolled_back_to == good.running_revision
     assert [step.name for step in attempt.steps][-2:] == ["rollback-apply", "rollback-health"]
-    view = store.service_view("alpha")
+    view = store.views.service("alpha")
     assert view is not None and view.running_revision == good.running_revision
     assert view.desired_sha == repo.shas[-1] and view.running_sha == repo.shas[-2]
 
     assert run(world) == {"alpha": "held", "beta": "noop"}
-    assert store.attempts("alpha", 1)[0].id == attempt.id, "a known-bad spec is not retried"
+    assert store.history.attempts("alpha", 1)[0].id == attempt.id, "a known-bad spec is not retried"
 
     repo.commit(files(two_services()), "fixed")
     assert run(world)["alpha"] in ("succeeded", "noop")
@@ -153,7 +153,7 @@ def test_unhealthy_revision_rolls_back_and_is_not_reapplied(world: dict[str, Any
 def test_failure_without_a_previous_revision_is_recorded_failed(world: dict[str, Any]) -> None:
     world["repo"].commit(files(manifest({"name": "solo", "health": "/broken"})) | {"app.py": "x"}, "bad")
     assert run(world) == {"solo": "failed"}
-    attempt = world["store"].attempts("solo", 1)[0]
+    attempt = world["store"].history.attempts("solo", 1)[0]
     assert attempt.outcome == "failed" and attempt.rolled_back_to is None
 
 
@@ -162,7 +162,7 @@ def test_apply_error_in_one_service_does_not_block_the_other(world: dict[str, An
     world["repo"].commit(files(two_services()), "two")
     outcomes = run(world)
     assert outcomes == {"alpha": "failed", "beta": "succeeded"}
-    assert world["store"].attempts("alpha", 1)[0].reason == Reason.APPLY_FAILED.value
+    assert world["store"].history.attempts("alpha", 1)[0].reason == Reason.APPLY_FAILED.value
 
 
 def test_invalid_manifest_is_recorded_once_and_changes_nothing(world: dict[str, Any]) -> None:
@@ -174,11 +174,11 @@ def test_invalid_manifest_is_recorded_once_and_changes_nothing(world: dict[str, 
     result = world["reconciler"].reconcile_source("repo", trigger=Trigger.WEBHOOK)
     assert result.error is not None
     assert runtime.services == before
-    attempt = store.attempts("alpha", 1)[0]
+    attempt = store.history.attempts("alpha", 1)[0]
     assert attempt.reason == Reason.MANIFEST_INVALID.value
     assert "services[0].name" in attempt.message
     world["reconciler"].reconcile_source("repo", trigger=Trigger.SCHEDULE, fetch=False)
-    assert store.attempts("alpha", 1)[0].id == attempt.id, "recorded once per commit"
+    assert store.history.attempts("alpha", 1)[0].id == attempt.id, "recorded once per commit"
 
 
 def test_service_removed_from_manifest_is_pruned(world: dict[str, Any]) -> None:
@@ -187,15 +187,15 @@ def test_service_removed_from_manifest_is_pruned(world: dict[str, Any]) -> None:
     run(world)
     repo.commit({"service.yaml": manifest({"name": "alpha", "path": "alpha"}), "beta/app.py": None}, "drop beta")
     assert run(world) == {"alpha": "noop", "beta": "removed"}
-    assert "beta" not in runtime.services and "beta" not in store.inventory("repo")
-    assert store.port_of("beta") is None
+    assert "beta" not in runtime.services and "beta" not in store.services.inventory("repo")
+    assert store.ports.of("beta") is None
 
 
 def test_missing_secret_waits_without_marking_the_revision_bad(world: dict[str, Any]) -> None:
     repo, store = world["repo"], world["store"]
     repo.commit(files(manifest({"name": "solo", "secrets": ["HF_TOKEN"]})) | {"app.py": "x"}, "needs a secret")
     assert run(world) == {"solo": "waiting"}
-    attempt = store.attempts("solo", 1)[0]
+    attempt = store.history.attempts("solo", 1)[0]
     assert attempt.reason == Reason.SECRET_MISSING.value and "HF_TOKEN" in attempt.message
 
     secrets = world["tmp"] / "secrets"
@@ -205,7 +205,7 @@ def test_missing_secret_waits_without_marking_the_revision_bad(world: dict[str, 
     deployment = world["runtime"].deployments["solo"]
     assert deployment.secret_env == {"HF_TOKEN": "hf_s3cr3t-value"}
     assert "hf_s3cr3t" not in repr(deployment)
-    assert all("hf_s3cr3t" not in str(revision.spec) for revision in store.revisions("solo"))
+    assert all("hf_s3cr3t" not in str(revision.spec) for revision in store.history.revisions("solo"))
 
 
 def test_stopped_service_is_started_again(world: dict[str, Any]) -> None:
@@ -225,7 +225,7 @@ def test_fixed_port_clash_with_another_service_is_a_clear_error(world: dict[str,
     assert sorted(outcomes.values()) == ["stalled", "succeeded"]
     loser = next(name for name, outcome in outcomes.items() if outcome == "stalled")
     winner = "alpha" if loser == "beta" else "beta"
-    message = store.attempts(loser, 1)[0].message
+    message = store.history.attempts(loser, 1)[0].message
     assert "9150" in message and winner in message
 
 
@@ -245,7 +245,7 @@ def test_fixed_port_held_by_a_foreign_process_names_it(world: dict[str, Any]) ->
                                             {"name": "beta", "path": "beta"})), "fixed port taken")
         outcomes = reconciler.reconcile_source("repo", trigger=Trigger.WEBHOOK).outcomes
     assert outcomes["alpha"] == "stalled" and outcomes["beta"] == "succeeded"
-    message = world["store"].attempts("alpha", 1)[0].message
+    message = world["store"].history.attempts("alpha", 1)[0].message
     assert f"port {port} is already in use by pid {__import__('os').getpid()} (" in message
 
 
@@ -255,14 +255,14 @@ def test_auto_port_skips_a_recently_released_one(world: dict[str, Any]) -> None:
     keep = {"name": "keep", "path": "beta"}
     repo.commit(files(manifest({"name": "alpha", "path": "alpha"}, keep)), "alpha and keep")
     run(world)
-    freed = store.port_of("alpha")
+    freed = store.ports.of("alpha")
     repo.commit({"service.yaml": manifest(keep)}, "drop alpha")
     assert run(world) == {"alpha": "removed", "keep": "noop"}
 
     reconciler.port_grace = 3600
     repo.commit({"service.yaml": manifest(keep, {"name": "newcomer", "path": "alpha"})}, "newcomer")
     run(world)
-    assert store.port_of("newcomer") not in (freed, store.port_of("keep"))
+    assert store.ports.of("newcomer") not in (freed, store.ports.of("keep"))
 
 
 def test_a_source_removed_from_the_config_keeps_its_services_unless_allowed(world: dict[str, Any]) -> None:
@@ -275,8 +275,8 @@ def test_a_source_removed_from_the_config_keeps_its_services_unless_allowed(worl
     assert "still owns alpha, beta" in reconciler.source_errors["repo"]
 
     assert reconciler.retire_source("repo", allow_empty=True) == ["alpha", "beta"]
-    assert runtime.services == {} and store.inventory("repo") == set()
-    assert store.attempts("alpha", 1)[0].reason == "Pruned"
+    assert runtime.services == {} and store.services.inventory("repo") == set()
+    assert store.history.attempts("alpha", 1)[0].reason == "Pruned"
 
 
 def test_an_unreachable_runtime_holds_its_services_instead_of_recreating_them(world: dict[str, Any]) -> None:
@@ -288,7 +288,7 @@ def test_an_unreachable_runtime_holds_its_services_instead_of_recreating_them(wo
     world["repo"].commit({"alpha/app.py": "print('a2')\n"}, "change while the runtime is down")
     assert run(world) == {"alpha": "waiting", "beta": "waiting"}
     assert [call for call in runtime.calls if call[0] == "apply"] == applies
-    view = store.service_view("alpha")
+    view = store.views.service("alpha")
     assert view is not None and view.state == "unknown" and not view.healthy
     runtime.down = False
     assert run(world) == {"alpha": "succeeded", "beta": "noop"}
@@ -308,14 +308,14 @@ def test_service_hooks_run_as_steps_and_a_failing_pre_deploy_hook_fails_the_atte
                           "fetch.sh": "echo fetching model for $DEPLOYER_SERVICE on port $PORT\n",
                           "done.sh": "echo deployed $DEPLOYER_SHA\n"}, "hooks")
     assert run(world) == {"solo": "succeeded"}
-    steps = {step.name: step for step in world["store"].attempts("solo", 1)[0].steps}
+    steps = {step.name: step for step in world["store"].history.attempts("solo", 1)[0].steps}
     assert list(steps)[:4] == ["checkout", "build", "pre_deploy", "apply"] and "post_deploy" in steps
     assert "fetching model for solo on port 91" in steps["pre_deploy"].output_tail
     assert world["repo"].shas[-1] in steps["post_deploy"].output_tail
 
     world["repo"].commit({"fetch.sh": "echo model server unreachable; exit 3\n"}, "a hook that fails")
     assert run(world) == {"solo": "rolled_back"}
-    attempt = world["store"].attempts("solo", 1)[0]
+    attempt = world["store"].history.attempts("solo", 1)[0]
     assert attempt.reason == "HookFailed" and "pre-deploy hook fetch.sh exited with 3" in attempt.message
     steps = {step.name: step for step in attempt.steps}
     assert not steps["pre_deploy"].ok and "model server unreachable" in steps["pre_deploy"].output_tail

@@ -1,0 +1,136 @@
+"""Sources and webhook deliveries: which repositories are followed, and every push that arrived.
+
+``Sources`` keeps the followed repositories (from deployer.toml or first seen in a
+webhook) with the head last fetched; ``Deliveries`` is the webhook audit, which
+also seeds the receiver's dedupe memory at start. No credential is ever stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import select
+
+from deployer.model.status import DeliveryResult
+from deployer.store.engine import Database, StoreError, retry_once
+from deployer.store.tables import DeliveryRow, SourceRow, utcnow
+
+ORIGINS = frozenset({"config", "gitea"})
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    name: str
+    url: str
+    branch: str
+    origin: str
+    last_sha: str | None
+    last_checked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    delivery_id: str
+    event: str
+    repository: str
+    ref: str
+    after: str
+    result: DeliveryResult
+    detail: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One audit row to write."""
+
+    delivery_id: str
+    event: str
+    repository: str
+    ref: str
+    after: str
+    result: DeliveryResult
+    detail: str
+
+
+class Sources:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def upsert(self, name: str, url: str, branch: str, origin: str) -> None:
+        """Create or update a source. Credentials in an http(s) URL are dropped: no secret is stored."""
+        if origin not in ORIGINS:
+            raise ValueError(f"source origin must be one of {sorted(ORIGINS)} (got {origin!r})")
+        clean = _without_credentials(url)
+        retry_once(lambda: self._upsert(name, clean, branch, origin))
+
+    def _upsert(self, name: str, url: str, branch: str, origin: str) -> None:
+        with self._db.transaction("upsert_source", write=True) as session:
+            row = session.get(SourceRow, name)
+            if row is None:
+                session.add(SourceRow(name=name, url=url, branch=branch, origin=origin))
+                return
+            row.url, row.branch, row.origin = url, branch, origin
+
+    def all(self) -> list[SourceRecord]:
+        with self._db.transaction("list_sources") as session:
+            rows = session.scalars(select(SourceRow).order_by(SourceRow.name))
+            return [_source_record(row) for row in rows]
+
+    def set_head(self, name: str, sha: str) -> None:
+        with self._db.transaction("set_source_head", write=True) as session:
+            row = session.get(SourceRow, name)
+            if row is None:
+                raise StoreError(f"store: set_source_head: source {name!r} is not known; upsert it first")
+            row.last_sha, row.last_checked_at = sha, utcnow()
+
+
+class Deliveries:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def record(self, deliveries: Sequence[Delivery]) -> None:
+        """Many audit rows in one transaction."""
+        rows = [DeliveryRow(delivery_id=d.delivery_id, event=d.event, repository=d.repository, ref=d.ref,
+                            after=d.after, result=DeliveryResult(d.result).value, detail=d.detail)
+                for d in deliveries]
+        with self._db.transaction("record_deliveries", write=True) as session:
+            session.add_all(rows)
+
+    def recent_accepted(self, limit: int = 10000) -> list[tuple[str, str, str]]:
+        """(repository, ref, after) of the newest accepted pushes, newest first: the dedupe memory at start."""
+        query = (select(DeliveryRow.repository, DeliveryRow.ref, DeliveryRow.after)
+                 .where(DeliveryRow.result == DeliveryResult.ACCEPTED.value)
+                 .order_by(DeliveryRow.id.desc()).limit(limit))
+        with self._db.transaction("recent_accepted") as session:
+            return [(repository, ref, after) for repository, ref, after in session.execute(query)]
+
+    def recent(self, limit: int = 50) -> list[DeliveryView]:
+        with self._db.transaction("recent_deliveries") as session:
+            rows = session.scalars(select(DeliveryRow).order_by(DeliveryRow.id.desc()).limit(limit))
+            return [_delivery_view(row) for row in rows]
+
+
+def _without_credentials(url: str) -> str:
+    """Drop user info from http(s) URLs (a token can sit in either part) and passwords from others."""
+    parts = urlsplit(url)
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    if parts.scheme in ("http", "https") or parts.username is None:
+        return urlunsplit(parts._replace(netloc=host))
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
+
+
+def _source_record(row: SourceRow) -> SourceRecord:
+    return SourceRecord(row.name, row.url, row.branch, row.origin, row.last_sha, row.last_checked_at)
+
+
+def _delivery_view(row: DeliveryRow) -> DeliveryView:
+    return DeliveryView(id=row.id, delivery_id=row.delivery_id, event=row.event, repository=row.repository,
+                        ref=row.ref, after=row.after, result=DeliveryResult(row.result), detail=row.detail,
+                        received_at=row.received_at)
