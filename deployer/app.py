@@ -21,11 +21,14 @@ from deployer import logs
 from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
 from deployer.errors import ConfigError, DeployerError
-from deployer.gitea import GiteaClient, StatusReporter
+from deployer.gitea import CommitState, GiteaClient, StatusReporter, state_for
 from deployer.hooks import HookRunner
+from deployer.metrics import Metrics
+from deployer.model.events import AttemptFinished, AttemptStarted, CommitRefused, Event
 from deployer.model.status import Trigger
 from deployer.ports import holder, is_free
-from deployer.reconcile import Reconciler, SourceSpec
+from deployer.reconcile import HostChecks, Reconciler, ReconcilerConfig, SourceSpec, assemble
+from deployer.reconcile.events import EventBus
 from deployer.runtimes.base import Runtime
 from deployer.runtimes.docker import DockerRuntime
 from deployer.runtimes.supervisor import SupervisorRuntime
@@ -49,6 +52,7 @@ class Daemon:
     queue: WorkQueue
     scheduler: Scheduler
     webhook: WebhookReceiver
+    status: StatusReporter
     app: Starlette
 
 
@@ -92,29 +96,36 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
     )
     runtimes: dict[str, Runtime] = {"supervisor": supervisor, **_container_runtimes(settings)}
     status = _status_reporter(settings)
-    reconciler = Reconciler(
-        store=store, runtimes=runtimes,
-        builder=EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
-                           timeout=settings.build.timeout),
-        secrets=secrets, state_dir=state_dir, port_bounds=settings.ports.bounds,
-        default_runtime=settings.runtime, prune=settings.reconcile.prune, port_is_free=is_free, status=status,
-        port_holder=holder, port_grace=settings.ports.reuse_grace,
-        hook_runner=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout),
-        demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes, settings.demo.timeout),
+    metrics = Metrics()
+    events = EventBus()
+    events.subscribe(metrics.on_event)
+    events.subscribe(_commit_statuses(status))
+    reconciler = assemble(
+        store, runtimes,
+        EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
+                   timeout=settings.build.timeout),
+        secrets,
+        ReconcilerConfig(state_dir=state_dir, port_bounds=settings.ports.bounds, default_runtime=settings.runtime,
+                         prune=settings.reconcile.prune, port_grace=settings.ports.reuse_grace,
+                         demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes,
+                                                settings.demo.timeout)),
+        HostChecks(port_is_free=is_free, port_holder=holder),
+        hooks=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout), events=events,
     )
     _add_sources(reconciler, store, settings, config_dir or Path.cwd())
     last_errors: dict[str, str | None] = {}
     queue = WorkQueue(lambda request: _run_pass(reconciler, request, last_errors), workers=settings.reconcile.workers)
-    reconciler.metrics.observe_queue(queue.depth)
-    scheduler = Scheduler(reconciler, queue, interval=settings.reconcile.interval,
-                          poll_interval=settings.reconcile.poll_interval)
+    metrics.observe_queue(queue.depth)
+    scheduler = Scheduler(reconciler.sources.names, queue, interval=settings.reconcile.interval,
+                          poll_interval=settings.reconcile.poll_interval, probe=reconciler.rooms.observer.probe_due)
     webhook = WebhookReceiver(
-        store=store, reconciler=reconciler, queue=queue, secret=settings.webhook_secret,
+        store=store, sources=reconciler.sources, queue=queue, metrics=metrics, secret=settings.webhook_secret,
         routing=GiteaRouting(tuple(settings.gitea.allowed_owners), settings.gitea.repo_prefix,
                              settings.gitea.branch, settings.gitea.clone_base or settings.gitea.url),
     )
-    daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, app=Starlette())
-    deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, api_token=api_token,
+    daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, status, app=Starlette())
+    deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, metrics=metrics,
+                   api_token=api_token,
                    checks=_checks(daemon), gitea_url=settings.gitea.url)
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
@@ -139,6 +150,22 @@ def _container_runtimes(settings: Settings) -> dict[str, Runtime]:
     return {"docker": docker, "swarm": swarm}
 
 
+def _commit_statuses(status: StatusReporter) -> Callable[[Event], None]:
+    """Commit statuses listen to attempts, for sources that are Gitea repositories (named ``owner/repo``)."""
+    def on_event(event: Event) -> None:
+        if isinstance(event, AttemptStarted | AttemptFinished | CommitRefused) and "/" in event.source:
+            if isinstance(event, AttemptStarted):
+                status.report(event.source, event.sha, event.service, CommitState.PENDING,
+                              f"deploying {event.sha[:7]}")
+            elif isinstance(event, AttemptFinished):
+                status.report(event.source, event.sha, event.service, state_for(event.outcome, event.reason),
+                              f"{event.reason}: {event.message}")
+            else:
+                status.report(event.source, event.sha, event.service, CommitState.FAILURE,
+                              f"{event.reason}: {event.message}")
+    return on_event
+
+
 def _status_reporter(settings: Settings) -> StatusReporter:
     """Commit statuses go to Gitea when its URL is set; without a token they cannot, and we say so once."""
     if not settings.gitea.url:
@@ -155,14 +182,14 @@ def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, confi
     for entry in settings.sources:
         reconciler.add_source(source_spec(entry, config_dir), origin="config")
     for record in store.sources.all():
-        if reconciler.has_source(record.name):
+        if reconciler.sources.has(record.name):
             continue
         if record.origin == "gitea":  # repos first seen through a webhook stay followed
             try:
                 reconciler.add_source(SourceSpec(record.name, record.url, record.branch), origin="gitea")
             except ConfigError as exc:  # a stored row never stops start-up: say so and go on
                 log.error("stored source skipped: %s", exc)
-                reconciler.source_errors[record.name[:120]] = f"not followed: {exc}"
+                reconciler.sources.set_error(record.name[:120], f"not followed: {exc}")
             continue
         removed = reconciler.retire_source(record.name, allow_empty=settings.reconcile.allow_empty)
         if removed:
@@ -217,13 +244,13 @@ def start(daemon: Daemon) -> None:
             runtime.check()
         except DeployerError as exc:
             log.error("runtime %s unavailable: %s; its services wait until it is back", name, exc)
-    daemon.reconciler.status.start()
+    daemon.status.start()
     daemon.webhook.start()
     daemon.queue.start()
     daemon.scheduler.start()
     daemon.scheduler.poll_all(Trigger.STARTUP)
     log.info("deployer %s serving on http://%s, following %d source(s)", deployer.__version__,
-             daemon.settings.server.listen, len(daemon.reconciler.source_names()))
+             daemon.settings.server.listen, len(daemon.reconciler.sources.names()))
 
 
 def stop(daemon: Daemon) -> None:
@@ -231,7 +258,7 @@ def stop(daemon: Daemon) -> None:
     daemon.webhook.stop()
     daemon.scheduler.stop()
     daemon.queue.stop(timeout=60)
-    daemon.reconciler.status.stop(timeout=5)
+    daemon.status.stop(timeout=5)
     daemon.store.close()
     log.info("deployer stopped; services keep running under their runtimes")
 

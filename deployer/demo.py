@@ -54,10 +54,13 @@ class DemoResult:
         return head + timing + ("" if self.ok else f" — {'; '.join(self.problems)}")
 
 
-def check_info(url: str, expect: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """``GET /info`` and compare ``expect`` (dotted paths allowed); raise InfoMismatch naming each field."""
+def check_info(client: httpx.Client, url: str, expect: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """``GET /info`` and compare ``expect`` (dotted paths allowed); raise InfoMismatch naming each field.
+
+    ``client`` is the daemon's client for managed services (``trust_env=False``: never through a proxy).
+    """
     try:
-        response = httpx.get(url, timeout=timeout)
+        response = client.get(url, timeout=timeout)
         info = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise InfoMismatch(f"{url}: no JSON answer ({type(exc).__name__})") from None
@@ -78,7 +81,8 @@ def _lookup(data: Any, dotted: str) -> Any:
     return data
 
 
-def run_demo(url: str, spec: DemoSpec, workdir: Path, limits: DemoLimits = DemoLimits()) -> DemoResult:
+def run_demo(client: httpx.Client, url: str, spec: DemoSpec, workdir: Path,
+             limits: DemoLimits = DemoLimits()) -> DemoResult:
     """Send one demo input and judge the answer against the spec's expectations."""
     try:
         request = _request(spec, workdir, limits)
@@ -86,7 +90,7 @@ def run_demo(url: str, spec: DemoSpec, workdir: Path, limits: DemoLimits = DemoL
         return DemoResult(spec.name, False, None, None, problems=[str(exc)])
     started = time.monotonic()
     try:
-        with httpx.stream("POST", url, timeout=limits.timeout, **request) as response:
+        with client.stream("POST", url, timeout=limits.timeout, **request) as response:
             body, truncated = _read_capped(response, limits.max_response_bytes)
     except httpx.TimeoutException:
         return DemoResult(spec.name, False, None, None, problems=[f"no answer within {limits.timeout:g}s"])

@@ -72,6 +72,10 @@ class ConfigError(StalledError):
     """deployer.toml or the environment holds a wrong key or value."""
 
 
+class NotFound(StalledError):
+    """The service, revision or source asked for does not exist (answered with 404)."""
+
+
 class ManifestError(StalledError):
     """service.yaml is invalid; ``problems`` lists every "file:line:col: path: message"."""
 

@@ -35,6 +35,11 @@ class HttpChecks:
     def __init__(self) -> None:
         self._client = httpx.Client(trust_env=False, follow_redirects=False)
 
+    @property
+    def client(self) -> httpx.Client:
+        """The one client for every call to a managed service (demos too): never through a proxy."""
+        return self._client
+
     def close(self) -> None:
         self._client.close()
 

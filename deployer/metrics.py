@@ -12,6 +12,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from deployer.model.events import AttemptFinished, Event, PassFinished, ServiceObserved, ServiceRemoved
+from deployer.model.status import Outcome, Trigger
+
 _DURATIONS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
 _PASSES = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -37,6 +40,22 @@ class Metrics:
                              ["service"], registry=self.registry)
         self.queue_depth = Gauge("deployer_queue_depth", "Sources waiting for or in a reconcile pass",
                                  registry=self.registry)
+
+    def on_event(self, event: Event) -> None:
+        """Metrics listen to the reconciler's events (subscribed by the composition root)."""
+        if isinstance(event, AttemptFinished):
+            self.attempts.labels(event.service, event.outcome.value).inc()
+            self.attempt_seconds.labels(event.service).observe(event.seconds)
+            if event.outcome is Outcome.ROLLED_BACK:
+                self.rollbacks.labels(event.service).inc()
+            if event.trigger is Trigger.DRIFT and event.outcome is Outcome.SUCCEEDED:
+                self.drift.labels(event.service).inc()
+        elif isinstance(event, ServiceObserved):
+            self.service_state(event.service, event.running, event.healthy)
+        elif isinstance(event, ServiceRemoved):
+            self.forget(event.service)
+        elif isinstance(event, PassFinished):
+            self.pass_seconds.labels(event.source).observe(event.seconds)
 
     def observe_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from deployer.model.status import Trigger
-from deployer.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +117,28 @@ class WorkQueue:
 
 
 class Scheduler:
-    """Periodic reconcile (no fetch, heals drift) and poll (fetch, catches lost webhooks)."""
+    """Periodic reconcile (no fetch, heals drift), poll (fetch, catches lost webhooks) and health probes.
 
-    def __init__(self, reconciler: Reconciler, queue: WorkQueue, *, interval: float, poll_interval: float) -> None:
-        self._reconciler = reconciler
+    Probes have their own job: a pass lists runtimes and acts, it does not probe
+    every steady service (``probe`` runs each second and probes only those due).
+    """
+
+    def __init__(self, sources: Callable[[], list[str]], queue: WorkQueue, *, interval: float, poll_interval: float,
+                 probe: Callable[[], object] | None = None, probe_every: float = 1.0) -> None:
+        self._sources = sources
         self._queue = queue
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._interval = interval
         self._poll_interval = poll_interval
+        self._probe = probe
+        self._probe_every = probe_every
 
     def start(self) -> None:
         self._add_job(self.reconcile_all, self._interval, "reconcile")
         self._add_job(self.poll_all, self._poll_interval, "poll")
+        if self._probe is not None:
+            self._scheduler.add_job(self._probe, "interval", seconds=self._probe_every, id="probe", max_instances=1,
+                                    coalesce=True, misfire_grace_time=max(1, int(self._probe_every)))
         self._scheduler.start()
 
     def _add_job(self, func: Callable[[], None], seconds: float, job_id: str) -> None:
@@ -146,9 +155,9 @@ class Scheduler:
         return bool(self._scheduler.running)
 
     def reconcile_all(self) -> None:
-        for name in self._reconciler.source_names():
+        for name in self._sources():
             self._queue.request(name, Trigger.SCHEDULE, fetch=False)
 
     def poll_all(self, trigger: Trigger = Trigger.POLL) -> None:
-        for name in self._reconciler.source_names():
+        for name in self._sources():
             self._queue.request(name, trigger, fetch=True)

@@ -1,7 +1,7 @@
 """The showcase: what each service's demo inputs got back, made ready to show people.
 
 Reads recorded demo answers, revisions and groups from the store and demo input
-files from the git checkout; decides how an answer is shown (pretty JSON, score
+files kept under the state dir (never git); decides how an answer is shown (pretty JSON, score
 bars, pictures whose bytes were checked) and the type a stored file is served
 as: sniffed from its bytes, never the service's claim, so nothing a model returns
 can run as HTML or script on the daemon's origin.
@@ -22,10 +22,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from deployer.errors import DeployerError
+from deployer.demo import DemoLimits
 from deployer.model.diff import spec_diff
 from deployer.model.status import DemoView, RevisionView, ServiceView
-from deployer.reconcile import Reconciler
+from deployer.reconcile.demos import input_copy
+from deployer.safety import UnsafePath, contained, is_source_name
 from deployer.store import Store
 
 IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -348,10 +349,10 @@ def _ordered_names(columns: Sequence[Mapping[str, Answer]], specs: Sequence[Mapp
 class Showcase:
     """What the showcase pages and file routes read; one per web app, safe to share between threads."""
 
-    def __init__(self, reconciler: Reconciler) -> None:
-        self.reconciler = reconciler
-        self.store: Store = reconciler.store
-        self.state_dir = reconciler.state_dir
+    def __init__(self, store: Store, state_dir: Path, limits: DemoLimits) -> None:
+        self.store = store
+        self.state_dir = state_dir
+        self.limits = limits
         self._previews: dict[tuple[int, str], str | None] = {}  # inputs at a revision never change
         self._guard = threading.Lock()
 
@@ -441,34 +442,35 @@ class Showcase:
             return None
         spec = _demo_specs(revision).get(demo_name)
         relative = (spec.get("input") or spec.get("file")) if spec else None
-        path = self._input_path(revision, str(relative)) if relative else None
-        data = _read(path, limit or self.reconciler.demo_limits.max_input_bytes, whole=True) if path else None
-        return None if data is None else (data, input_type(path.name if path else "", data))
+        path = self._input_path(revision, demo_name, str(relative)) if relative else None
+        data = _read(path, limit or self.limits.max_input_bytes, whole=True) if path else None
+        return None if data is None else (data, input_type(Path(str(relative)).name, data))
 
-    def _input_path(self, revision: RevisionView, relative: str) -> Path | None:
-        """The file as the demo sent it: inside the service's folder of the revision's checkout."""
+    def _input_path(self, revision: RevisionView, demo_name: str, relative: str) -> Path | None:
+        """The file as the demo sent it: the copy kept when the demo ran, else the checkout still on disk.
+
+        Pages never run git: a revision whose demo never ran and whose checkout was pruned shows no input.
+        """
+        kept = input_copy(self.state_dir, revision.service, revision.id, demo_name)
+        if kept.is_file():
+            return kept
+        source, sha = str(revision.spec.get("source") or ""), str(revision.spec.get("sha") or "")
+        checkout = self.state_dir / "checkouts" / source / sha
+        if not _FULL_SHA.fullmatch(sha) or not is_source_name(source) or not checkout.is_dir():
+            return None
         try:
-            root = self._checkout(str(revision.spec["source"]), str(revision.spec["sha"])).resolve()
-        except (KeyError, DeployerError, OSError):
-            return None  # the source is gone, or the commit left the mirror
-        workdir = (root / str(revision.spec.get("path") or ".")).resolve()
-        target = (workdir / relative).resolve()
-        inside = workdir.is_relative_to(root) and target.is_relative_to(workdir)
-        return target if inside and target.is_file() else None
-
-    def _checkout(self, source: str, sha: str) -> Path:
-        """The reconciler's checkout of ``sha``: read as is when it exists (checkouts are renamed into
-        place whole), else exported through the reconciler's one GitSource, whose lock serialises mirror work."""
-        git_source = self.reconciler._git(source)
-        ready = git_source.checkouts_dir / sha
-        return ready if _FULL_SHA.fullmatch(sha) and ready.is_dir() else git_source.checkout(sha)
+            workdir = contained(checkout, str(revision.spec.get("path") or "."))
+            target = contained(workdir, relative)
+        except UnsafePath:
+            return None
+        return target if target.is_file() else None
 
     def demo_output(self, name: str, result_id: int) -> tuple[bytes, str] | None:
         """A stored binary answer of this service, typed by its magic bytes (else opaque bytes)."""
         view = self._result(name, result_id)
         if view is None or not view.body_file:
             return None
-        data = _read(demo_file(self.state_dir, view.body_file), self.reconciler.demo_limits.max_response_bytes)
+        data = _read(demo_file(self.state_dir, view.body_file), self.limits.max_response_bytes)
         return None if data is None else (data, sniff(data[:64]) or OCTET)
 
     def _result(self, name: str, result_id: int) -> DemoView | None:

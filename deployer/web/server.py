@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from deployer.errors import DeployerError
+from deployer.metrics import Metrics
 from deployer.model.diff import spec_diff
 from deployer.model.status import RevisionView, Trigger
 from deployer.operator import Done, Operator
@@ -62,6 +63,7 @@ class WebDeps:
     webhook: WebhookReceiver
     reconciler: Reconciler
     queue: WorkQueue
+    metrics: Metrics
     api_token: str | None = None
     checks: Mapping[str, Callable[[], None]] = field(default_factory=dict)
     refresh_seconds: int = 10
@@ -101,7 +103,8 @@ class _Routes:
         self.store = deps.store
         self.pages = page_environment()
         self.operator = Operator(deps.store)
-        self.showcase = Showcase(deps.reconciler)
+        self.showcase = Showcase(deps.store, deps.reconciler.rooms.demos.state_dir,
+                                 deps.reconciler.rooms.demos.limits)
 
     async def index(self, request: Request) -> Response:
         context = await run_in_threadpool(self._overview)
@@ -112,7 +115,7 @@ class _Routes:
         return {"rows": rows, "sources": self.store.sources.all(),
                 "failing": [row for row in rows if row.condition.tone is Tone.BAD],
                 "drifting": [row for row in rows if row.condition.tone is Tone.WARN],
-                "source_errors": sorted(self.deps.reconciler.source_errors.items()),
+                "source_errors": sorted(self.deps.reconciler.sources.errors().items()),
                 "groups": self.store.views.groups()}
 
     async def service_page(self, request: Request) -> Response:
@@ -128,7 +131,7 @@ class _Routes:
             return None
         revisions = [revision for revision, _ in detail["timeline"]]
         shown, demos = self.showcase.latest(detail["service"])
-        return {**detail, "condition": condition(detail["service"]), "snapshot": self.store.observations.snapshot(name),
+        return {**detail, "condition": condition(detail["service"]), "snapshot": self.deps.reconciler.snapshot(name),
                 "statuses": commit_statuses(detail["attempts"], revisions), "sources": self.store.sources.all(),
                 "demo_revision": shown, "demos": demos, "group": self._group_of(name)}
 
@@ -261,7 +264,7 @@ class _Routes:
             return denied
         body = await _json_body(request)
         service = body.get("service")
-        sources = self.deps.reconciler.source_names()
+        sources = self.deps.reconciler.sources.names()
         if service:
             view = await run_in_threadpool(self.store.views.service, str(service))
             if view is None:
@@ -305,7 +308,7 @@ class _Routes:
         return None
 
     async def metrics(self, request: Request) -> Response:
-        body = self.deps.reconciler.metrics.exposition()
+        body = self.deps.metrics.exposition()
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def demos(self, request: Request) -> Response:

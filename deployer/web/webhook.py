@@ -23,8 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployer.errors import ConfigError
+from deployer.metrics import Metrics
 from deployer.model.status import DeliveryResult, Trigger
-from deployer.reconcile import Reconciler, SourceSpec
+from deployer.reconcile import SourceSpec
+from deployer.reconcile.sources import SourceRegistry
 from deployer.scheduler import WorkQueue
 from deployer.store import Delivery, Store
 from deployer.web.gitea_push import PushEvent, WebhookError, classify, extract_payload, parse_push, verify_signature
@@ -58,16 +60,17 @@ class _Delivery:
 
 
 class WebhookReceiver:
-    def __init__(self, *, store: Store, reconciler: Reconciler, queue: WorkQueue, secret: str | None,
-                 routing: GiteaRouting) -> None:
+    def __init__(self, *, store: Store, sources: SourceRegistry, queue: WorkQueue, metrics: Metrics,
+                 secret: str | None, routing: GiteaRouting) -> None:
         self._store = store
-        self._reconciler = reconciler
+        self._sources = sources
+        self._metrics = metrics
         self._queue = queue
         self._secret = secret
         self._routing = routing
         self._dedupe = threading.Lock()
         self._accepted: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._audit = _AuditWriter(store, reconciler)
+        self._audit = _AuditWriter(store)
         self.accepting = True
 
     def start(self) -> None:
@@ -109,7 +112,7 @@ class WebhookReceiver:
             push = parse_push(payload)
         except WebhookError as exc:
             return await self._reject(delivery, 400, str(exc))
-        if self._reconciler.has_source(push.full_name):
+        if self._sources.has(push.full_name):
             return self._route(delivery, push)  # no I/O on this path: a thread hop would only add waiting
         return await run_in_threadpool(self._route, delivery, push)  # may register a new source (a write)
 
@@ -125,9 +128,9 @@ class WebhookReceiver:
         if ignored is not None:
             self._record(delivery, DeliveryResult.IGNORED, ignored)
             return _answer(200, "ignored", ignored)
-        if not self._reconciler.has_source(source.name):
+        if not self._sources.has(source.name):
             try:
-                self._reconciler.add_source(source, origin="gitea")
+                self._sources.add(source, origin="gitea")
             except ConfigError as exc:  # checked before anything is written
                 self._record(delivery, DeliveryResult.REJECTED, f"400: {exc}")
                 return _answer(400, "rejected", str(exc))
@@ -144,7 +147,7 @@ class WebhookReceiver:
         return _answer(202, "accepted", f"pass requested for source {source.name} at {push.after[:7]}")
 
     def _source_for(self, push: PushEvent) -> SourceSpec | None:
-        for spec in self._reconciler.source_specs():
+        for spec in self._sources.specs():
             if spec.name == push.full_name or _same_repo(spec.url, push):
                 return spec
         owner_ok = push.owner.lower() in {owner.lower() for owner in self._routing.allowed_owners}
@@ -155,7 +158,7 @@ class WebhookReceiver:
         return SourceSpec(push.full_name, url, self._routing.branch or push.default_branch)
 
     def _record(self, delivery: _Delivery, result: DeliveryResult, detail: str) -> None:
-        self._reconciler.metrics.webhooks.labels(result.value).inc()
+        self._metrics.webhooks.labels(result.value).inc()
         self._audit.put(_AuditRow(delivery, result, detail))
 
     async def _reject(self, delivery: _Delivery, status: int, detail: str) -> JSONResponse:
@@ -177,9 +180,8 @@ class _AuditWriter:
     starts (a push that leaves a service unchanged must not leave it pending forever).
     """
 
-    def __init__(self, store: Store, reconciler: Reconciler) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._reconciler = reconciler
         self._rows: queue.Queue[_AuditRow | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 

@@ -13,8 +13,9 @@ import pytest
 
 from deployer.errors import Reason
 from deployer.health import HealthCheckFailed, Probe
+from deployer.hooks import HookRunner
 from deployer.model.status import Trigger
-from deployer.reconcile import Reconciler, SourceSpec
+from deployer.reconcile import HostChecks, Reconciler, ReconcilerConfig, SourceSpec, assemble
 from deployer.runtimes.memory import MemoryRuntime
 from deployer.secrets import SecretStore
 from deployer.store import Store
@@ -76,16 +77,23 @@ def world(tmp_path: Path) -> dict[str, Any]:
     repo = GitRepo.create(tmp_path / "bare.git", tmp_path / "work")
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store.migrate()
-    runtime = MemoryRuntime("supervisor")
-    gate = Gate()
-    reconciler = Reconciler(
-        store=store, runtimes={"supervisor": runtime}, builder=FakeBuilder(tmp_path / "env"),  # type: ignore[arg-type]
-        secrets=SecretStore(tmp_path / "secrets"), state_dir=tmp_path / "state", port_bounds=(9100, 9199),
-        port_is_free=lambda port: True, health_gate=gate.wait, health_probe=gate.probe,
-    )
-    reconciler.add_source(SourceSpec("repo", str(repo.bare), "main"))
-    return {"repo": repo, "store": store, "runtime": runtime, "gate": gate, "reconciler": reconciler,
-            "tmp": tmp_path}
+    world = {"repo": repo, "store": store, "runtime": MemoryRuntime("supervisor"), "gate": Gate(), "tmp": tmp_path}
+    make_reconciler(world)
+    return world
+
+
+def make_reconciler(world: dict[str, Any], *, hooks: HookRunner | None = None, port_grace: float = 0.0,
+                    port_bounds: tuple[int, int] = (9100, 9199), port_is_free: Callable[[int], bool] = lambda _: True,
+                    port_holder: Callable[[int], str | None] = lambda _: None) -> Reconciler:
+    """The reconciler as the daemon wires it, on the in-memory runtime with a scripted health gate."""
+    tmp, gate = world["tmp"], world["gate"]
+    config = ReconcilerConfig(state_dir=tmp / "state", port_bounds=port_bounds, port_grace=port_grace)
+    host = HostChecks(port_is_free=port_is_free, port_holder=port_holder, wait_healthy=gate.wait, probe=gate.probe)
+    reconciler = assemble(world["store"], {"supervisor": world["runtime"]}, FakeBuilder(tmp / "env"),  # type: ignore[arg-type]
+                          SecretStore(tmp / "secrets"), config, host, hooks=hooks)
+    reconciler.add_source(SourceSpec("repo", str(world["repo"].bare), "main"))
+    world["reconciler"] = reconciler
+    return reconciler
 
 
 def two_services(**overrides: Any) -> str:
@@ -234,13 +242,11 @@ def test_fixed_port_held_by_a_foreign_process_names_it(world: dict[str, Any]) ->
 
     from deployer.ports import holder, is_free
 
-    reconciler: Reconciler = world["reconciler"]
-    reconciler.port_is_free, reconciler.port_holder = is_free, holder
     with socket.socket() as foreign:
         foreign.bind(("127.0.0.1", 0))
         foreign.listen()
         port = foreign.getsockname()[1]
-        reconciler.port_bounds = (1024, 65535)
+        reconciler = make_reconciler(world, port_is_free=is_free, port_holder=holder, port_bounds=(1024, 65535))
         world["repo"].commit(files(manifest({"name": "alpha", "path": "alpha", "port": port},
                                             {"name": "beta", "path": "beta"})), "fixed port taken")
         outcomes = reconciler.reconcile_source("repo", trigger=Trigger.WEBHOOK).outcomes
@@ -251,7 +257,6 @@ def test_fixed_port_held_by_a_foreign_process_names_it(world: dict[str, Any]) ->
 
 def test_auto_port_skips_a_recently_released_one(world: dict[str, Any]) -> None:
     repo, store = world["repo"], world["store"]
-    reconciler: Reconciler = world["reconciler"]
     keep = {"name": "keep", "path": "beta"}
     repo.commit(files(manifest({"name": "alpha", "path": "alpha"}, keep)), "alpha and keep")
     run(world)
@@ -259,7 +264,7 @@ def test_auto_port_skips_a_recently_released_one(world: dict[str, Any]) -> None:
     repo.commit({"service.yaml": manifest(keep)}, "drop alpha")
     assert run(world) == {"alpha": "removed", "keep": "noop"}
 
-    reconciler.port_grace = 3600
+    make_reconciler(world, port_grace=3600)
     repo.commit({"service.yaml": manifest(keep, {"name": "newcomer", "path": "alpha"})}, "newcomer")
     run(world)
     assert store.ports.of("newcomer") not in (freed, store.ports.of("keep"))
@@ -272,7 +277,7 @@ def test_a_source_removed_from_the_config_keeps_its_services_unless_allowed(worl
     run(world)
     assert reconciler.retire_source("repo", allow_empty=False) == []
     assert set(runtime.services) == {"alpha", "beta"}
-    assert "still owns alpha, beta" in reconciler.source_errors["repo"]
+    assert "still owns alpha, beta" in reconciler.sources.errors()["repo"]
 
     assert reconciler.retire_source("repo", allow_empty=True) == ["alpha", "beta"]
     assert runtime.services == {} and store.services.inventory("repo") == set()
@@ -295,13 +300,11 @@ def test_an_unreachable_runtime_holds_its_services_instead_of_recreating_them(wo
 
 
 def test_service_hooks_run_as_steps_and_a_failing_pre_deploy_hook_fails_the_attempt(world: dict[str, Any]) -> None:
-    from deployer.hooks import HookRunner
-
     hooks = world["tmp"] / "global-hooks"
     hooks.mkdir()
     (hooks / "on-failure").write_text("#!/bin/sh\necho \"operator told: $DEPLOYER_SERVICE $DEPLOYER_EVENT\"\n")
     (hooks / "on-failure").chmod(0o755)
-    world["reconciler"].hook_runner = HookRunner(hooks, timeout=10)
+    make_reconciler(world, hooks=HookRunner(hooks, timeout=10))
     hooks_line = "    hooks: {pre_deploy: fetch.sh, post_deploy: done.sh}\n"
     text = manifest({"name": "solo"}).replace("    command:", hooks_line + "    command:")
     world["repo"].commit({"service.yaml": text, "app.py": "x",

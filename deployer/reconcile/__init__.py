@@ -1,0 +1,77 @@
+"""Reconciling: one room per job, and the small ``Reconciler`` that orchestrates a pass.
+
+``sources`` (the followed repositories), ``resolve`` (a commit into desired
+services), ``planning`` (pins, suspensions, held failures, down runtimes → a
+plan), ``rollout`` (one service: build, hooks, apply, gate, put back), ``observe``
+(listings, probes, snapshots), ``demos``, ``events``; ``passes`` ties them together.
+``assemble`` builds the rooms the same way for the daemon and for tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deployer.build import EnvBuilder
+from deployer.demo import DemoLimits
+from deployer.health import HttpChecks, Probe
+from deployer.hooks import HookRunner
+from deployer.reconcile.demos import DemoRunner
+from deployer.reconcile.events import EventBus
+from deployer.reconcile.observe import Observer
+from deployer.reconcile.passes import PassResult, Reconciler, Rooms
+from deployer.reconcile.resolve import ClaimedPorts, Resolver
+from deployer.reconcile.rollout import Gate, Rollout, RolloutParts, Steps
+from deployer.reconcile.sources import SourceRegistry, SourceSpec
+from deployer.runtimes.base import Runtime
+from deployer.secrets import SecretStore
+from deployer.store import Store
+
+__all__ = ["HostChecks", "PassResult", "Reconciler", "ReconcilerConfig", "SourceSpec", "assemble"]
+
+
+@dataclass(frozen=True)
+class ReconcilerConfig:
+    """The settings the rooms need, gathered by the composition root."""
+
+    state_dir: Path
+    port_bounds: tuple[int, int]
+    default_runtime: str = "supervisor"
+    prune: bool = True
+    port_grace: float = 0.0
+    probe_interval: float = 10.0
+    demo_limits: DemoLimits = field(default_factory=DemoLimits)
+
+
+@dataclass(frozen=True)
+class HostChecks:
+    """How the host is asked about ports and services; tests replace the HTTP parts."""
+
+    port_is_free: Callable[[int], bool]
+    port_holder: Callable[[int], str | None] = lambda port: None
+    wait_healthy: Callable[..., float] | None = None
+    probe: Callable[..., Probe] | None = None
+
+
+def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder, secrets: SecretStore,
+             config: ReconcilerConfig, host: HostChecks, *, hooks: HookRunner | None = None,
+             events: EventBus | None = None) -> Reconciler:
+    """Every room, wired once: the daemon's composition root and the tests build the same reconciler."""
+    events = events or EventBus()
+    http = HttpChecks()
+    sources = SourceRegistry(store, config.state_dir)
+    observer = Observer(store, runtimes, http, events, probe=host.probe, probe_interval=config.probe_interval)
+    demos = DemoRunner(store, sources, http.client, config.state_dir, config.demo_limits)
+    steps = Steps(store)
+    gate = Gate(http, demos, steps, wait_healthy=host.wait_healthy)
+    parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources)
+    rooms = Rooms(
+        sources=sources,
+        resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds),
+        ports=ClaimedPorts(store, config.port_bounds, is_free=host.port_is_free, holder=host.port_holder,
+                           grace=config.port_grace),
+        observer=observer, rollout=Rollout(store, parts, gate, observer, events), demos=demos, secrets=secrets,
+        events=events,
+    )
+    return Reconciler(store, rooms, prune=config.prune)

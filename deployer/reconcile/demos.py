@@ -1,0 +1,82 @@
+"""Demos: the service's sample inputs sent to the running revision, every answer recorded.
+
+Answers are rows (text) or files under the state dir (binary). The inputs
+themselves are kept beside them (``demo/<service>/<revision>/inputs/``), so the
+showcase pages read files of the state dir only, never a git checkout.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import shutil
+from pathlib import Path
+
+import httpx
+
+from deployer.demo import DemoLimits, DemoResult, run_demo
+from deployer.model.desired import DesiredService
+from deployer.model.manifest import DemoSpec
+from deployer.reconcile.resolve import SERVICE_HOST, service_dir
+from deployer.reconcile.sources import SourceRegistry
+from deployer.safety import UnsafePath, contained
+from deployer.store import Store
+
+DEMO_DIR = "demo"
+
+
+def input_copy(state_dir: Path, service: str, revision: int, demo: str) -> Path:
+    """Where the input a demo sent at ``revision`` is kept for the pages."""
+    return state_dir / DEMO_DIR / service / str(revision) / "inputs" / demo
+
+
+class DemoRunner:
+    def __init__(self, store: Store, sources: SourceRegistry, client: httpx.Client, state_dir: Path,
+                 limits: DemoLimits) -> None:
+        self._store = store
+        self._sources = sources
+        self._client = client
+        self.state_dir = state_dir
+        self.limits = limits
+
+    def run(self, desired: DesiredService, revision: int | None, attempt: int | None) -> list[DemoResult]:
+        """Send every demo input to the running service and record each answer."""
+        workdir = service_dir(self._sources.get(desired.source).checkout(desired.sha), desired.path)
+        url = f"http://{SERVICE_HOST}:{desired.port}/predict"
+        results = []
+        for spec in desired.demo:
+            if revision is not None:
+                self._keep_input(desired.name, revision, spec, workdir)
+            results.append(run_demo(self._client, url, spec, workdir, self.limits))
+        for result in results:
+            self._store.demos.record(
+                desired.name, revision, attempt, name=result.name, ok=result.ok, status=result.status,
+                latency_ms=result.latency_ms, content_type=result.content_type, text=result.text,
+                body_file=self._save_body(desired.name, revision, result), truncated=result.truncated,
+                problems="; ".join(result.problems))
+        return results
+
+    def _keep_input(self, service: str, revision: int, spec: DemoSpec, workdir: Path) -> None:
+        target = input_copy(self.state_dir, service, revision, spec.name)
+        if target.exists():
+            return  # inputs at a revision never change
+        try:
+            source = contained(workdir, spec.input or spec.file or "")
+        except UnsafePath:
+            return  # the demo itself reports it
+        if not source.is_file() or source.stat().st_size > self.limits.max_input_bytes:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, partial)
+        partial.replace(target)
+
+    def _save_body(self, service: str, revision: int | None, result: DemoResult) -> str | None:
+        """Binary answers are files under the state dir, never database rows."""
+        if result.body is None:
+            return None
+        extension = mimetypes.guess_extension(result.content_type) or ".bin"
+        relative = Path(DEMO_DIR) / service / str(revision or "adhoc") / f"{result.name}{extension}"
+        target = self.state_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(result.body)
+        return str(relative)

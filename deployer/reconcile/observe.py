@@ -1,0 +1,235 @@
+"""Observation: one listing per runtime per pass, health probes on their own cadence, snapshots on demand.
+
+A pass lists each runtime once (``list``) and hands the listing down. Health
+probes of steady services do not ride on passes: ``probe_due`` runs every second
+on its own job, probing each running service once per ``probe_interval`` (spread
+by name, at most ``budget`` a tick). Log tails and ``/info`` are read when a page
+or the API asks (``snapshot``, cached briefly) and right after every attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from deployer.errors import DeployerError
+from deployer.health import HttpChecks, Probe
+from deployer.model.actual import ActualService, ServiceState
+from deployer.model.desired import DesiredService
+from deployer.model.events import ServiceObserved, ServiceRemoved
+from deployer.model.status import SnapshotView
+from deployer.reconcile.events import EventBus
+from deployer.runtimes.base import Runtime
+from deployer.store import Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_HOST = "127.0.0.1"
+CONFIRM_EVERY = 60.0  # an unchanged observation is written again only this often
+SNAPSHOT_MAX_AGE = 10.0  # a page asking twice within this gets the same snapshot
+PROBE_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What every reachable runtime runs, and why the others could not be listed."""
+
+    actual: dict[str, ActualService] = field(default_factory=dict)
+    down: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Watched:
+    url: str
+    due: float
+    probe: Probe | None = None
+
+
+class Observer:
+    def __init__(self, store: Store, runtimes: Mapping[str, Runtime], http: HttpChecks, events: EventBus, *,
+                 probe: Callable[..., Probe] | None = None, probe_interval: float = 10.0,
+                 budget: int = 50) -> None:
+        self._store = store
+        self._runtimes = dict(runtimes)
+        self._http = http
+        self._events = events
+        self._probe = probe or http.probe  # injectable: unit tests need no HTTP server
+        self._interval = probe_interval
+        self._budget = budget
+        self._guard = threading.Lock()
+        self._watched: dict[str, _Watched] = {}
+        self._written: dict[str, tuple[tuple[object, ...], float]] = {}  # name -> (what, when) last written
+
+    # -- listings ------------------------------------------------------------
+
+    def list(self) -> Listing:
+        """Check each runtime (which restarts an embedded supervisord), then one listing each."""
+        listing = Listing()
+        for key, runtime in self._runtimes.items():
+            try:
+                runtime.check()
+                listing.actual.update(runtime.observe())
+            except DeployerError as exc:
+                listing.down[key] = str(exc)
+        return listing
+
+    def runtime_holding(self, name: str, listing: Listing | None = None) -> Runtime | None:
+        seen = (listing or self.list()).actual.get(name)
+        return self._runtimes.get(seen.runtime) if seen is not None else None
+
+    # -- recording -----------------------------------------------------------
+
+    def record(self, name: str, desired: DesiredService | None, seen: ActualService | None, *,
+               note: str = "", fresh: bool = False) -> None:
+        """State from the listing, health from the watcher (probed now when fresh or never probed)."""
+        state = seen.state if seen is not None else ServiceState.ABSENT
+        running = state is ServiceState.RUNNING
+        if running and desired is None:
+            desired = self.running_desired(name)  # probe what runs, on its own health path
+        probe: Probe | None = None
+        if running and desired is not None:
+            probe = self._watch(name, health_url(desired), fresh=fresh)
+        healthy = probe.ok if probe is not None else False
+        detail = probe.detail if probe is not None else (seen.detail if seen is not None else "")
+        revision = seen.revision if seen is not None and running else None
+        self._write(name, (state.value, healthy, f"{note}; {detail}" if note else detail, revision), fresh)
+        if not running:
+            self.unwatch(name)
+
+    def record_waiting(self, name: str, reason: str) -> None:
+        self._written.pop(name, None)
+        self._store.observations.record(name, ServiceState.UNKNOWN.value, False, reason)
+
+    def record_removed(self, name: str, detail: str) -> None:
+        self.unwatch(name)
+        self._written.pop(name, None)
+        self._store.observations.record(name, ServiceState.ABSENT.value, False, detail)
+        self._events.publish(ServiceRemoved(name))
+
+    def unwatch(self, name: str) -> None:
+        with self._guard:
+            self._watched.pop(name, None)
+
+    def _watch(self, name: str, url: str, *, fresh: bool) -> Probe:
+        with self._guard:
+            watched = self._watched.get(name)
+            if watched is None or watched.url != url:
+                spread = zlib.crc32(name.encode()) % max(1, int(self._interval * 1000)) / 1000
+                watched = self._watched[name] = _Watched(url, time.monotonic() + spread)
+            known = watched.probe
+        if known is not None and not fresh:
+            return known
+        probe = self._probe(url, timeout=2.0)
+        with self._guard:
+            watched.probe = probe
+        return probe
+
+    def _write(self, name: str, observed: tuple[object, ...], fresh: bool) -> None:
+        now = time.monotonic()
+        last = self._written.get(name)
+        if not fresh and last is not None and last[0] == observed and now - last[1] < CONFIRM_EVERY:
+            return
+        state, healthy, detail, running = observed
+        self._store.observations.record(name, str(state), bool(healthy), str(detail))
+        if isinstance(running, int) and (last is None or last[0][3] != running):
+            self._store.services.set_running(name, running)
+        self._written[name] = (observed, now)
+        self._events.publish(ServiceObserved(name, state == ServiceState.RUNNING.value, bool(healthy)))
+
+    # -- the health cadence ----------------------------------------------------
+
+    def probe_due(self) -> int:
+        """Probe every watched service whose turn has come (at most ``budget``); returns how many."""
+        now = time.monotonic()
+        with self._guard:
+            due = sorted((item for item in self._watched.items() if item[1].due <= now),
+                         key=lambda item: item[1].due)[: self._budget]
+            for _, watched in due:
+                watched.due = now + self._interval
+        if not due:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(due))) as pool:
+            probes = list(pool.map(lambda item: self._probe(item[1].url, timeout=2.0), due))
+        for (name, watched), probe in zip(due, probes, strict=True):
+            self._after_probe(name, watched, probe)
+        return len(due)
+
+    def _after_probe(self, name: str, watched: _Watched, probe: Probe) -> None:
+        with self._guard:
+            if self._watched.get(name) is not watched:
+                return  # a deploy or removal replaced it meanwhile
+            watched.probe = probe
+        last = self._written.get(name)
+        if last is None:
+            return  # the next pass records it with its state
+        state, _, _, running = last[0]
+        self._write(name, (state, probe.ok, probe.detail, running), False)
+
+    def probe_unknown(self, names: Iterable[tuple[str, str]]) -> None:
+        """Probe side by side the running services never probed yet (the first pass after a start)."""
+        with self._guard:
+            fresh = [(name, url) for name, url in names if name not in self._watched]
+        if len(fresh) < 2:
+            return
+        with ThreadPoolExecutor(max_workers=min(PROBE_THREADS * 2, len(fresh))) as pool:
+            probes = list(pool.map(lambda item: self._probe(item[1], timeout=2.0), fresh))
+        now = time.monotonic()
+        with self._guard:
+            for (name, url), probe in zip(fresh, probes, strict=True):
+                spread = zlib.crc32(name.encode()) % max(1, int(self._interval * 1000)) / 1000
+                self._watched[name] = _Watched(url, now + spread, probe)
+
+    # -- snapshots -------------------------------------------------------------
+
+    def snapshot(self, name: str, *, max_age: float = SNAPSHOT_MAX_AGE) -> SnapshotView | None:
+        """The service's log tail and ``/info``: the stored one when recent enough, else read now."""
+        stored = self._store.observations.snapshot(name)
+        view = self._store.views.service(name)
+        if view is None:
+            return stored
+        if stored is not None and _age(stored) < max_age:
+            return stored
+        self.capture(name, view.runtime, view.port, None)
+        return self._store.observations.snapshot(name)
+
+    def capture(self, name: str, runtime_name: str, port: int | None, desired: DesiredService | None) -> None:
+        runtime = self._runtimes.get(runtime_name)
+        try:
+            logs = runtime.logs(name, 4000) if runtime is not None else ""
+        except DeployerError as exc:
+            logs = f"(logs unavailable: {exc})"
+        info, error = None, "not running"
+        desired = desired or self.running_desired(name)
+        if port is not None:
+            path = desired.info.path if desired is not None else "/info"
+            info, error = self._http.fetch_info(f"http://{SERVICE_HOST}:{port}{path}")
+        self._store.observations.record_snapshot(name, logs_tail=logs, info=info, info_error=error)
+
+    def running_desired(self, name: str) -> DesiredService | None:
+        """The spec of the revision recorded as running (its health and info paths)."""
+        view = self._store.views.service(name)
+        revision = self._store.history.get_revision(view.running_revision) \
+            if view is not None and view.running_revision else None
+        return DesiredService.model_validate(revision.spec) if revision is not None else None
+
+
+def health_url(desired: DesiredService) -> str:
+    return _health_url(desired.port, desired.health.path)
+
+
+def _health_url(port: int, path: str) -> str:
+    return f"http://{SERVICE_HOST}:{port}{path}"
+
+
+def _age(snapshot: SnapshotView) -> float:
+    from datetime import UTC, datetime
+
+    captured = snapshot.captured_at
+    if captured.tzinfo is None:
+        captured = captured.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - captured).total_seconds()

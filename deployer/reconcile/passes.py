@@ -1,0 +1,385 @@
+"""The pass: fetch → resolve → record → list → plan → execute, for one source; and what operators ask of it.
+
+``Reconciler`` only orchestrates: sources are the registry's, resolution the
+resolver's, deploys the rollout's, observation the observer's. Each service is
+isolated (its own lock, its own try/except), so one broken service never blocks
+the others; a commit is resolved and recorded once, then reused until the head moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from deployer.demo import DemoResult
+from deployer.errors import DeployerError, NotFound, Reason, SourceError, StalledError
+from deployer.model.actual import ServiceState
+from deployer.model.desired import DesiredService
+from deployer.model.events import CommitRefused, PassFinished
+from deployer.model.plan import Action, ActionKind, Plan
+from deployer.model.status import Outcome, RevisionView, SnapshotView, Trigger
+from deployer.reconcile.demos import DemoRunner
+from deployer.reconcile.events import EventBus
+from deployer.reconcile.observe import Listing, Observer, health_url
+from deployer.reconcile.planning import PassInputs, PassPlan, hold_failed, plan_pass
+from deployer.reconcile.resolve import MANIFEST, ClaimedPorts, KnownPorts, Resolution, Resolver
+from deployer.reconcile.rollout import Rollout
+from deployer.reconcile.sources import SourceRegistry, SourceSpec
+from deployer.secrets import SecretStore
+from deployer.source import GitSource
+from deployer.store import Store
+
+log = logging.getLogger(__name__)
+
+EXPLICIT = (Trigger.CLI, Trigger.ROLLBACK)  # an operator asked: a revision that failed before may be tried again
+
+
+@dataclass
+class PassResult:
+    """What one pass over one source did, for logs, the CLI and tests."""
+
+    source: str
+    sha: str | None = None
+    plan: Plan | None = None
+    error: str | None = None
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Recorded:
+    """A commit resolved and recorded: reused by every pass until the head moves (clean ones only)."""
+
+    resolution: Resolution
+    revisions: dict[str, RevisionView] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One pass's view: its plan and the one listing it was made from."""
+
+    planned: PassPlan
+    listing: Listing
+    trigger: Trigger
+
+
+@dataclass(frozen=True)
+class Rooms:
+    """The rooms a reconciler orchestrates, built once by the composition root."""
+
+    sources: SourceRegistry
+    resolver: Resolver
+    ports: ClaimedPorts
+    observer: Observer
+    rollout: Rollout
+    demos: DemoRunner
+    secrets: SecretStore
+    events: EventBus
+
+
+class Reconciler:
+    def __init__(self, store: Store, rooms: Rooms, *, prune: bool = True) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.sources = rooms.sources
+        self.prune = prune
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._recorded: dict[str, _Recorded] = {}  # source -> last clean resolution
+        self._refused: dict[str, str] = {}  # source or service -> failure already recorded
+        # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
+        self._unverified = {view.name for view in store.views.services()
+                            if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
+
+    # -- sources ---------------------------------------------------------------
+
+    def add_source(self, spec: SourceSpec, *, origin: str = "config") -> None:
+        self.sources.add(spec, origin=origin)
+
+    def retire_source(self, name: str, *, allow_empty: bool) -> list[str]:
+        """A source left the config: prune its services only when an empty desired set is allowed.
+
+        Removing a source by mistake (a typo in deployer.toml) must not take its
+        services down, so by default they keep running and the page says why.
+        """
+        owned = sorted(self.store.services.inventory(name))
+        if not owned:
+            return []
+        if not (allow_empty and self.prune):
+            self.sources.set_error(name, f"removed from deployer.toml but still owns {', '.join(owned)}; they keep "
+                                         "running. Set [reconcile] allow_empty = true to remove them, or add the "
+                                         "source back")
+            return []
+        listing = self.rooms.observer.list()
+        for service in owned:
+            with self._lock(service):
+                self.rooms.rollout.remove(service, self.rooms.observer.runtime_holding(service, listing))
+        return owned
+
+    # -- one pass ----------------------------------------------------------------
+
+    def reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool = True) -> PassResult:
+        """Bring every service of one source to the state its branch head describes."""
+        started = time.monotonic()
+        try:
+            return self._reconcile_source(name, trigger=trigger, fetch=fetch)
+        finally:
+            self.rooms.events.publish(PassFinished(name, time.monotonic() - started))
+
+    def _reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool) -> PassResult:
+        result = PassResult(source=name)
+        source = self.sources.get(name)
+        try:
+            result.sha = _head(source, fetch)
+        except SourceError as exc:
+            result.error = str(exc)
+            self.sources.set_error(name, result.error)
+            log.warning("source %s: %s; retrying at the next poll", name, exc)
+            return result
+        self.sources.clear_error(name)
+        self.store.sources.set_head(name, result.sha)
+        recorded = self._recorded_commit(source, result.sha, trigger)
+        if recorded is None:
+            result.error = f"{MANIFEST} at {result.sha[:7]} is invalid"
+            return result
+        for service, error in sorted(recorded.resolution.errors.items()):
+            with self._lock(service):
+                self._record_resolution_error(service, error, trigger)
+            result.outcomes[service] = "stalled"
+        current = self._plan(name, recorded, trigger)
+        result.plan = current.planned.plan
+        self._probe_unknown(current)
+        for action in current.planned.plan.actions:
+            result.outcomes[action.service] = self._execute_isolated(action, current)
+        return result
+
+    def preview(self, *, fetch: bool = False) -> list[tuple[str, Action]]:
+        """What a scheduled pass would do now for every source (after a fetch, if asked). Changes nothing."""
+        lines: list[tuple[str, Action]] = []
+        for name in self.sources.names():
+            source = self.sources.get(name)
+            try:
+                sha = _head(source, fetch)
+                cached = self._recorded.get(name)
+                recorded = cached if cached is not None and cached.resolution.sha == sha else _Recorded(
+                    self.rooms.resolver.resolve(source, sha, KnownPorts(self.store)))
+            except DeployerError as exc:
+                lines.append((name, Action("*", ActionKind.NOOP, f"cannot plan this source: {exc}")))
+                continue
+            lines.extend((name, Action(service, ActionKind.NOOP, f"cannot deploy: {error}"))
+                         for service, error in sorted(recorded.resolution.errors.items()))
+            lines.extend((name, action) for action in self._plan(name, recorded, Trigger.SCHEDULE).planned.plan.actions)
+        return lines
+
+    # -- what operators ask ---------------------------------------------------------
+
+    def logs(self, name: str, max_bytes: int) -> str:
+        """The service's recent output, asked of its runtime now (an operator's explicit request), masked."""
+        view = self.store.views.service(name)
+        runtime = self.rooms.rollout.runtime_named(view.runtime) if view is not None else None
+        if view is None or runtime is None:
+            raise NotFound(f"no service named {name!r} on a runtime of this host")
+        return self.rooms.secrets.mask(runtime.logs(name, max_bytes))
+
+    def snapshot(self, name: str) -> SnapshotView | None:
+        """Log tail and ``/info`` for the pages: read now unless read moments ago."""
+        return self.rooms.observer.snapshot(name)
+
+    def demo_now(self, name: str) -> tuple[int, list[DemoResult]]:
+        """``deployer demo``: run the demo inputs against the running revision now, and record them."""
+        view = self.store.views.service(name)
+        if view is None:
+            raise NotFound(f"no service named {name!r}")
+        revision = self.store.history.get_revision(view.running_revision) if view.running_revision else None
+        if revision is None:
+            raise StalledError(f"{name}: nothing is running, no demo to run")
+        desired = DesiredService.model_validate(revision.spec)
+        if not desired.demo:
+            raise StalledError(f"{name}: its manifest has no demo inputs")
+        with self._lock(name):
+            return revision.id, self.rooms.demos.run(desired, revision.id, None)
+
+    def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger, *,
+               verify_only: bool = False) -> Outcome:
+        with self._lock(desired.name):
+            return self.rooms.rollout.deploy(desired, revision, trigger, verify_only=verify_only)
+
+    # -- resolution and its record ------------------------------------------------------
+
+    def _recorded_commit(self, source: GitSource, sha: str, trigger: Trigger) -> _Recorded | None:
+        cached = self._recorded.get(source.name)
+        if cached is not None and cached.resolution.sha == sha:
+            return cached
+        try:
+            resolution = self.rooms.resolver.resolve(source, sha, self.rooms.ports)
+        except StalledError as exc:
+            self._refuse_commit(source.name, sha, exc, trigger)
+            return None
+        except SourceError as exc:
+            self.sources.set_error(source.name, str(exc))
+            return None
+        self._refused.pop(source.name, None)
+        recorded = _Recorded(resolution, self._record(resolution))
+        if not resolution.errors:
+            self._recorded[source.name] = recorded
+        self._prune_checkouts(source.name, sha)
+        return recorded
+
+    def _record(self, resolution: Resolution) -> dict[str, RevisionView]:
+        """A revision per resolved service (the same spec is not recorded twice), and it becomes the desired one."""
+        author = resolution.commit.author if resolution.commit is not None else ""
+        message = resolution.commit.message if resolution.commit is not None else ""
+        revisions = {}
+        for name, desired in resolution.desired.items():
+            revision = self.store.history.add_revision(desired, author=author, message=message,
+                                                       manifest_text=resolution.text)
+            self.store.services.set_desired(name, revision.id)
+            revisions[name] = revision
+        return revisions
+
+    def _refuse_commit(self, source: str, sha: str, exc: DeployerError, trigger: Trigger) -> None:
+        """A broken manifest is recorded once per commit against every service of the source."""
+        self.sources.set_error(source, str(exc))
+        if self._refused.get(source) == sha:
+            return
+        self._refused[source] = sha
+        log.warning("source %s at %s: %s; the running revisions keep serving", source, sha[:7], exc)
+        for service in sorted(self.store.services.inventory(source)):
+            attempt = self.store.history.start_attempt(service, None, trigger)
+            self.store.history.finish_attempt(attempt, Outcome.FAILED, exc.reason.value,
+                                              f"{exc} (commit {sha[:7]}); the previous revision keeps serving")
+            self.rooms.events.publish(CommitRefused(service, source, sha, exc.reason.value, str(exc)))
+
+    def _record_resolution_error(self, service: str, error: DeployerError, trigger: Trigger) -> None:
+        key = f"{service}:{error}"
+        if self._refused.get(service) == key:
+            return
+        self._refused[service] = key
+        attempt = self.store.history.start_attempt(service, None, trigger)
+        self.store.history.finish_attempt(attempt, Outcome.FAILED, error.reason.value,
+                                          f"{error}; the previous revision keeps serving")
+
+    def _prune_checkouts(self, source: str, head: str) -> None:
+        """A new head was recorded: drop checkouts nothing needs (running, last good and recent ones stay)."""
+        keep = {head}
+        for view in self.store.views.services():
+            if view.source != source:
+                continue
+            keep.update(sha for sha in (view.running_sha, view.desired_sha) if sha)
+            good = self.store.history.last_good_revision(view.name)
+            if good is not None:
+                keep.add(good.sha)
+        removed = self.sources.prune_checkouts(source, head, keep)
+        if removed:
+            log.info("source %s: removed %d old checkout(s)", source, len(removed))
+
+    # -- planning --------------------------------------------------------------------------
+
+    def _plan(self, name: str, recorded: _Recorded, trigger: Trigger) -> _Pass:
+        resolution = recorded.resolution
+        inventory = self.store.services.inventory(name) - set(resolution.errors)
+        overrides = self.store.overrides.active()
+        pins = {pin.revision for kinds in overrides.values() for pin in kinds.values() if pin.revision is not None}
+        pinned = {revision_id: revision for revision_id in pins
+                  if (revision := self.store.history.get_revision(revision_id)) is not None}
+        listing = self.rooms.observer.list()
+        wanted = set(resolution.desired) | inventory
+        runtime_of = {view.name: view.runtime for view in self.store.views.services()} if listing.down else {}
+        planned = plan_pass(PassInputs(
+            desired=resolution.desired, revisions=recorded.revisions, inventory=inventory,
+            actual={key: value for key, value in listing.actual.items() if key in wanted}, down=listing.down,
+            runtime_of=runtime_of, overrides=overrides, pinned=pinned, prune=self.prune))
+        if trigger not in EXPLICIT:
+            failed = {action.service for action in planned.changing()
+                      if action.desired is not None and action.kind is not ActionKind.REMOVE
+                      and self.store.history.failed_revision(action.service, action.desired.spec_hash)}
+            planned = hold_failed(planned, failed) if failed else planned
+        return _Pass(planned, listing, trigger)
+
+    def _probe_unknown(self, current: _Pass) -> None:
+        """Steady running services never probed (the first pass after a start) are probed side by side now."""
+        steady = [(action.service, health_url(action.desired)) for action in current.planned.plan.actions
+                  if not action.changes and action.desired is not None
+                  and (seen := current.listing.actual.get(action.service)) is not None
+                  and seen.state is ServiceState.RUNNING]
+        self.rooms.observer.probe_unknown(steady)
+
+    # -- execution ------------------------------------------------------------------------
+
+    def _execute_isolated(self, action: Action, current: _Pass) -> str:
+        with self._lock(action.service):
+            try:
+                return self._execute(action, current)
+            except Exception:  # one service's bug must not stop the others
+                log.exception("%s: unexpected error while reconciling", action.service)
+                return "error"
+
+    def _execute(self, action: Action, current: _Pass) -> str:
+        name, planned, listing = action.service, current.planned, current.listing
+        if name in planned.waiting:
+            self.rooms.observer.record_waiting(name, action.reason)
+            return "waiting"
+        if action.kind is ActionKind.REMOVE:
+            return self.rooms.rollout.remove(name, self.rooms.observer.runtime_holding(name, listing))
+        if action.kind is ActionKind.NOOP and action.desired is not None and name in self._unverified:
+            self._unverified.discard(name)  # applied before a crash, never gated
+            return self.rooms.rollout.deploy(action.desired, planned.revisions[name], Trigger.STARTUP,
+                                             verify_only=True).value
+        if action.kind is ActionKind.NOOP or action.desired is None:
+            return self._leave(action, current)
+        return self._apply(action.desired, action, current)
+
+    def _leave(self, action: Action, current: _Pass) -> str:
+        name, planned = action.service, current.planned
+        seen = current.listing.actual.get(name)
+        if name in planned.held:
+            self.rooms.observer.record(name, None, seen, note=action.reason)
+            return "held"
+        if name in planned.suspended:
+            self.rooms.observer.record(name, action.desired, seen, note=action.reason)
+            return "suspended"
+        self.rooms.observer.record(name, action.desired, seen)
+        return "noop"
+
+    def _apply(self, desired: DesiredService, action: Action, current: _Pass) -> str:
+        revision, trigger = current.planned.revisions[desired.name], current.trigger
+        try:
+            self.rooms.secrets.resolve(desired.secrets, service=desired.name)
+        except DeployerError as exc:  # waiting for an operator, not a bad revision
+            self._record_resolution_error(desired.name, exc, trigger)
+            return "waiting"
+        running = self.store.views.service(desired.name)
+        if running is not None and running.running_revision == revision.id:
+            trigger = Trigger.DRIFT  # git did not change: the world did
+        moved_from = current.listing.actual.get(desired.name)
+        if moved_from is not None and moved_from.runtime != desired.runtime:
+            old = self.rooms.rollout.runtime_named(moved_from.runtime)
+            if old is not None:  # switching runtime: the old instance holds the port, so it goes first
+                log.info("%s: moving from %s to %s", desired.name, moved_from.runtime, desired.runtime)
+                old.remove(desired.name)
+        log.info("%s: %s%s", desired.name, action.describe(), " (drift)" if trigger is Trigger.DRIFT else "",
+                 extra={"service": desired.name, "revision": revision.id})
+        return self.rooms.rollout.deploy(desired, revision, trigger).value
+
+    @contextmanager
+    def _lock(self, service: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(service, threading.Lock())
+        with lock:
+            yield
+
+
+def _head(source: GitSource, fetch: bool) -> str:
+    if not fetch:
+        try:
+            return source.head()
+        except SourceError:
+            pass  # never fetched yet: fall through and fetch
+    source.fetch()
+    return source.head()
+
+
+__all__ = ["EXPLICIT", "Listing", "PassResult", "Reason", "Reconciler", "Rooms"]

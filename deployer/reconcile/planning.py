@@ -1,0 +1,99 @@
+"""Planning a pass: the branch's desired state, bent by pins, suspensions, held failures and down runtimes.
+
+``plan_pass`` is pure: the pass gathers its inputs (one listing, the overrides,
+the pinned revisions, which specs failed before) and gets back the plan, what
+each service deploys, and which services wait for their runtime. ``deployer plan``
+runs the same function, so it says exactly what a pass would do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+
+from deployer.model.actual import ActualService
+from deployer.model.desired import DesiredService
+from deployer.model.plan import Action, ActionKind, Plan, plan
+from deployer.model.status import OverrideKind, OverrideView, RevisionView
+
+
+@dataclass(frozen=True)
+class PassInputs:
+    desired: Mapping[str, DesiredService]  # from the branch head
+    revisions: Mapping[str, RevisionView]  # the revision of each of those
+    inventory: Set[str]
+    actual: Mapping[str, ActualService]
+    down: Mapping[str, str]  # unreachable runtime -> why
+    runtime_of: Mapping[str, str]  # the runtime each known service was recorded on
+    overrides: Mapping[str, Mapping[OverrideKind, OverrideView]]
+    pinned: Mapping[int, RevisionView]  # revision id -> revision, for every active pin
+    prune: bool = True
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    plan: Plan
+    revisions: dict[str, RevisionView] = field(default_factory=dict)
+    waiting: frozenset[str] = frozenset()  # their runtime is unreachable
+    suspended: frozenset[str] = frozenset()  # an operator suspended them; changes are only shown
+    held: frozenset[str] = frozenset()  # their wanted spec failed before; a new commit or an explicit pass
+
+    def changing(self) -> list[Action]:
+        return [action for action in self.plan.actions if action.changes]
+
+
+def plan_pass(inputs: PassInputs) -> PassPlan:
+    """Decide every service of one source: deploy, remove, hold, wait or leave alone — each with its reason."""
+    desired, revisions = _with_pins(inputs)
+    waiting = _waiting(inputs, desired)
+    planned = plan({name: want for name, want in desired.items() if name not in waiting}, inputs.actual,
+                   set(inputs.inventory) - set(waiting), prune=inputs.prune)
+    held = [Action(name, ActionKind.NOOP, reason, desired.get(name)) for name, reason in sorted(waiting.items())]
+    actions = [_suspended(action, inputs) for action in [*planned.actions, *held]]
+    suspended = frozenset(a.service for a, b in zip(actions, [*planned.actions, *held], strict=True) if a is not b)
+    return PassPlan(Plan(tuple(actions)), revisions, frozenset(waiting), suspended)
+
+
+def hold_failed(planned: PassPlan, failed: Set[str]) -> PassPlan:
+    """Changes to a spec that failed before become noops: it waits for a new commit (or an explicit pass)."""
+    actions = []
+    for action in planned.plan.actions:
+        if action.service in failed and action.changes and action.kind is not ActionKind.REMOVE:
+            revision = planned.revisions.get(action.service)
+            label = f"revision {revision.id}" if revision is not None else "this spec"
+            action = Action(action.service, ActionKind.NOOP,
+                            f"held: {label} failed before; waiting for a new commit "
+                            f"(would {action.kind.value}; `deployer reconcile` tries it again)", action.desired)
+        actions.append(action)
+    held = frozenset(failed) & {action.service for action in planned.changing()}
+    return PassPlan(Plan(tuple(actions)), planned.revisions, planned.waiting, planned.suspended, held)
+
+
+def _with_pins(inputs: PassInputs) -> tuple[dict[str, DesiredService], dict[str, RevisionView]]:
+    """A pinned service wants its pinned revision, whatever the branch head says."""
+    desired, revisions = dict(inputs.desired), dict(inputs.revisions)
+    for name in sorted(set(desired) | set(inputs.inventory)):
+        pin = inputs.overrides.get(name, {}).get(OverrideKind.PINNED)
+        revision = inputs.pinned.get(pin.revision) if pin is not None and pin.revision is not None else None
+        if revision is not None:
+            desired[name] = DesiredService.model_validate(revision.spec)
+            revisions[name] = revision
+    return desired, revisions
+
+
+def _waiting(inputs: PassInputs, desired: Mapping[str, DesiredService]) -> dict[str, str]:
+    """Services of an unreachable runtime are held, not planned as absent (that would "create" the unseen)."""
+    if not inputs.down:
+        return {}
+    runtime_of = {**inputs.runtime_of, **{name: want.runtime for name, want in desired.items()}}
+    return {name: f"runtime {runtime_of[name]} unreachable, waiting: {inputs.down[runtime_of[name]]}"
+            for name in sorted(set(desired) | set(inputs.inventory)) if runtime_of.get(name) in inputs.down}
+
+
+def _suspended(action: Action, inputs: PassInputs) -> Action:
+    suspended = inputs.overrides.get(action.service, {}).get(OverrideKind.SUSPENDED)
+    if suspended is None or not action.changes:
+        return action
+    why = f": {suspended.why}" if suspended.why else ""
+    return Action(action.service, ActionKind.NOOP,
+                  f"suspended by {suspended.who}{why} (would {action.kind.value}: {action.reason})", action.desired)
