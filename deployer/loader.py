@@ -225,7 +225,7 @@ def _display_name(path: Path, root: Path) -> str:
 def _read_capped(path: Path, root: Path, filename: str) -> bytes:
     """Read at most one byte past the limit, so a huge file is never loaded whole; never outside ``root``."""
     try:
-        return read_inside(root, path, MAX_BYTES)
+        return read_inside(root, filename if not Path(filename).is_absolute() else path, MAX_BYTES)
     except UnsafePath as exc:
         raise ManifestError([f"{filename}:1:1: {exc}; the file was not read"]) from None
     except FileNotFoundError:

@@ -54,6 +54,8 @@ def test_symlinked_manifest_pointing_outside_is_refused_and_never_read(
     seen = "\n".join([stored, repr(result), repr(preview), caplog.text])
     assert SECRET not in seen
     assert str(outside) not in seen  # not even where the link leads
+    refused = world["store"].history.attempts("alpha", 1)[0].message
+    assert refused.startswith("service.yaml:1:1: 'service.yaml' leads outside the repository"), refused
     assert world["store"].views.service("alpha").running_sha == repo.shas[0]  # the good revision keeps serving
 
 
