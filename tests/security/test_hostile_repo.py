@@ -29,7 +29,7 @@ def _everything_stored(world: dict[str, Any]) -> str:  # noqa: F811
     for view in store.views.services():
         parts.append(repr(store.history.attempts(view.name, 50)))
         parts.append(repr(store.history.revisions(view.name, 50)))
-    parts.append(repr(world["reconciler"].source_errors))
+    parts.append(repr(world["reconciler"].sources.errors()))
     return "\n".join(parts)
 
 
