@@ -157,8 +157,7 @@ class FastSetup:
 
     def apply(self, deployment: Any) -> None:
         if self.image is None:
-            from deployer.render import check_program, program_environment, render_program
-            from deployer.runtimes._supervisor_files import write_atomic
+            from deployer.runtimes.supervisor import check_program, program_environment, render_program, write_atomic
 
             real = self.real
             text = render_program(deployment, templates_dir=real.templates_dir, log_dir=real.log_dir, user=real.user)
