@@ -70,7 +70,7 @@ def install() -> None:
     from deployer.build import EnvBuilder
     from deployer.gitea import StatusReporter
     from deployer.reconcile import Reconciler
-    from deployer.runtimes import docker, swarm
+    from deployer.runtimes.docker import DockerRuntime, ImageBuilder, SwarmRuntime
     from deployer.runtimes.supervisor import SupervisorRuntime
     from deployer.runtimes.supervisor import runtime as supervisor_runtime
     from deployer.runtimes.supervisor.rpc import SupervisorRpc
@@ -84,12 +84,10 @@ def install() -> None:
     _methods(StatusReporter, "status", ["report"])
     _methods(SupervisorRuntime, "sup", ["check", "observe", "apply", "stop", "start", "logs",
                                         "_unload", "_reload", "_start_and_wait", "_with_port_holders"])
-    _methods(docker.DockerRuntime, "docker", ["check", "observe", "apply", "build", "logs", "_present", "_create",
-                                              "_replace", "_start", "_settle", "_discard", "_stop"])
-    from deployer.runtimes._docker_common import ImageBuilder
-
+    _methods(DockerRuntime, "docker", ["check", "observe", "apply", "build", "logs", "_present", "_create",
+                                       "_replace", "_start", "_settle", "_discard", "_stop"])
     _methods(ImageBuilder, "images", ["ensure", "prune", "exists", "recipe"])
-    _methods(swarm.SwarmRuntime, "swarm", ["check", "observe", "apply", "build", "logs"])
+    _methods(SwarmRuntime, "swarm", ["check", "observe", "apply", "build", "logs"])
     _methods(Reconciler, "rec", ["reconcile_source", "deploy", "_prepare", "_gate", "_resolution", "_plan",
                                  "_observe_health", "_snapshot", "run_demos", "_load", "_resolve",
                                  "_observe_checked", "_apply", "_execute_isolated", "_roll_out"])
@@ -121,9 +119,9 @@ class _TracedApi:
 
 
 def _trace_engine_calls() -> None:
-    from deployer.runtimes import _docker_common
+    from deployer.runtimes.docker import Engine
 
-    engine = _docker_common.Engine
+    engine = Engine
     original = engine.api
     engine.api = lambda self: _TracedApi(original(self))  # type: ignore[method-assign]
 

@@ -178,13 +178,13 @@ class FastSetup:
 
 class FastDockerSetup(FastSetup):
     def build(self, deployment: Any) -> Any:
-        from deployer.runtimes._docker_common import ImageBuild
+        from deployer.runtimes.docker import ImageBuild
 
         return ImageBuild(str(self.image), True, "bench: shared busybox image", 0.0)
 
 
 def _create_container(runtime: Any, deployment: Any, image: str) -> None:
-    from deployer.runtimes._docker_common import command, environment, labels
+    from deployer.runtimes.docker import command, environment, labels
 
     api = runtime.engine.api()
     port = deployment.port
