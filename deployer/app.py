@@ -27,9 +27,8 @@ from deployer.model.status import Trigger
 from deployer.ports import holder, is_free
 from deployer.reconcile import Reconciler, SourceSpec
 from deployer.runtimes.base import Runtime
-from deployer.runtimes.docker import DockerRuntime
+from deployer.runtimes.docker import DockerRuntime, SwarmRuntime
 from deployer.runtimes.supervisor import SupervisorRuntime
-from deployer.runtimes.swarm import SwarmRuntime
 from deployer.scheduler import Request, Scheduler, WorkQueue
 from deployer.secrets import SecretStore, local_api_token
 from deployer.settings import Settings, SourceSettings

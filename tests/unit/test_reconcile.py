@@ -15,10 +15,10 @@ from deployer.errors import Reason
 from deployer.health import HealthCheckFailed, Probe
 from deployer.model.status import Trigger
 from deployer.reconcile import Reconciler, SourceSpec
-from deployer.runtimes.memory import MemoryRuntime
 from deployer.secrets import SecretStore
 from deployer.store import Store
 from tests.helpers import GitRepo
+from tests.memory_runtime import MemoryRuntime
 
 
 @dataclass(frozen=True)
