@@ -70,7 +70,10 @@ def install() -> None:
     from deployer.build import EnvBuilder
     from deployer.gitea import StatusReporter
     from deployer.reconcile import Reconciler
-    from deployer.runtimes import _supervisor_rpc, docker, supervisor, swarm
+    from deployer.runtimes.docker import DockerRuntime, ImageBuilder, SwarmRuntime
+    from deployer.runtimes.supervisor import SupervisorRuntime
+    from deployer.runtimes.supervisor import runtime as supervisor_runtime
+    from deployer.runtimes.supervisor.rpc import SupervisorRpc
     from deployer.source import GitSource
     from deployer.store import Store
     from deployer.web.webhook import WebhookReceiver
@@ -79,23 +82,22 @@ def install() -> None:
     _methods(Store, "store")
     _methods(EnvBuilder, "build", ["ensure"])
     _methods(StatusReporter, "status", ["report"])
-    _methods(supervisor.SupervisorRuntime, "sup", ["check", "observe", "apply", "stop", "start", "logs",
-                                                   "_unload", "_reload", "_start_and_wait", "_with_port_holders"])
-    _methods(docker.DockerRuntime, "docker", ["check", "observe", "apply", "build", "logs", "_present", "_create",
-                                              "_replace", "_start", "_settle", "_discard", "_stop"])
-    from deployer.runtimes._docker_common import ImageBuilder
-
+    _methods(SupervisorRuntime, "sup", ["check", "observe", "apply", "stop", "start", "logs",
+                                        "_unload", "_reload", "_start_and_wait", "_with_port_holders"])
+    _methods(DockerRuntime, "docker", ["check", "observe", "apply", "build", "logs", "_present", "_create",
+                                       "_replace", "_start", "_settle", "_discard", "_stop"])
     _methods(ImageBuilder, "images", ["ensure", "prune", "exists", "recipe"])
-    _methods(swarm.SwarmRuntime, "swarm", ["check", "observe", "apply", "build", "logs"])
+    _methods(SwarmRuntime, "swarm", ["check", "observe", "apply", "build", "logs"])
     _methods(Reconciler, "rec", ["reconcile_source", "deploy", "_prepare", "_gate", "_resolution", "_plan",
                                  "_observe_health", "_snapshot", "run_demos", "_load", "_resolve",
                                  "_observe_checked", "_apply", "_execute_isolated", "_roll_out"])
     _methods(WebhookReceiver, "webhook", ["_route"])
     _trace_engine_calls()
-    rpc = _supervisor_rpc.SupervisorRpc
+    rpc = SupervisorRpc
     rpc.call = _wrap(rpc.call, lambda self, method, *a, **k: f"rpc.{method}")  # type: ignore[method-assign]
-    supervisor.render_program = _wrap(supervisor.render_program, "render.program")  # type: ignore[attr-defined]
-    supervisor.check_program = _wrap(supervisor.check_program, "render.check")  # type: ignore[attr-defined]
+    # Patched in the module that calls them: the runtime looks these names up in its own globals.
+    supervisor_runtime.render_program = _wrap(supervisor_runtime.render_program, "render.program")  # type: ignore[attr-defined]
+    supervisor_runtime.check_program = _wrap(supervisor_runtime.check_program, "render.check")  # type: ignore[attr-defined]
     reconcile.load_manifest_file = _wrap(reconcile.load_manifest_file, "loader.manifest")  # type: ignore[attr-defined]
     # The health gate and probe are bound as keyword defaults of Reconciler.__init__.
     # wait_healthy looks ``probe`` up in its module, so patching the module traces each probe of the gate.
@@ -117,9 +119,9 @@ class _TracedApi:
 
 
 def _trace_engine_calls() -> None:
-    from deployer.runtimes import _docker_common
+    from deployer.runtimes.docker import Engine
 
-    engine = _docker_common.Engine
+    engine = Engine
     original = engine.api
     engine.api = lambda self: _TracedApi(original(self))  # type: ignore[method-assign]
 
@@ -146,13 +148,13 @@ def _stop_process() -> None:
     """
     from supervisor.xmlrpc import Faults
 
-    from deployer.runtimes import supervisor
+    from deployer.runtimes.supervisor import runtime as supervisor_runtime
 
     def stop(self: Any, name: str) -> None:
         self._call("stopProcess", name, True, ok={Faults.BAD_NAME, Faults.NOT_RUNNING},
-                   timeout=self.rpc.timeout + supervisor._STOP_ALLOWANCE)
+                   timeout=self.rpc.timeout + supervisor_runtime._STOP_ALLOWANCE)
 
-    supervisor.SupervisorRuntime.stop = stop  # type: ignore[method-assign]
+    supervisor_runtime.SupervisorRuntime.stop = stop  # type: ignore[method-assign]
 
 
 def _inline_route() -> None:

@@ -157,8 +157,7 @@ class FastSetup:
 
     def apply(self, deployment: Any) -> None:
         if self.image is None:
-            from deployer.render import check_program, program_environment, render_program
-            from deployer.runtimes._supervisor_files import write_atomic
+            from deployer.runtimes.supervisor import check_program, program_environment, render_program, write_atomic
 
             real = self.real
             text = render_program(deployment, templates_dir=real.templates_dir, log_dir=real.log_dir, user=real.user)
@@ -179,13 +178,13 @@ class FastSetup:
 
 class FastDockerSetup(FastSetup):
     def build(self, deployment: Any) -> Any:
-        from deployer.runtimes._docker_common import ImageBuild
+        from deployer.runtimes.docker import ImageBuild
 
         return ImageBuild(str(self.image), True, "bench: shared busybox image", 0.0)
 
 
 def _create_container(runtime: Any, deployment: Any, image: str) -> None:
-    from deployer.runtimes._docker_common import command, environment, labels
+    from deployer.runtimes.docker import command, environment, labels
 
     api = runtime.engine.api()
     port = deployment.port

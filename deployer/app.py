@@ -30,9 +30,8 @@ from deployer.ports import holder, is_free
 from deployer.reconcile import HostChecks, Reconciler, ReconcilerConfig, SourceSpec, assemble
 from deployer.reconcile.events import EventBus
 from deployer.runtimes.base import Runtime
-from deployer.runtimes.docker import DockerRuntime
+from deployer.runtimes.docker import DockerRuntime, SwarmRuntime
 from deployer.runtimes.supervisor import SupervisorRuntime
-from deployer.runtimes.swarm import SwarmRuntime
 from deployer.scheduler import Request, Scheduler, WorkQueue
 from deployer.secrets import SecretStore, local_api_token
 from deployer.settings import Settings, SourceSettings

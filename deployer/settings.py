@@ -1,14 +1,13 @@
 """Settings: built-in defaults < ``deployer.toml`` < ``DEPLOYER_*`` environment.
 
 Read once, at start, by the composition root; nothing else reads the
-environment. Any ``[section] key`` can be set as ``DEPLOYER_SECTION__KEY``;
-a few short forms (``DEPLOYER_DATABASE_URL`` ...) are accepted too. Secrets
-come only from files or the environment and are held as ``SecretStr``.
+environment. pydantic-settings lays ``DEPLOYER_SECTION__KEY`` variables (and a
+few short forms such as ``DEPLOYER_DATABASE_URL``) over the toml. Secrets come
+only from files or the environment and are held as ``SecretStr``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -25,26 +24,36 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from deployer.errors import ConfigError
 
 ENV_PREFIX = "DEPLOYER_"
 
-# Short environment names -> (section, key).
-SHORT_FORMS: dict[str, tuple[str, str]] = {
-    "DEPLOYER_DATABASE_URL": ("database", "url"),
-    "DEPLOYER_STATE_DIR": ("paths", "state_dir"),
-    "DEPLOYER_WEBHOOK_SECRET": ("gitea", "webhook_secret"),
-    "DEPLOYER_WEBHOOK_SECRET_FILE": ("gitea", "webhook_secret_file"),
-    "DEPLOYER_GITEA_URL": ("gitea", "url"),
-    "DEPLOYER_GITEA_TOKEN": ("gitea", "token"),
-    "DEPLOYER_GITEA_TOKEN_FILE": ("gitea", "token_file"),
-    "DEPLOYER_API_TOKEN": ("api", "token"),
-    "DEPLOYER_API_TOKEN_FILE": ("api", "token_file"),
+# Short environment names -> their DEPLOYER_SECTION__KEY spelling.
+SHORT_FORMS: dict[str, str] = {
+    "DEPLOYER_DATABASE_URL": "DEPLOYER_DATABASE__URL",
+    "DEPLOYER_STATE_DIR": "DEPLOYER_PATHS__STATE_DIR",
+    "DEPLOYER_WEBHOOK_SECRET": "DEPLOYER_GITEA__WEBHOOK_SECRET",
+    "DEPLOYER_WEBHOOK_SECRET_FILE": "DEPLOYER_GITEA__WEBHOOK_SECRET_FILE",
+    "DEPLOYER_GITEA_URL": "DEPLOYER_GITEA__URL",
+    "DEPLOYER_GITEA_TOKEN": "DEPLOYER_GITEA__TOKEN",
+    "DEPLOYER_GITEA_TOKEN_FILE": "DEPLOYER_GITEA__TOKEN_FILE",
+    "DEPLOYER_API_TOKEN": "DEPLOYER_API__TOKEN",
+    "DEPLOYER_API_TOKEN_FILE": "DEPLOYER_API__TOKEN_FILE",
 }
+# Keys of the toml's top level, outside any section.
+TOP_LEVEL_VARIABLES = {"DEPLOYER_RUNTIME"}
 # Keys that hold a secret: allowed from the environment, never in the toml itself.
 SECRET_KEYS = {("gitea", "webhook_secret"), ("gitea", "token"), ("api", "token")}
-NOT_FROM_ENV = {"DEPLOYER_CONFIG"}
 
 
 def _empty_is_none(value: Any) -> Any:
@@ -179,7 +188,14 @@ class BuildSettings(Section):
     timeout: float = Field(default=900, gt=0)
 
 
-class Settings(Section):
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_nested_max_split=1,  # DEPLOYER_SERVER__LISTEN__X is the unknown key listen__x, not a deeper level
+        extra="forbid",
+    )
+
     server: ServerSettings = Field(default_factory=ServerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     gitea: GiteaSettings = Field(default_factory=GiteaSettings)
@@ -195,6 +211,18 @@ class Settings(Section):
     demo: DemoSettings = Field(default_factory=DemoSettings)
     hooks: HookSettings = Field(default_factory=HookSettings)
     runtime: Literal["supervisor", "docker", "swarm"] = "supervisor"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Built directly, ``Settings(...)`` holds just the values given: only ``load_settings`` reads the world."""
+        return (init_settings,)
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
@@ -235,21 +263,48 @@ def _secret(value: SecretStr | None, path: Path | None, key: str) -> str | None:
     return text or None
 
 
+SECTIONS = frozenset(
+    name for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+)
+
+
+class _Environment(EnvSettingsSource):
+    """``DEPLOYER_SECTION__KEY`` variables taken from the mapping given, so callers and tests choose the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str]) -> None:
+        self._variables = variables
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # pydantic-settings' own seam for where variables come from (its .env source replaces it the same way).
+        return {name.lower(): value for name, value in self._variables.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        """A list that is not JSON goes on as text, so validation names the key as it would for the toml."""
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
+
+
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the toml at ``path`` (if any), then the environment."""
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
-    for (section, key) in SECRET_KEYS:
-        if key in data.get(section, {}):
-            raise ConfigError(
-                f"{path}: [{section}] {key}: secrets are not read from the toml; "
-                f"set {key}_file or the environment variable instead"
-            )
-    _overlay_environment(data, environ)
+    _check_toml(data, path)
+    variables = _setting_variables(environ)
+    _check_sections(variables)
+    values = {spelled: environ[name] for name, spelled in variables.items()}
+    # The first source wins where both set a key; DefaultSettingsSource is not needed, the models hold the defaults.
+    sources = (_Environment(Settings, values), InitSettingsSource(Settings, init_kwargs=data))
     try:
-        return Settings.model_validate(data)
+        return Settings(_build_sources=(sources, {}))
+    except SettingsError as exc:
+        raise ConfigError(f"environment: {exc}") from None
     except ValidationError as exc:
-        raise ConfigError(_first_problem(exc, path)) from None
+        origins = {_key_path(spelled): name for name, spelled in variables.items()}
+        raise ConfigError(_first_problem(exc, path, origins)) from None
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path | None:
@@ -261,6 +316,8 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path | None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    # Read here rather than by pydantic-settings' TomlConfigSettingsSource, which skips a missing file
+    # silently (a mistyped --config would run on defaults) and lets tomllib's exception through.
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -270,42 +327,56 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in NOT_FROM_ENV:
-            continue
-        if name in SHORT_FORMS:
-            section, key = SHORT_FORMS[name]
-        elif "__" in name:
-            section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
-        else:
-            continue  # DEPLOYER_SOMETHING without a section: not ours to judge
-        if section == "runtime" and not key:
-            data["runtime"] = raw
-            continue
-        target = data.setdefault(section, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"{name}: [{section}] is not a section")
-        target[key] = _env_value(raw)
+def _check_toml(data: dict[str, Any], path: Path | None) -> None:
+    # A section set to a plain value would be replaced, unreported, by any DEPLOYER_SECTION__KEY variable.
+    for name in SECTIONS & data.keys():
+        if not isinstance(data[name], dict):
+            raise ConfigError(f"{path}: {name}: must be a [{name}] table")
+    for (section, key) in SECRET_KEYS:
+        if key in data.get(section, {}):
+            raise ConfigError(
+                f"{path}: [{section}] {key}: secrets are not read from the toml; "
+                f"set {key}_file or the environment variable instead"
+            )
 
 
-def _env_value(raw: str) -> Any:
-    """Lists and tables arrive as JSON (``["acme"]``); everything else as text for pydantic to coerce."""
-    if raw[:1] in "[{":
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            return raw
-    return raw
+def _setting_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """Each ``DEPLOYER_*`` variable that is a setting -> its ``DEPLOYER_SECTION__KEY`` spelling.
+
+    Short forms come first, so the long spelling wins when both are set. Other
+    names (``DEPLOYER_CONFIG``, the hooks' ``DEPLOYER_SERVICE`` ...) are not settings.
+    """
+    short = {name: SHORT_FORMS[name] for name in environ if name in SHORT_FORMS}
+    spelled = {name: name for name in environ
+               if name in TOP_LEVEL_VARIABLES or (name.startswith(ENV_PREFIX) and "__" in name)}
+    return short | spelled
 
 
-def _first_problem(exc: ValidationError, path: Path | None) -> str:
+def _key_path(spelled: str) -> tuple[str, ...]:
+    """``DEPLOYER_SERVER__LISTEN`` -> ``("server", "listen")``, as pydantic locates the value."""
+    return tuple(spelled[len(ENV_PREFIX):].lower().split("__", 1))
+
+
+def _check_sections(variables: Mapping[str, str]) -> None:
+    # pydantic-settings reads only the sections it knows; a variable naming another would pass unnoticed.
+    for name, spelled in variables.items():
+        path = _key_path(spelled)
+        if len(path) > 1 and path[0] not in SECTIONS:
+            raise ConfigError(f"{name}: [{path[0]}] is not a section of deployer.toml")
+
+
+def _first_problem(exc: ValidationError, path: Path | None, origins: Mapping[tuple[str, ...], str]) -> str:
+    """One line: where the value came from (variable or file), its key, what is wrong with it."""
     error = exc.errors()[0]
-    loc = error["loc"]
-    where = f"[{loc[0]}] {'.'.join(str(part) for part in loc[1:])}" if len(loc) > 1 else str(loc[0] if loc else "")
-    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-    origin = f"{path}: " if path else ""
+    loc = tuple(str(part) for part in error["loc"])
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else (loc[0] if loc else "")
+    variable = origins.get(loc[:2])
+    origin = f"{variable}: " if variable else f"{path}: " if path else ""
+    unknown = error["type"] == "extra_forbidden"
+    message = "unknown key" if unknown else error["msg"].replace("Value error, ", "")
     value = error.get("input")
-    hidden = "(got" in message or "secret" in where or "token" in where
+    # An unknown key may be a mistyped secret, so its value is never shown either.
+    hidden = unknown or "(got" in message or "secret" in where or "token" in where
     shown = "" if hidden or value is None or isinstance(value, dict | list) else f" (got {value!r})"
-    return f"{origin}{where}: {message}{shown}".replace("Value error, ", "")
+    hint = '; write it as JSON, e.g. ["acme"]' if variable and error["type"] == "list_type" else ""
+    return f"{origin}{where}: {message}{shown}{hint}"

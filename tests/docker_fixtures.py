@@ -27,7 +27,7 @@ import pytest
 from deployer.model.deployment import Deployment
 from deployer.model.desired import DesiredService
 from deployer.model.manifest import DockerSpec, HealthSpec, ResourcesSpec
-from deployer.runtimes._docker_common import LABEL_SERVICE, MANAGED_FILTER
+from deployer.runtimes.docker import LABEL_SERVICE, MANAGED_FILTER
 from tests.conftest import unavailable
 from tests.helpers import ROOT, free_port
 

@@ -16,8 +16,7 @@ from pydantic import ValidationError
 from deployer.errors import ApplyError, BuildError, Reason, RuntimeUnavailable
 from deployer.model.actual import ServiceState
 from deployer.model.manifest import ResourcesSpec, ServiceManifest
-from deployer.runtimes._docker_common import LABEL_SERVICE, MANAGED_FILTER
-from deployer.runtimes.docker import ContainerConflict, ContainerExited, DockerRuntime
+from deployer.runtimes.docker import LABEL_SERVICE, MANAGED_FILTER, ContainerConflict, ContainerExited, DockerRuntime
 from tests.docker_fixtures import TEMPLATES, TEST_LABEL, ServiceFolder, engine_calls, http_get, predict, served_version
 from tests.helpers import wait_for
 

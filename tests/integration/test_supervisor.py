@@ -20,8 +20,7 @@ from deployer.errors import ApplyError, RuntimeUnavailable
 from deployer.model.actual import ServiceState
 from deployer.model.deployment import Deployment
 from deployer.model.desired import DesiredService
-from deployer.render import RenderError
-from deployer.runtimes.supervisor import StartFailed, SupervisorRuntime
+from deployer.runtimes.supervisor import RenderError, StartFailed, SupervisorRuntime
 from tests.conftest import unavailable
 from tests.helpers import ROOT, free_port, wait_for
 

@@ -15,8 +15,7 @@ import pytest
 
 from deployer.errors import ApplyError, BuildError
 from deployer.model.actual import ServiceState
-from deployer.runtimes._docker_common import ContainerConflict
-from deployer.runtimes.swarm import SwarmRuntime, service_spec
+from deployer.runtimes.docker import ContainerConflict, SwarmRuntime, service_spec
 from tests.docker_fixtures import REGISTRY, TEMPLATES, ServiceFolder, engine_calls, http_get, predict, served_version
 from tests.helpers import wait_for
 

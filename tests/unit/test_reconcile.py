@@ -16,10 +16,10 @@ from deployer.health import HealthCheckFailed, Probe
 from deployer.hooks import HookRunner
 from deployer.model.status import Trigger
 from deployer.reconcile import HostChecks, Reconciler, ReconcilerConfig, SourceSpec, assemble
-from deployer.runtimes.memory import MemoryRuntime
 from deployer.secrets import SecretStore
 from deployer.store import Store
 from tests.helpers import GitRepo
+from tests.memory_runtime import MemoryRuntime
 
 
 @dataclass(frozen=True)

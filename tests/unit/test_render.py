@@ -15,7 +15,7 @@ from supervisor.options import ServerOptions, UnhosedConfigParser
 
 from deployer.model.deployment import Deployment
 from deployer.model.desired import DesiredService
-from deployer.render import (
+from deployer.runtimes.supervisor import (
     SYSTEM_PATH,
     ProgramHeader,
     RenderError,

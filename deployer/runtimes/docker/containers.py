@@ -15,33 +15,22 @@ from typing import Any
 
 import docker.errors
 
-from deployer.errors import ApplyError, DeployerError
+from deployer.errors import ApplyError, DeployerError, Reason
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
-from deployer.runtimes._docker_common import (
+from deployer.runtimes.docker.engine import Engine, decode_tail, explanation, log_lines
+from deployer.runtimes.docker.images import ImageBuild, ImageBuilder
+from deployer.runtimes.docker.ownership import (
     LABEL_REVISION,
     LABEL_SERVICE,
     LABEL_SPEC_HASH,
     MANAGED_FILTER,
-    ContainerConflict,
-    Engine,
-    ImageBuild,
-    ImageBuilder,
-    check_memory,
-    command,
-    decode_tail,
-    device_requests,
     ensure_names_free,
-    environment,
-    explanation,
     labels,
-    log_lines,
-    memory_bytes,
-    nano_cpus,
-    port_conflict,
 )
+from deployer.runtimes.docker.spec import check_memory, command, device_requests, environment, memory_bytes, nano_cpus
 
-__all__ = ["ContainerConflict", "ContainerExited", "DockerRuntime", "ImageBuild"]
+__all__ = ["ContainerExited", "DockerRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -320,3 +309,10 @@ def _actual(name: str, rows: list[dict[str, Any]]) -> ActualService:
 def _short(text: str) -> str:
     """The end of an engine message ("bind: address already in use"), not its endpoint ids."""
     return ": ".join(text.split(": ")[-2:])
+
+
+def port_conflict(name: str, address: str, port: int, detail: str) -> ApplyError:
+    return ApplyError(
+        f"service {name}: port {address}:{port} is already in use by another process ({detail}); "
+        "free the port or choose another in service.yaml", reason=Reason.PORT_CONFLICT,
+    )

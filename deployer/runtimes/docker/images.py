@@ -1,9 +1,8 @@
-"""What the Docker and Swarm runtimes share: the engine connection, error translation,
-ownership labels, image builds and retention, and container settings from a deployment.
+"""Service images: built from the service's Dockerfile or the template, reused, pushed, pruned.
 
-Nothing from ``docker.errors`` (or the HTTP library under it) leaves this package:
-an unreachable engine is ``RuntimeUnavailable``, a failed build ``BuildError``, any
-other refusal ``ApplyError``. Neither runtime module imports the other; both import this.
+An image with the same build context (git tree, Dockerfile, build args) is tagged again
+instead of rebuilt; images carry the ownership labels, so retention touches only deployer's
+own. A failed build is ``BuildError`` with the tail of its output.
 """
 
 from __future__ import annotations
@@ -13,46 +12,29 @@ import hashlib
 import json
 import logging
 import re
-import shlex
 import tempfile
-import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
 import docker.errors
-import docker.types
 import jinja2
-import requests.exceptions
 
-from deployer.errors import ApplyError, BuildError, DeployerError, Reason, RuntimeUnavailable
+from deployer.errors import BuildError
 from deployer.model.deployment import Deployment
 from deployer.model.desired import DesiredService
+from deployer.runtimes.docker.engine import Engine, explanation
+from deployer.runtimes.docker.ownership import LABEL_CONTEXT, LABEL_MANAGED, LABEL_SERVICE, MANAGED_FILTER
+from deployer.runtimes.docker.spec import command
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "unix:///var/run/docker.sock"
 DOCKERFILE_TEMPLATE = "docker/Dockerfile.j2"
-LABEL_MANAGED = "deployer.managed"
-LABEL_SERVICE = "deployer.service"
-LABEL_SPEC_HASH = "deployer.spec-hash"
-LABEL_REVISION = "deployer.revision"
-LABEL_CONTEXT = "deployer.context"
-MANAGED_FILTER = f"{LABEL_MANAGED}=true"
-# Inside a container the service must listen on every interface to be reachable through
-# the published port; the host side of the port is what is bound to loopback.
-CONTAINER_HOST = "0.0.0.0"
 OUTPUT_TAIL_CHARS = 4000
-# A quick client for check(): /healthz must not hang for the long operations' timeout.
-_CHECK_TIMEOUT = 5.0
-_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
-_CREDENTIALS = re.compile(r"//[^/@]*@")
 
 
 @dataclass(frozen=True)
@@ -63,153 +45,6 @@ class ImageBuild:
     reused: bool
     output_tail: str
     duration: float
-
-
-class ContainerConflict(ApplyError):
-    """A container or swarm service holds the name deployer needs but is not deployer's."""
-
-
-def safe_url(url: str) -> str:
-    """``url`` without credentials, for messages."""
-    return _CREDENTIALS.sub("//", url)
-
-
-def explanation(exc: Exception) -> str:
-    """The engine's own sentence for an API error, else the exception text."""
-    text = getattr(exc, "explanation", None) or str(exc)
-    return str(text).strip()
-
-
-class Engine:
-    """A lazily connected ``docker.APIClient`` (API version negotiated: Debian's engine speaks 1.41).
-
-    Connecting is deferred to the first call so a daemon whose engine is down still
-    starts; a failed connection is retried on the next call.
-    """
-
-    def __init__(self, base_url: str = "", *, timeout: float = 120.0) -> None:
-        self.base_url = base_url or DEFAULT_BASE_URL
-        self.timeout = timeout
-        self._clients: dict[float, Any] = {}
-        self._lock = threading.Lock()
-
-    def api(self) -> Any:
-        return self._client(self.timeout)
-
-    def ping(self) -> None:
-        """Raise ``RuntimeUnavailable`` unless the engine answers within a few seconds."""
-        with self.errors("docker engine"):
-            self._client(_CHECK_TIMEOUT).ping()
-
-    def _client(self, timeout: float) -> Any:
-        with self._lock:
-            client = self._clients.get(timeout)
-            if client is None:
-                client = docker.APIClient(base_url=self.base_url, version="auto", timeout=timeout)
-                self._clients[timeout] = client
-            return client
-
-    @contextmanager
-    def errors(self, where: str) -> Iterator[None]:
-        """Translate docker and connection errors raised inside into ``deployer.errors``."""
-        try:
-            yield
-        except DeployerError:
-            raise
-        except docker.errors.APIError as exc:
-            raise ApplyError(f"{where}: the docker engine refused: {explanation(exc)}") from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError) as exc:
-            # The SDK talks HTTP through requests (connection errors, timeouts); DockerException
-            # covers a failed API version negotiation when the socket is missing.
-            raise RuntimeUnavailable(
-                f"docker engine at {safe_url(self.base_url)} is unreachable ({type(exc).__name__}); "
-                "docker and swarm services wait until it is back"
-            ) from exc
-
-
-# -- deployment → container settings ----------------------------------------------------
-
-
-def labels(deployment: Deployment) -> dict[str, str]:
-    """Ownership labels: deployer only ever touches what carries ``deployer.managed=true``."""
-    return {
-        LABEL_MANAGED: "true",
-        LABEL_SERVICE: deployment.name,
-        LABEL_SPEC_HASH: deployment.desired.spec_hash,
-        LABEL_REVISION: str(deployment.revision),
-    }
-
-
-def command(desired: DesiredService) -> list[str] | None:
-    """The manifest command split like a shell (none runs it), ``${PORT}``/``${HOST}`` substituted.
-
-    ``None`` when the manifest has no command: the image's own CMD runs.
-    """
-    if not desired.command:
-        return None
-    port = str(desired.port)
-    return [part.replace("${PORT}", port).replace("${HOST}", CONTAINER_HOST) for part in shlex.split(desired.command)]
-
-
-def environment(deployment: Deployment) -> list[str]:
-    """``KEY=value`` entries, sorted: the deployment's environment with HOST for a container."""
-    env = {**deployment.environment, "HOST": CONTAINER_HOST, "PORT": str(deployment.port), **deployment.secret_env}
-    return [f"{key}={value}" for key, value in sorted(env.items())]
-
-
-def memory_bytes(text: str | None) -> int | None:
-    """``resources.memory`` ("512m", "2g", "1.5g", "1000000") in bytes."""
-    if not text:
-        return None
-    unit = text[-1].lower() if text[-1].isalpha() else ""
-    number = text[:-1] if unit else text
-    return int(float(number) * _MEMORY_UNITS[unit])
-
-
-def nano_cpus(cpus: float | None) -> int | None:
-    return int(cpus * 1_000_000_000) if cpus else None
-
-
-def check_memory(api: Any, deployment: Deployment) -> None:
-    """Refuse a memory limit above the host's memory (the engine would accept it silently)."""
-    wanted = memory_bytes(deployment.desired.resources.memory)
-    if wanted is None:
-        return
-    total = int(api.info().get("MemTotal") or 0)
-    if total and wanted > total:
-        raise ApplyError(
-            f"service {deployment.name}: resources.memory {deployment.desired.resources.memory} is more than "
-            f"this host has ({total / 1024**3:.1f} GiB); lower it in service.yaml"
-        )
-
-
-def decode_tail(data: bytes, max_bytes: int) -> str:
-    """The last ``max_bytes`` of ``data``, starting on a UTF-8 character boundary."""
-    tail = data[-max_bytes:] if max_bytes > 0 else b""
-    start = 0
-    while start < min(3, len(tail)) and tail[start] & 0xC0 == 0x80:
-        start += 1  # skip continuation bytes of a character cut by the window
-    return tail[start:].decode("utf-8", errors="replace")
-
-
-def log_lines(max_bytes: int) -> int:
-    """How many lines to ask the engine for (it tails by lines, not bytes)."""
-    return max(50, max_bytes // 16)
-
-
-def ensure_names_free(kind: str, names: Iterable[str], service: str, found: Iterable[dict[str, Any]]) -> None:
-    """Raise ``ContainerConflict`` naming both sides when an unmanaged object holds one of ``names``."""
-    wanted = set(names)
-    for item in found:
-        name, item_labels = item["name"], item.get("labels") or {}
-        if name in wanted and (item_labels.get(LABEL_MANAGED) != "true" or item_labels.get(LABEL_SERVICE) != service):
-            raise ContainerConflict(
-                f"service {service}: a {kind} named {name!r} ({str(item['id'])[:12]}) already exists and is not "
-                f"managed by deployer for this service; deployer never takes one over: rename or remove {name!r}"
-            )
-
-
-# -- images -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -436,16 +271,3 @@ def render_dockerfile(templates_dir: Path, context: dict[str, Any]) -> str:
     except jinja2.TemplateError as exc:
         raise BuildError(f"service {context.get('name')}: template {templates_dir / DOCKERFILE_TEMPLATE}: {exc}") \
             from exc
-
-
-def device_requests(gpus: int) -> list[Any] | None:
-    if gpus <= 0:
-        return None
-    return [docker.types.DeviceRequest(count=gpus, capabilities=[["gpu"]])]
-
-
-def port_conflict(name: str, address: str, port: int, detail: str) -> ApplyError:
-    return ApplyError(
-        f"service {name}: port {address}:{port} is already in use by another process ({detail}); "
-        "free the port or choose another in service.yaml", reason=Reason.PORT_CONFLICT,
-    )

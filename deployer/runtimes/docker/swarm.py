@@ -20,24 +20,17 @@ import docker.types
 from deployer.errors import ApplyError, BuildError, RuntimeUnavailable
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
-from deployer.runtimes._docker_common import (
+from deployer.runtimes.docker.engine import Engine, decode_tail, log_lines
+from deployer.runtimes.docker.images import ImageBuild, ImageBuilder
+from deployer.runtimes.docker.ownership import (
     LABEL_REVISION,
     LABEL_SERVICE,
     LABEL_SPEC_HASH,
     MANAGED_FILTER,
-    Engine,
-    ImageBuild,
-    ImageBuilder,
-    check_memory,
-    command,
-    decode_tail,
     ensure_names_free,
-    environment,
     labels,
-    log_lines,
-    memory_bytes,
-    nano_cpus,
 )
+from deployer.runtimes.docker.spec import check_memory, command, environment, memory_bytes, nano_cpus
 
 __all__ = ["SwarmRuntime", "UpdateOrder", "service_spec"]
 

@@ -25,8 +25,7 @@ from supervisor.xmlrpc import Faults
 from deployer.errors import ApplyError, ConfigError, Reason, RuntimeUnavailable
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
-from deployer.render import SYSTEM_PATH, check_program, program_environment, render_program
-from deployer.runtimes._supervisor_files import (
+from deployer.runtimes.supervisor.files import (
     ProgramFile,
     alive,
     cmdline,
@@ -37,10 +36,11 @@ from deployer.runtimes._supervisor_files import (
     supervisord_conf,
     write_atomic,
 )
-from deployer.runtimes._supervisor_orphans import Orphan, PortHolder, ProgramProcess, port_holders, reap
-from deployer.runtimes._supervisor_rpc import SupervisorProtocolError, SupervisorRpc
+from deployer.runtimes.supervisor.orphans import Orphan, PortHolder, ProgramProcess, port_holders, reap
+from deployer.runtimes.supervisor.program import SYSTEM_PATH, check_program, program_environment, render_program
+from deployer.runtimes.supervisor.rpc import SupervisorProtocolError, SupervisorRpc
 
-__all__ = ["EMBEDDED", "Orphan", "StartFailed", "SupervisorProtocolError", "SupervisorRuntime"]
+__all__ = ["EMBEDDED", "StartFailed", "SupervisorRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class SupervisorRuntime:
 
         A SIGKILLed supervisord leaves its programs running; a new one would start duplicates
         that fail with "Address already in use". Only a process proven to come from the
-        program (see ``_supervisor_orphans``) is stopped; anything else is logged and left alone.
+        program (see ``orphans``) is stopped; anything else is logged and left alone.
         """
         holders = self._port_holders(names)
         for holder in holders:

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.errors import ConfigError
-from deployer.render import ProgramHeader, ProgramSettings, RenderError, body_intact, parse_header, program_settings
+from deployer.runtimes.supervisor.program import (
+    ProgramHeader,
+    ProgramSettings,
+    RenderError,
+    body_intact,
+    parse_header,
+    program_settings,
+)
 
 # A program file is a few hundred bytes; anything far larger is not one deployer wrote.
 _MAX_PROGRAM_BYTES = 1 << 20

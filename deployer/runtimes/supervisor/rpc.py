@@ -17,7 +17,7 @@ from typing import Any
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from deployer.errors import ApplyError, RuntimeUnavailable
-from deployer.render import redact
+from deployer.runtimes.supervisor.program import redact
 
 
 class SupervisorProtocolError(ApplyError):

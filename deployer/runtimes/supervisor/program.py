@@ -1,4 +1,4 @@
-"""Render runtime configuration files from the operator-editable templates.
+"""Supervisor program files: rendered from the operator-editable template, escaped, parse-checked.
 
 Supervisor's INI is an injection surface, so every value is checked and escaped
 here (DESIGN §6), and ``check_program`` proves with supervisor's own parser that a
