@@ -1,7 +1,7 @@
 """Gitea REST adapter: server version and commit statuses over httpx.
 
 ``GiteaClient`` turns transport and HTTP failures into ``GiteaError`` (transient)
-or ``GiteaRejected`` (stalled); no message carries the token. ``StatusReporter``
+or ``GiteaRejected`` (stalled); no message carries the token or URL credentials. ``StatusReporter``
 hands statuses to one background thread, so a slow or absent Gitea never blocks
 or fails a deploy. Gitea's behaviour: shared gitea/WEBHOOKS.md §3.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,19 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 from deployer.errors import Reason, StalledError, TransientError
 from deployer.model.status import Outcome
+from deployer.safety import is_sha_prefix, scrub, strip_credentials
 
 log = logging.getLogger("deployer.gitea")
 
 # Gitea stores the description as TEXT (models/git/commit_status.go), so it sets no
 # limit; 140 is GitHub's limit and about what Gitea's status tooltip shows in one line.
 DESCRIPTION_LIMIT = 140
-_SHA = re.compile(r"[0-9a-fA-F]{7,64}")
 _HINTS = {
     401: "the token is missing, wrong or expired; check [gitea] token_file",
     403: "the token lacks the write:repository scope or write access to the repository",
@@ -82,17 +81,6 @@ def state_for(outcome: Outcome, reason: str) -> CommitState:
     return CommitState.FAILURE
 
 
-def strip_credentials(url: str) -> str:
-    """``url`` without ``user:password@``, safe for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    netloc += f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def description_text(text: str) -> str:
     """Trimmed like Gitea does, then capped at ``DESCRIPTION_LIMIT`` characters."""
     text = " ".join(text.split())  # one line: newlines in a reason would wrap the tooltip
@@ -109,9 +97,10 @@ def split_repo(repo: str) -> tuple[str, str]:
 
 
 def _check_sha(sha: str) -> str:
-    if not _SHA.fullmatch(sha):
+    lowered = sha.lower()  # accepted in either case, sent as git prints it
+    if not is_sha_prefix(lowered, shortest=7):
         raise ValueError(f"commit must be 7 to 64 hex digits (got {sha!r})")
-    return sha.lower()
+    return lowered
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -218,6 +207,7 @@ class GiteaClient:
 
     def _scrub(self, text: str) -> str:
         # Belt and braces: nothing we build holds the token, but an echoed error might.
+        text = scrub(text)
         return text.replace(self._token, "***") if self._token else text
 
 

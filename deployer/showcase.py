@@ -26,6 +26,7 @@ from deployer.errors import DeployerError
 from deployer.model.diff import spec_diff
 from deployer.model.status import DemoView, RevisionView, ServiceView
 from deployer.reconcile import Reconciler
+from deployer.safety import UnsafePath, contained, file_inside, is_full_sha
 from deployer.store import Store
 
 IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -42,7 +43,6 @@ _IMAGE_KEYS = frozenset({"image", "image_base64"})
 _DATA_URI = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,(.*)", re.S)
 _IMAGE_URL = re.compile(r"https?://[^\s\"'<>\\]+\.(?:png|jpe?g|gif|webp)(?:[?#][^\s\"'<>\\]*)?", re.I)
 _WEB_URL = re.compile(r"https?://[^\s\"'<>\\]+")
-_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def sniff(head: bytes) -> str | None:
@@ -448,20 +448,18 @@ class Showcase:
     def _input_path(self, revision: RevisionView, relative: str) -> Path | None:
         """The file as the demo sent it: inside the service's folder of the revision's checkout."""
         try:
-            root = self._checkout(str(revision.spec["source"]), str(revision.spec["sha"])).resolve()
-        except (KeyError, DeployerError, OSError):
-            return None  # the source is gone, or the commit left the mirror
-        workdir = (root / str(revision.spec.get("path") or ".")).resolve()
-        target = (workdir / relative).resolve()
-        inside = workdir.is_relative_to(root) and target.is_relative_to(workdir)
-        return target if inside and target.is_file() else None
+            root = self._checkout(str(revision.spec["source"]), str(revision.spec["sha"]))
+            workdir = contained(root, str(revision.spec.get("path") or "."))
+        except (KeyError, DeployerError, OSError, UnsafePath):
+            return None  # the source is gone, the commit left the mirror, or the folder leads out
+        return file_inside(workdir, relative)
 
     def _checkout(self, source: str, sha: str) -> Path:
         """The reconciler's checkout of ``sha``: read as is when it exists (checkouts are renamed into
         place whole), else exported through the reconciler's one GitSource, whose lock serialises mirror work."""
         git_source = self.reconciler._git(source)
         ready = git_source.checkouts_dir / sha
-        return ready if _FULL_SHA.fullmatch(sha) and ready.is_dir() else git_source.checkout(sha)
+        return ready if is_full_sha(sha) and ready.is_dir() else git_source.checkout(sha)
 
     def demo_output(self, name: str, result_id: int) -> tuple[bytes, str] | None:
         """A stored binary answer of this service, typed by its magic bytes (else opaque bytes)."""
@@ -501,9 +499,11 @@ class Showcase:
 
 def demo_file(state_dir: Path, body_file: str) -> Path | None:
     """``<state_dir>/<body_file>`` when it is a file under ``<state_dir>/demo/``; None for anything else."""
-    root = (state_dir / "demo").resolve()
-    target = (state_dir / body_file).resolve()
-    return target if target.is_relative_to(root) and target != root and target.is_file() else None
+    try:
+        inside_demo = Path(body_file).relative_to("demo")  # as the reconciler writes it: demo/<service>/…
+    except ValueError:
+        return None
+    return file_inside(state_dir / "demo", inside_demo)
 
 
 def _read(path: Path | None, limit: int, *, whole: bool = False) -> bytes | None:
