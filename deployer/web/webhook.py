@@ -23,11 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployer.errors import ConfigError
+from deployer.gitea import PushEvent, WebhookError, classify, extract_payload, parse_push, verify_signature
 from deployer.model.status import DeliveryResult, Trigger
 from deployer.reconcile import Reconciler, SourceSpec
 from deployer.scheduler import WorkQueue
 from deployer.store import Store
-from deployer.web.gitea_push import PushEvent, WebhookError, classify, extract_payload, parse_push, verify_signature
 
 log = logging.getLogger(__name__)
 

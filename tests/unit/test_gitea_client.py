@@ -15,10 +15,10 @@ from deployer.gitea import (
     GiteaClient,
     GiteaError,
     GiteaRejected,
-    _Backoff,
     description_text,
     state_for,
 )
+from deployer.gitea.client import _Backoff
 from deployer.model.status import Outcome
 from tests.gitea_standin import GiteaStandIn, combined_state, token_from_header
 

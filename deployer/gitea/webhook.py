@@ -1,7 +1,7 @@
 """Gitea push webhooks as pure functions: payload extraction, signature check, parsing, filtering.
 
-No I/O and no web framework: the receiver hands in bytes and headers and gets
-values or ``WebhookError`` back. Facts about Gitea's format: shared gitea/WEBHOOKS.md.
+No I/O and no web framework: the receiver (``deployer.web.webhook``) hands in bytes and
+headers and gets values or ``WebhookError`` back. Facts about Gitea's format: shared gitea/WEBHOOKS.md.
 """
 
 from __future__ import annotations

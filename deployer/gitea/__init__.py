@@ -1,0 +1,44 @@
+"""Everything deployer says to or hears from Gitea, one room per job.
+
+``webhook``: push payloads, signatures and filtering as pure functions (the Starlette
+receiver in ``deployer.web.webhook`` calls them); ``client``: the REST client and the
+commit-status reporter.
+"""
+
+from deployer.gitea.client import (
+    DESCRIPTION_LIMIT,
+    CommitState,
+    GiteaClient,
+    GiteaError,
+    GiteaRejected,
+    StatusReporter,
+    description_text,
+    split_repo,
+    state_for,
+)
+from deployer.gitea.webhook import (
+    PushEvent,
+    WebhookError,
+    classify,
+    extract_payload,
+    parse_push,
+    verify_signature,
+)
+
+__all__ = [
+    "DESCRIPTION_LIMIT",
+    "CommitState",
+    "GiteaClient",
+    "GiteaError",
+    "GiteaRejected",
+    "PushEvent",
+    "StatusReporter",
+    "WebhookError",
+    "classify",
+    "description_text",
+    "extract_payload",
+    "parse_push",
+    "split_repo",
+    "state_for",
+    "verify_signature",
+]
