@@ -1,8 +1,8 @@
 """Everything deployer says to or hears from Gitea, one room per job.
 
 ``webhook``: push payloads, signatures and filtering as pure functions (the Starlette
-receiver in ``deployer.web.webhook`` calls them); ``client``: the REST client and the
-commit-status reporter.
+receiver in ``deployer.web.webhook`` calls them); ``client``: the REST client;
+``status``: which commit state an outcome becomes and the background reporter.
 """
 
 from deployer.gitea.client import (
@@ -11,11 +11,10 @@ from deployer.gitea.client import (
     GiteaClient,
     GiteaError,
     GiteaRejected,
-    StatusReporter,
     description_text,
     split_repo,
-    state_for,
 )
+from deployer.gitea.status import StatusReporter, state_for
 from deployer.gitea.webhook import (
     PushEvent,
     WebhookError,

@@ -18,7 +18,7 @@ from deployer.gitea import (
     description_text,
     state_for,
 )
-from deployer.gitea.client import _Backoff
+from deployer.gitea.status import _Backoff
 from deployer.model.status import Outcome
 from tests.gitea_standin import GiteaStandIn, combined_state, token_from_header
 
