@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from deployer.errors import BuildError, ConfigError
+from deployer.safety import is_contained
 
 INSTALLERS = ("auto", "uv", "pip")
 TAIL_CHARS = 4000
@@ -192,8 +193,8 @@ def resolve_requirements(service_dir: Path, requirements: str | None) -> Require
 def _inside(service_dir: Path, relative: str) -> Path:
     """``relative`` resolved, refusing anything (a symlink included) that leads out of the repository."""
     path = service_dir / relative
-    bound = _repo_root(service_dir).resolve()
-    if not path.resolve().is_relative_to(bound):
+    root = _repo_root(service_dir)
+    if not is_contained(root, service_dir.relative_to(root) / relative):
         raise BuildError(f"{path}: requirements must stay inside the repository (a symlink leads out)")
     if not path.is_file():
         raise BuildError(f"{path}: requirements file not found; fix 'requirements' in service.yaml")

@@ -18,6 +18,7 @@ import httpx
 
 from deployer.errors import DeployerError, Reason, StalledError
 from deployer.model.manifest import DemoSpec
+from deployer.safety import file_inside
 
 
 class DemoFailed(DeployerError):
@@ -105,8 +106,8 @@ def run_demo(client: httpx.Client, url: str, spec: DemoSpec, workdir: Path,
 
 def _request(spec: DemoSpec, workdir: Path, limits: DemoLimits) -> dict[str, Any]:
     relative = spec.input or spec.file or ""
-    path = (workdir / relative).resolve()
-    if not path.is_relative_to(workdir.resolve()) or not path.is_file():
+    path = file_inside(workdir, relative)  # a link leading out counts as missing
+    if path is None:
         raise StalledError(f"demo {spec.name}: {relative} is missing from the repository")
     if path.stat().st_size > limits.max_input_bytes:
         raise StalledError(f"demo {spec.name}: {relative} is larger than {limits.max_input_bytes} bytes")

@@ -1,9 +1,9 @@
-"""Error kinds, classified by what happens next.
+"""Error kinds, classified by what happens next; the web answers them by type, never by message.
 
-``StalledError`` needs a fix in git (no retry until the revision changes),
-``WaitingError`` retries at a known time, ``TransientError`` retries with
-backoff. Every error carries a stable CamelCase ``Reason`` shown on the page
-and stored in history. Adapters translate library errors into these.
+``StalledError`` needs a fix in git (no retry until the revision changes), ``WaitingError``
+retries at a known time, ``TransientError`` retries with backoff; ``NotFound`` (stalled) is a 404.
+Every error carries a stable CamelCase ``Reason`` shown on the page and stored in history;
+adapters translate library errors into these.
 """
 
 from __future__ import annotations
@@ -68,12 +68,20 @@ class TransientError(DeployerError):
     """Something outside was briefly unavailable; retry with backoff."""
 
 
+class NotFound(StalledError):
+    """What was asked for does not exist (a service, a revision); the web answers 404."""
+
+
+class UnknownService(NotFound):
+    """No service of that name; ``where`` narrows it ("on a runtime of this host")."""
+
+    def __init__(self, name: str, *, where: str = "") -> None:
+        super().__init__(f"no service named {name!r}" + (f" {where}" if where else ""))
+        self.service = name
+
+
 class ConfigError(StalledError):
     """deployer.toml or the environment holds a wrong key or value."""
-
-
-class NotFound(StalledError):
-    """The service, revision or source asked for does not exist (answered with 404)."""
 
 
 class ManifestError(StalledError):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from deployer.errors import DeployerError, Reason
 from deployer.model.deployment import Deployment
+from deployer.safety import file_inside
 
 OUTPUT_TAIL = 4000
 GLOBAL_EVENTS = ("pre-deploy", "post-deploy", "on-failure")
@@ -39,8 +40,8 @@ class HookRunner:
 
     def service_hook(self, deployment: Deployment, relative: str, event: str) -> HookRun:
         """Run the service's own hook script (a path in its folder, checked by the loader)."""
-        script = (deployment.workdir / relative).resolve()
-        if not script.is_relative_to(deployment.workdir.resolve()) or not script.is_file():
+        script = file_inside(deployment.workdir, relative)  # a link leading out counts as missing
+        if script is None:
             raise HookFailed(f"{deployment.name}: {event} hook {relative} is missing from the repository")
         command = [str(script)] if os.access(script, os.X_OK) else ["sh", str(script)]
         return self._run(command, deployment, event, relative)

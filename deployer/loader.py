@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 import types
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from deployer.errors import ManifestError
 from deployer.model.manifest import ENV_KEY_PATTERN, NAME_PATTERN, ManifestFile, ServiceManifest
-from deployer.safety import UnsafePath, read_inside
+from deployer.safety import UnsafePath, is_contained, read_inside
 
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 32  # deeper nesting is never a real manifest, and the composer recurses per level
@@ -614,9 +613,8 @@ def _format_loc(loc: Loc) -> str:
 def _check_service_paths(
     service: ServiceManifest, loc: Loc, root: Path, doc: _Doc, problems: _Problems
 ) -> None:
-    real_root = Path(os.path.realpath(root))
     folder = root / service.path
-    if not _inside(folder, real_root):
+    if not is_contained(root, service.path):
         problems.add(doc.value_mark((*loc, "path")), (*loc, "path"), _outside(service.path))
         return
     if not folder.is_dir():
@@ -624,7 +622,7 @@ def _check_service_paths(
         problems.add(doc.value_mark((*loc, "path")), (*loc, "path"), message)
         return
     for field_loc, relative in _referenced_files(service):
-        _check_file(folder / relative, relative, real_root, (*loc, *field_loc), doc, problems)
+        _check_file(root, Path(service.path) / relative, relative, (*loc, *field_loc), doc, problems)
 
 
 def _referenced_files(service: ServiceManifest) -> Iterator[tuple[Loc, str]]:
@@ -644,16 +642,12 @@ def _referenced_files(service: ServiceManifest) -> Iterator[tuple[Loc, str]]:
         yield ("docker", "dockerfile"), service.docker.dockerfile
 
 
-def _check_file(path: Path, relative: str, real_root: Path, loc: Loc, doc: _Doc, problems: _Problems) -> None:
-    if not _inside(path, real_root):
+def _check_file(root: Path, in_repo: Path, relative: str, loc: Loc, doc: _Doc, problems: _Problems) -> None:
+    """``relative`` as the manifest names it (from the service folder); ``in_repo`` from the repository root."""
+    if not is_contained(root, in_repo):  # every symlink followed: a link pointing out is caught here
         problems.add(doc.value_mark(loc), loc, _outside(relative))
-    elif not path.is_file():
+    elif not (root / in_repo).is_file():
         problems.add(doc.value_mark(loc), loc, f"file '{relative}' does not exist in the service folder")
-
-
-def _inside(path: Path, real_root: Path) -> bool:
-    # realpath follows every symlink, so a link pointing out of the checkout is caught here.
-    return Path(os.path.realpath(path)).is_relative_to(real_root)
 
 
 def _outside(relative: str) -> str:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deployer.errors import StalledError
+from deployer.errors import StalledError, UnknownService
 from deployer.model.status import OverrideKind, OverrideView, RevisionView, ServiceView
 from deployer.store import Store
 
 
 class OperatorError(StalledError):
-    """The request cannot be carried out as asked (unknown service, no earlier revision …)."""
+    """The request cannot be carried out as asked (nothing running to pin, no earlier revision …).
+
+    An unknown service is ``UnknownService`` instead, so that callers tell "no such thing" by its type.
+    """
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Operator:
     def _service(self, name: str) -> ServiceView:
         view = self.store.views.service(name)
         if view is None:
-            raise OperatorError(f"no service named {name!r}")
+            raise UnknownService(name)
         return view
 
     def _revision(self, service: str, revision_id: int) -> RevisionView:

@@ -26,7 +26,7 @@ from deployer.demo import DemoLimits
 from deployer.model.diff import spec_diff
 from deployer.model.status import DemoView, RevisionView, ServiceView
 from deployer.reconcile.demos import input_copy
-from deployer.safety import UnsafePath, contained, is_source_name
+from deployer.safety import UnsafePath, contained, file_inside, is_full_sha, is_source_name
 from deployer.store import Store
 
 IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -43,7 +43,6 @@ _IMAGE_KEYS = frozenset({"image", "image_base64"})
 _DATA_URI = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,(.*)", re.S)
 _IMAGE_URL = re.compile(r"https?://[^\s\"'<>\\]+\.(?:png|jpe?g|gif|webp)(?:[?#][^\s\"'<>\\]*)?", re.I)
 _WEB_URL = re.compile(r"https?://[^\s\"'<>\\]+")
-_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def sniff(head: bytes) -> str | None:
@@ -456,14 +455,13 @@ class Showcase:
             return kept
         source, sha = str(revision.spec.get("source") or ""), str(revision.spec.get("sha") or "")
         checkout = self.state_dir / "checkouts" / source / sha
-        if not _FULL_SHA.fullmatch(sha) or not is_source_name(source) or not checkout.is_dir():
+        if not is_full_sha(sha) or not is_source_name(source) or not checkout.is_dir():
             return None
         try:
             workdir = contained(checkout, str(revision.spec.get("path") or "."))
-            target = contained(workdir, relative)
         except UnsafePath:
             return None
-        return target if target.is_file() else None
+        return file_inside(workdir, relative)
 
     def demo_output(self, name: str, result_id: int) -> tuple[bytes, str] | None:
         """A stored binary answer of this service, typed by its magic bytes (else opaque bytes)."""
@@ -503,9 +501,11 @@ class Showcase:
 
 def demo_file(state_dir: Path, body_file: str) -> Path | None:
     """``<state_dir>/<body_file>`` when it is a file under ``<state_dir>/demo/``; None for anything else."""
-    root = (state_dir / "demo").resolve()
-    target = (state_dir / body_file).resolve()
-    return target if target.is_relative_to(root) and target != root and target.is_file() else None
+    try:
+        inside_demo = Path(body_file).relative_to("demo")  # as the reconciler writes it: demo/<service>/…
+    except ValueError:
+        return None
+    return file_inside(state_dir / "demo", inside_demo)
 
 
 def _read(path: Path | None, limit: int, *, whole: bool = False) -> bytes | None:

@@ -17,19 +17,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
 
 import git
 from git.exc import GitCommandError, GitError, ODBError
 
 from deployer.errors import ConfigError, SourceError
-from deployer.safety import SOURCE_NAME_RULE, is_source_name
+from deployer.safety import (
+    SOURCE_NAME_RULE,
+    is_full_sha,
+    is_sha_prefix,
+    is_source_name,
+    is_zero_sha,
+    scrub,
+    strip_credentials,
+)
 
-ZERO_SHA = re.compile(r"0{40}|0{64}")
-_HEX = re.compile(r"[0-9a-f]{4,64}")  # hex only: a value can never be read as a git option
-_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
 _TMP_PREFIX = ".tmp-"
 # A daemon must never wait for a password prompt nobody will answer.
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
@@ -45,19 +48,6 @@ class CommitInfo:
     summary: str  # first line of the message
     message: str
     committed_at: datetime  # timezone-aware, UTC
-
-
-def strip_credentials(url: str) -> str:
-    """``http://user:token@host/x.git`` → ``http://host/x.git``; other URLs and paths unchanged."""
-    parts = urlsplit(url)
-    if not parts.scheme or "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-def scrub(text: str) -> str:
-    """Strip credentials from every URL inside a free text (git's own messages echo URLs)."""
-    return _URL_USERINFO.sub(r"\1", text)
 
 
 class GitSource:
@@ -106,7 +96,7 @@ class GitSource:
                 raise SourceError(f"branch '{self.branch}' not found in {self.safe_url}") from None
 
     def has_commit(self, sha: str) -> bool:
-        if not _HEX.fullmatch(sha) or not (self.mirror_dir / "HEAD").is_file():
+        if not is_sha_prefix(sha) or not (self.mirror_dir / "HEAD").is_file():
             return False
         with self._session(f"cannot read {self.safe_url}") as repo:
             return _has_commit(repo, sha)
@@ -137,7 +127,7 @@ class GitSource:
         """Paths changed between two commits; every file of ``after`` when ``before`` is zero or unknown."""
         with self._session(f"cannot diff commits in {self.safe_url}") as repo:
             new = self._resolve(repo, after)
-            if not _HEX.fullmatch(before) or ZERO_SHA.fullmatch(before) or not _has_commit(repo, before):
+            if not is_sha_prefix(before) or is_zero_sha(before) or not _has_commit(repo, before):
                 return _nul_list(repo.git.ls_tree("-r", "--name-only", "-z", new))
             old = self._resolve(repo, before)
             return _nul_list(repo.git.diff("--name-only", "-z", "--no-renames", old, new, "--"))
@@ -188,7 +178,7 @@ class GitSource:
                 return removed
             for entry in sorted(self.checkouts_dir.iterdir()):
                 # Only names this class creates: an unexpected folder is left alone.
-                ours = _FULL_SHA.fullmatch(entry.name) or entry.name.startswith(_TMP_PREFIX)
+                ours = is_full_sha(entry.name) or entry.name.startswith(_TMP_PREFIX)
                 if ours and entry.name not in keep and entry.is_dir():
                     shutil.rmtree(entry)
                     removed.append(entry.name)
@@ -248,7 +238,7 @@ class GitSource:
 
     def _resolve(self, repo: git.Repo, sha: str) -> str:
         """The full sha of a commit given by (a prefix of) its sha."""
-        if not _HEX.fullmatch(sha):
+        if not is_sha_prefix(sha):  # hex only: a value can never be read as a git option
             raise SourceError(f"{sha[:70]!r} is not a commit sha")
         try:
             return str(repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}"))

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from deployer.demo import DemoResult
-from deployer.errors import DeployerError, NotFound, Reason, SourceError, StalledError
+from deployer.errors import DeployerError, Reason, SourceError, StalledError, UnknownService
 from deployer.model.actual import ServiceState
 from deployer.model.desired import DesiredService
 from deployer.model.events import CommitRefused, PassFinished
@@ -181,7 +181,7 @@ class Reconciler:
         view = self.store.views.service(name)
         runtime = self.rooms.rollout.runtime_named(view.runtime) if view is not None else None
         if view is None or runtime is None:
-            raise NotFound(f"no service named {name!r} on a runtime of this host")
+            raise UnknownService(name, where="on a runtime of this host")
         return self.rooms.secrets.mask(runtime.logs(name, max_bytes))
 
     def snapshot(self, name: str) -> SnapshotView | None:
@@ -192,7 +192,7 @@ class Reconciler:
         """``deployer demo``: run the demo inputs against the running revision now, and record them."""
         view = self.store.views.service(name)
         if view is None:
-            raise NotFound(f"no service named {name!r}")
+            raise UnknownService(name)
         revision = self.store.history.get_revision(view.running_revision) if view.running_revision else None
         if revision is None:
             raise StalledError(f"{name}: nothing is running, no demo to run")

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select
 
 from deployer.model.status import DeliveryResult
+from deployer.safety import strip_credentials
 from deployer.store.engine import Database, StoreError, retry_once
 from deployer.store.tables import DeliveryRow, SourceRow, utcnow
 
@@ -65,7 +65,7 @@ class Sources:
         """Create or update a source. Credentials in an http(s) URL are dropped: no secret is stored."""
         if origin not in ORIGINS:
             raise ValueError(f"source origin must be one of {sorted(ORIGINS)} (got {origin!r})")
-        clean = _without_credentials(url)
+        clean = strip_credentials(url, keep_user=True)
         retry_once(lambda: self._upsert(name, clean, branch, origin))
 
     def _upsert(self, name: str, url: str, branch: str, origin: str) -> None:
@@ -113,17 +113,6 @@ class Deliveries:
         with self._db.transaction("recent_deliveries") as session:
             rows = session.scalars(select(DeliveryRow).order_by(DeliveryRow.id.desc()).limit(limit))
             return [_delivery_view(row) for row in rows]
-
-
-def _without_credentials(url: str) -> str:
-    """Drop user info from http(s) URLs (a token can sit in either part) and passwords from others."""
-    parts = urlsplit(url)
-    if not parts.netloc or "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    if parts.scheme in ("http", "https") or parts.username is None:
-        return urlunsplit(parts._replace(netloc=host))
-    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
 
 
 def _source_record(row: SourceRow) -> SourceRecord:

@@ -5,7 +5,8 @@ reconciler for a dry run. The showcase pages (a service's demo answers, a group'
 side-by-side table, a service across revisions) and the two demo file routes read
 through ``deployer.showcase``; files are served typed by their bytes, ``nosniff``.
 POST endpoints (operator actions) need the API bearer token and are off when none
-is configured. ``/healthz`` runs the given checks.
+is configured. ``/healthz`` runs the given checks. An error's type picks its status:
+``NotFound`` is 404 wherever it is raised (the app's exception handler).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, NotFound, UnknownService
 from deployer.metrics import Metrics
 from deployer.model.diff import spec_diff
 from deployer.model.status import RevisionView, Trigger
@@ -94,7 +95,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/api/services/{name}/{action}", routes.act, methods=["POST"]),
         Route("/healthz", routes.healthz),
         Route("/metrics", routes.metrics),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={NotFound: _not_found})
 
 
 class _Routes:
@@ -221,7 +222,7 @@ class _Routes:
         name = request.path_params["name"]
         detail = await run_in_threadpool(self._detail, name)
         if detail is None:
-            return _error(404, f"no service named {name!r}")
+            raise UnknownService(name)
         data = service_json(detail["service"])
         data["revisions"] = [revision_json(revision) for revision, _ in detail["timeline"]]
         data["attempts"] = [attempt_json(attempt, steps=True) for attempt in detail["attempts"]]
@@ -230,10 +231,7 @@ class _Routes:
 
     async def diff(self, request: Request) -> Response:
         name = request.path_params["name"]
-        try:
-            newer, older = await run_in_threadpool(self._pair, name, request.query_params)
-        except DeployerError as exc:
-            return _error(404, str(exc))
+        newer, older = await run_in_threadpool(self._pair, name, request.query_params)
         changes = spec_diff(older.spec if older else None, newer.spec)
         return JSONResponse({"service": name, "from": older.id if older else None, "to": newer.id,
                              "changes": [change_json(change) for change in changes]})
@@ -247,7 +245,7 @@ class _Routes:
             older = by_id[int(query["a"])] if "a" in query else next(
                 (revision for revision in revisions if revision.id < newer.id), None)
         except (KeyError, ValueError, IndexError):
-            raise DeployerError(f"{name}: no such revision (see `deployer history {name}`)") from None
+            raise NotFound(f"{name}: no such revision (see `deployer history {name}`)") from None
         return newer, older
 
     async def plan(self, request: Request) -> Response:
@@ -268,7 +266,7 @@ class _Routes:
         if service:
             view = await run_in_threadpool(self.store.views.service, str(service))
             if view is None:
-                return _error(404, f"no service named {service!r}")
+                raise UnknownService(str(service))
             sources = [view.source]
         for source in sources:
             self.deps.queue.request(source, Trigger.CLI, fetch=True)
@@ -282,8 +280,10 @@ class _Routes:
         body = await _json_body(request)
         try:
             done = await run_in_threadpool(self._act, name, action, body)
+        except NotFound:
+            raise  # 404, answered by the app's handler
         except DeployerError as exc:
-            return _error(404 if "no service" in str(exc) else 409, str(exc))
+            return _error(409, str(exc))
         if done is None:
             return _error(404, f"unknown action {action!r} (rollback, pin, unpin, suspend, resume)")
         trigger = Trigger.ROLLBACK if action == "rollback" else Trigger.CLI
@@ -314,7 +314,7 @@ class _Routes:
     async def demos(self, request: Request) -> Response:
         name = request.path_params["name"]
         if await run_in_threadpool(self.store.views.service, name) is None:
-            return _error(404, f"no service named {name!r}")
+            raise UnknownService(name)
         runs = await run_in_threadpool(self.store.demos.runs, name)
         ordered = sorted(runs.items(), key=lambda item: item[0] or 0, reverse=True)
         return JSONResponse({"service": name, "runs": [
@@ -327,6 +327,8 @@ class _Routes:
         name = request.path_params["name"]
         try:
             revision, results = await run_in_threadpool(self.deps.reconciler.demo_now, name)
+        except NotFound:
+            raise  # 404, answered by the app's handler
         except DeployerError as exc:
             return _error(409, str(exc))
         return JSONResponse({"service": name, "revision": revision, "results": [
@@ -344,8 +346,10 @@ class _Routes:
             text = await run_in_threadpool(self.deps.reconciler.logs, name, size)
         except ValueError:
             return _error(400, "bytes must be a number")
+        except NotFound:
+            raise  # 404, answered by the app's handler
         except DeployerError as exc:
-            return _error(404 if "no service" in str(exc) else 503, str(exc))
+            return _error(503, str(exc))
         return Response(text, media_type="text/plain; charset=utf-8")
 
     async def groups(self, request: Request) -> Response:
@@ -397,6 +401,11 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """``NotFound`` from any route (the operator's ``UnknownService`` among them) is a 404."""
+    return _error(404, str(exc))
 
 
 def _run_checks(checks: Mapping[str, Callable[[], None]]) -> dict[str, str]:

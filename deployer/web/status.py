@@ -30,12 +30,12 @@ from deployer.model.status import (
     RevisionView,
     ServiceView,
 )
+from deployer.safety import is_sha_prefix
 from deployer.store import NEVER_OBSERVED, SourceRecord
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOG_LINES = 60
 _OWNER_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-_SHA = re.compile(r"^[0-9a-f]{7,64}$")
 _FAILED = frozenset({Outcome.FAILED.value, Outcome.ROLLED_BACK.value})
 
 
@@ -142,13 +142,15 @@ class CommitLinks:
     repos: frozenset[str] = frozenset()
 
     def url(self, source: str, sha: str | None) -> str | None:
-        if not self.base or not sha or source not in self.repos or not _SHA.match(sha):
+        if not self.base or not sha or source not in self.repos or not is_sha_prefix(sha, shortest=7):
             return None
         return self.repo_url(source, sha)
 
     def repo_url(self, repository: str, sha: str) -> str | None:
         """A commit of any repository on this Gitea (deliveries name the repository themselves)."""
-        if not self.base or not _OWNER_REPO.match(repository) or not _SHA.match(sha) or not sha.strip("0"):
+        if not self.base or not _OWNER_REPO.match(repository) or not is_sha_prefix(sha, shortest=7):
+            return None
+        if not sha.strip("0"):  # git's "no commit" (a created or deleted branch, a test delivery)
             return None
         return f"{self.base}/{quote(repository)}/commit/{sha}"
 

@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployer.errors import ConfigError
+from deployer.gitea import PushEvent, WebhookError, classify, extract_payload, parse_push, verify_signature
 from deployer.metrics import Metrics
 from deployer.model.status import DeliveryResult, Trigger
 from deployer.reconcile import SourceSpec
 from deployer.reconcile.sources import SourceRegistry
 from deployer.scheduler import WorkQueue
 from deployer.store import Delivery, Store
-from deployer.web.gitea_push import PushEvent, WebhookError, classify, extract_payload, parse_push, verify_signature
 
 log = logging.getLogger(__name__)
 

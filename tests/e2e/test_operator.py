@@ -204,6 +204,24 @@ def test_api_token_is_required_for_actions(world: dict[str, Any]) -> None:
     assert down.returncode == 1 and "cannot reach the daemon" in down.stderr and "Traceback" not in down.stderr
 
 
+def test_unknown_names_are_404_whichever_route_meets_them(world: dict[str, Any]) -> None:
+    daemon, auth = world["daemon"], {"Authorization": f"Bearer {TOKEN}"}
+    unknown = {"error": "no service named 'nope'"}
+    for path in ("/api/services/nope", "/api/services/nope/demos"):
+        response = daemon.get(path)
+        assert (response.status_code, response.json()) == (404, unknown), path
+    logs = httpx.get(f"{daemon.url}/api/services/nope/logs", headers=auth, timeout=10)
+    assert (logs.status_code, logs.json()) == (404, unknown)
+    for path, body in (("/api/services/nope/pin", b"{}"), ("/api/reconcile", b'{"service": "nope"}')):
+        response = daemon.post(path, body, auth)
+        assert (response.status_code, response.json()) == (404, unknown), path
+    diff = daemon.get("/api/services/text-classify/diff?b=999999")
+    assert diff.status_code == 404 and "no such revision" in diff.json()["error"]
+    # A service that exists but cannot be pinned as asked is a conflict, not a 404.
+    bad_pin = daemon.post("/api/services/text-classify/pin", b'{"revision": 999999}', auth)
+    assert bad_pin.status_code == 409 and "is not one of its revisions" in bad_pin.json()["error"]
+
+
 def test_service_page_shows_timeline_diff_and_overrides(world: dict[str, Any]) -> None:
     page = world["daemon"].get("/services/text-classify")
     assert page.status_code == 200

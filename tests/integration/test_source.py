@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError, SourceError
-from deployer.source import GitSource, scrub, strip_credentials
+from deployer.source import GitSource
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -277,19 +277,6 @@ def test_commit_info(upstream: Upstream, state: Path) -> None:
 
 
 # ---------------------------------------------------------------- errors and credentials
-
-
-def test_scrub_removes_credentials_from_free_text() -> None:
-    text = "fatal: unable to access 'https://bot:tok3n@gitea.local/a.git/': 403"
-    assert scrub(text) == "fatal: unable to access 'https://gitea.local/a.git/': 403"
-
-
-def test_strip_credentials() -> None:
-    assert strip_credentials("http://user:tok@host:3000/a/b.git") == "http://host:3000/a/b.git"
-    assert strip_credentials("https://tok@host/a.git") == "https://host/a.git"
-    assert strip_credentials("https://host/a.git") == "https://host/a.git"
-    assert strip_credentials("/srv/git/a.git") == "/srv/git/a.git"
-    assert strip_credentials("git@host:a/b.git") == "git@host:a/b.git"
 
 
 def test_unreachable_url_error_has_no_credentials(state: Path) -> None:

@@ -15,11 +15,10 @@ from deployer.gitea import (
     GiteaClient,
     GiteaError,
     GiteaRejected,
-    _Backoff,
     description_text,
     state_for,
-    strip_credentials,
 )
+from deployer.gitea.status import _Backoff
 from deployer.model.status import Outcome
 from tests.gitea_standin import GiteaStandIn, combined_state, token_from_header
 
@@ -185,11 +184,6 @@ def test_base_url_may_carry_api_path_and_slash() -> None:
 def test_a_base_url_that_is_not_http_is_a_value_error(url: str) -> None:
     with pytest.raises(ValueError, match="gitea url"):
         GiteaClient(url, None)
-
-
-def test_strip_credentials() -> None:
-    assert strip_credentials("https://bot:s3cret@gitea.example:3000/x") == "https://gitea.example:3000/x"
-    assert strip_credentials("http://[::1]:80/") == "http://[::1]:80/"
 
 
 @pytest.mark.parametrize(("outcome", "reason", "state"), [

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from deployer.web.gitea_push import (
+from deployer.gitea import (
     PushEvent,
     WebhookError,
     classify,

@@ -29,6 +29,7 @@ from deployer.model.desired import DesiredService
 from deployer.runtimes.docker.engine import Engine, explanation
 from deployer.runtimes.docker.ownership import LABEL_CONTEXT, LABEL_MANAGED, LABEL_SERVICE, MANAGED_FILTER
 from deployer.runtimes.docker.spec import command
+from deployer.safety import UnsafePath, contained
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +204,11 @@ def _service_dockerfile(deployment: Deployment) -> str | None:
     """The service's own Dockerfile relative to its folder, or None to use the template."""
     named = deployment.desired.docker.dockerfile
     candidate = named or "Dockerfile"
-    path = (deployment.workdir / candidate).resolve()
-    if not path.is_relative_to(deployment.workdir.resolve()):
-        raise BuildError(f"service {deployment.name}: docker.dockerfile {named!r} leads outside the service folder")
+    try:
+        path = contained(deployment.workdir, candidate)
+    except UnsafePath:
+        raise BuildError(f"service {deployment.name}: docker.dockerfile {named!r} leads outside "
+                         "the service folder") from None
     if path.is_file():
         return str(path.relative_to(deployment.workdir.resolve()))
     if named:

@@ -1,7 +1,7 @@
 """Gitea push webhooks as pure functions: payload extraction, signature check, parsing, filtering.
 
-No I/O and no web framework: the receiver hands in bytes and headers and gets
-values or ``WebhookError`` back. Facts about Gitea's format: shared gitea/WEBHOOKS.md.
+No I/O and no web framework: the receiver (``deployer.web.webhook``) hands in bytes and
+headers and gets values or ``WebhookError`` back. Facts about Gitea's format: shared gitea/WEBHOOKS.md.
 """
 
 from __future__ import annotations
@@ -9,16 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from deployer.safety import SOURCE_NAME_RULE, is_source_name
+from deployer.safety import SOURCE_NAME_RULE, is_full_sha, is_source_name, is_zero_sha
 
-ZERO_SHA = re.compile(r"0{40}|0{64}")  # SHA-1 and SHA-256 repositories
-_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _FORM = "application/x-www-form-urlencoded"
 _JSON = "application/json"
 
@@ -130,7 +127,7 @@ def _repository_identity(data: Any) -> str:
 
 def classify(event: PushEvent, branch: str) -> str | None:
     """None when the push should be deployed, otherwise why it is ignored."""
-    if is_zero(event.before) and is_zero(event.after):
+    if is_zero_sha(event.before) and is_zero_sha(event.after):
         return "test delivery (zero sha)"  # Gitea 1.24+ "Test delivery" button: a fake commit
     if event.before == event.after:
         return "test delivery (before == after)"  # older button, and the API hook test
@@ -140,13 +137,9 @@ def classify(event: PushEvent, branch: str) -> str | None:
         return f"ref '{event.ref}' is not a branch"
     if event.branch != branch:
         return f"branch '{event.branch}' is not followed (following '{branch}')"
-    if is_zero(event.after):
+    if is_zero_sha(event.after):
         return "branch deleted"
     return None
-
-
-def is_zero(sha: str) -> bool:
-    return ZERO_SHA.fullmatch(sha) is not None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -186,6 +179,6 @@ def _int(data: Any, dotted: str) -> int:
 
 def _sha(data: Any, dotted: str) -> str:
     value = _text(data, dotted)
-    if not _SHA.fullmatch(value):
+    if not is_full_sha(value):
         raise WebhookError(f"field {dotted} is not a 40- or 64-hex commit id")
     return value
