@@ -1,7 +1,7 @@
 """Error kinds, classified by what happens next; the web answers them by type, never by message.
 
-``StalledError`` needs a fix in git (no retry until the revision changes), ``WaitingError``
-retries at a known time, ``TransientError`` retries with backoff; ``NotFound`` (stalled) is a 404.
+``StalledError`` needs a fix in git (no retry until the revision changes), ``TransientError``
+retries with backoff; ``NotFound`` (stalled) is a 404.
 Every error carries a stable CamelCase ``Reason`` shown on the page and stored in history;
 adapters translate library errors into these.
 """
@@ -15,11 +15,8 @@ class Reason(StrEnum):
     """Stable reason codes; never rename one, the store and the page key on them."""
 
     RECONCILIATION_SUCCEEDED = "ReconciliationSucceeded"
-    NO_CHANGE = "NoChange"
     DRIFT_CORRECTED = "DriftCorrected"
     PRUNED = "Pruned"
-    SUSPENDED = "Suspended"
-    PINNED = "Pinned"
     SOURCE_FETCH_FAILED = "SourceFetchFailed"
     MANIFEST_INVALID = "ManifestInvalid"
     BUILD_FAILED = "BuildFailed"
@@ -29,7 +26,6 @@ class Reason(StrEnum):
     INFO_MISMATCH = "InfoMismatch"
     HOOK_FAILED = "HookFailed"
     ROLLED_BACK = "RolledBack"
-    ROLLBACK_FAILED = "RollbackFailed"
     PORT_CONFLICT = "PortConflict"
     SECRET_MISSING = "SecretMissing"
     RUNTIME_UNAVAILABLE = "RuntimeUnavailable"
@@ -54,14 +50,6 @@ class DeployerError(Exception):
 
 class StalledError(DeployerError):
     """Retrying cannot help: the input in git (or the config) has to change."""
-
-
-class WaitingError(DeployerError):
-    """Retry at a known time (``retry_after`` seconds)."""
-
-    def __init__(self, message: str, *, reason: Reason | None = None, retry_after: float = 30.0) -> None:
-        super().__init__(message, reason=reason)
-        self.retry_after = retry_after
 
 
 class TransientError(DeployerError):

@@ -27,7 +27,6 @@ from deployer.safety import (
     is_full_sha,
     is_sha_prefix,
     is_source_name,
-    is_zero_sha,
     scrub,
     strip_credentials,
 )
@@ -95,25 +94,6 @@ class GitSource:
             except GitCommandError:
                 raise SourceError(f"branch '{self.branch}' not found in {self.safe_url}") from None
 
-    def has_commit(self, sha: str) -> bool:
-        if not is_sha_prefix(sha) or not (self.mirror_dir / "HEAD").is_file():
-            return False
-        with self._session(f"cannot read {self.safe_url}") as repo:
-            return _has_commit(repo, sha)
-
-    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        """True when ``ancestor`` is ``descendant`` or reachable from it (out-of-order deliveries)."""
-        with self._session(f"cannot compare commits in {self.safe_url}") as repo:
-            first, second = self._resolve(repo, ancestor), self._resolve(repo, descendant)
-            status, _, _ = repo.git.merge_base(
-                "--is-ancestor", first, second, with_exceptions=False, with_extended_output=True
-            )
-            if status not in (0, 1):
-                raise SourceError(f"git merge-base failed for {first[:12]} and {second[:12]} (exit {status})")
-            return bool(status == 0)
-
-    # ------------------------------------------------------------ content
-
     def checkout(self, sha: str) -> Path:
         """The files of exactly ``sha`` at ``checkouts/<name>/<sha>/``, reused when already there."""
         with self._session(f"cannot check out {sha[:12]} of {self.safe_url}") as repo:
@@ -122,15 +102,6 @@ class GitSource:
             if not target.is_dir():
                 self._export(repo, full, target)
             return target
-
-    def changed_files(self, before: str, after: str) -> list[str]:
-        """Paths changed between two commits; every file of ``after`` when ``before`` is zero or unknown."""
-        with self._session(f"cannot diff commits in {self.safe_url}") as repo:
-            new = self._resolve(repo, after)
-            if not is_sha_prefix(before) or is_zero_sha(before) or not _has_commit(repo, before):
-                return _nul_list(repo.git.ls_tree("-r", "--name-only", "-z", new))
-            old = self._resolve(repo, before)
-            return _nul_list(repo.git.diff("--name-only", "-z", "--no-renames", old, new, "--"))
 
     def commit_info(self, sha: str) -> CommitInfo:
         with self._session(f"cannot read commit {sha[:12]} of {self.safe_url}") as repo:
@@ -158,17 +129,6 @@ class GitSource:
             if entry.type != "tree":
                 raise SourceError(f"'{relative}' is not a folder at {sha[:12]}")
             return str(entry.hexsha)
-
-    def read_file(self, sha: str, path: str) -> bytes | None:
-        """A file's bytes at a commit, or None when there is no file at that path."""
-        with self._session(f"cannot read {path!r} at {sha[:12]} of {self.safe_url}") as repo:
-            relative = _repo_path(path)
-            tree = repo.commit(self._resolve(repo, sha)).tree
-            try:
-                entry = tree / relative if relative is not None else None
-            except KeyError:
-                return None
-            return bytes(entry.data_stream.read()) if entry is not None and entry.type == "blob" else None
 
     def prune_checkouts(self, keep: set[str]) -> list[str]:
         """Remove checkouts of every sha not in ``keep`` (and leftovers of interrupted ones)."""
@@ -258,17 +218,6 @@ class GitSource:
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _has_commit(repo: git.Repo, sha: str) -> bool:
-    status, _, _ = repo.git.cat_file(
-        "-e", f"{sha}^{{commit}}", with_exceptions=False, with_extended_output=True
-    )
-    return bool(status == 0)
-
-
-def _nul_list(output: str) -> list[str]:
-    return [item for item in output.split("\0") if item]
 
 
 def _text(message: str | bytes) -> str:
