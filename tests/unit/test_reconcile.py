@@ -323,3 +323,56 @@ def test_service_hooks_run_as_steps_and_a_failing_pre_deploy_hook_fails_the_atte
     steps = {step.name: step for step in attempt.steps}
     assert not steps["pre_deploy"].ok and "model server unreachable" in steps["pre_deploy"].output_tail
     assert "operator told: solo on-failure" in steps["global-on-failure"].output_tail
+
+
+def test_fifty_code_only_commits_leave_a_bounded_number_of_checkouts(world: dict[str, Any]) -> None:
+    from deployer.reconcile.sources import KEEP_NEWEST
+
+    repo = world["repo"]
+    repo.commit(files(two_services()), "two")
+    run(world)
+    for index in range(50):
+        repo.commit({"alpha/app.py": f"print({index})\n"}, f"code only {index}")
+        run(world)
+    checkouts = world["tmp"] / "state" / "checkouts" / "repo"
+    kept = sorted(entry.name for entry in checkouts.iterdir())
+    # The newest few heads, and what runs (alpha and beta at their last good revisions) — nothing else.
+    assert len(kept) <= KEEP_NEWEST + 2, kept
+    assert repo.shas[-1] in kept
+    beta = world["store"].views.service("beta")
+    assert beta is not None and beta.running_sha in kept  # beta last changed in the first commit: still there
+
+
+def test_requirements_are_chosen_by_one_rule_shared_with_the_build(world: dict[str, Any]) -> None:
+    from deployer.build import resolve_requirements
+
+    pyproject = '[project]\nname = "svc"\nversion = "1"\ndependencies = ["requests>=2"]\n'
+    world["repo"].commit({**files(two_services()), "alpha/pyproject.toml": pyproject,
+                          "alpha/requirements.txt": "flask\n"}, "both files in alpha")
+    run(world)
+    revision = world["store"].history.revisions("alpha", 1)[0]
+    chosen = resolve_requirements(world["tmp"] / "work" / "alpha", None)
+    assert revision.spec["requirements"] == chosen.origin == "pyproject.toml"
+
+
+def test_source_errors_can_be_read_while_passes_write_them(world: dict[str, Any]) -> None:
+    import threading
+
+    registry = world["reconciler"].sources
+    stop = threading.Event()
+
+    def write() -> None:
+        index = 0
+        while not stop.is_set():
+            registry.set_error(f"s{index % 500}", "down")
+            registry.clear_error(f"s{(index + 250) % 500}")
+            index += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(2000):  # what the page does: iterate every error
+            sorted(registry.errors().items())
+    finally:
+        stop.set()
+        writer.join()
