@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import replace
@@ -25,19 +20,15 @@ from supervisor.xmlrpc import Faults
 from deployer.errors import ApplyError, ConfigError, Reason, RuntimeUnavailable
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.deployment import Deployment
+from deployer.runtimes.supervisor.embedded import EmbeddedSupervisord, SupervisorPaths
 from deployer.runtimes.supervisor.files import (
     ProgramFile,
-    alive,
-    cmdline,
-    flock,
-    read_pid,
     read_program_files,
     read_tail,
-    supervisord_conf,
     write_atomic,
 )
 from deployer.runtimes.supervisor.orphans import Orphan, PortHolder, ProgramProcess, port_holders, reap
-from deployer.runtimes.supervisor.program import SYSTEM_PATH, check_program, program_environment, render_program
+from deployer.runtimes.supervisor.program import check_program, program_environment, render_program
 from deployer.runtimes.supervisor.rpc import SupervisorProtocolError, SupervisorRpc
 
 __all__ = ["EMBEDDED", "StartFailed", "SupervisorRuntime"]
@@ -61,9 +52,6 @@ _STATES = {
     "EXITED": ServiceState.STOPPED,
     "FATAL": ServiceState.FAILED,
 }
-# The embedded supervisord (and so every service) starts from a fixed environment: the
-# daemon's own environment holds its secrets (DEPLOYER_*), which must never reach a service.
-_SUPERVISORD_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
 
 
 class StartFailed(ApplyError):
@@ -103,8 +91,6 @@ class SupervisorRuntime:
         self.socket_path = self.home / "supervisor.sock" if self.embedded else Path(socket.removeprefix("unix://"))
         self.include_dir = (include_dir or self.home / "programs").absolute()
         self.log_dir = self.home / "logs"
-        self.config_file = self.home / "supervisord.conf"
-        self.pid_file = self.home / "supervisord.pid"
         self.templates_dir = templates_dir
         self.user = user
         self.start_timeout = start_timeout
@@ -112,6 +98,8 @@ class SupervisorRuntime:
         if len(str(self.socket_path).encode()) > _MAX_SOCKET_PATH:
             raise ConfigError(f"supervisor socket path {self.socket_path} is too long for a unix socket")
         self.rpc = SupervisorRpc(self.socket_path, include_dir=self.include_dir, timeout=rpc_timeout)
+        self.embedded_supervisord = EmbeddedSupervisord(
+            SupervisorPaths(self.home, self.socket_path, self.include_dir, self.log_dir), self.rpc)
 
     # -- the Runtime protocol -------------------------------------------------------
 
@@ -243,7 +231,7 @@ class SupervisorRuntime:
 
     def _live_supervisors(self) -> set[int]:
         """Pids of supervisords whose children are legitimately on a port: ours, and the one answering."""
-        pids = {pid for pid in (self._live_supervisord(),) if pid is not None}
+        pids = {pid for pid in (self.embedded_supervisord.live_pid(),) if pid is not None}
         with contextlib.suppress(RuntimeUnavailable, ApplyError):  # none answering: no live children
             pids.add(int(self._call("getPID")))
         return pids
@@ -255,83 +243,16 @@ class SupervisorRuntime:
     # -- the embedded supervisord ---------------------------------------------------
 
     def ensure_running(self) -> None:
-        """Connect to supervisord; in embedded mode start it first when it does not answer.
-
-        A supervisord of ours that runs but does not answer (hung, or shutting down) is not
-        doubled: that is ``RuntimeUnavailable``. Leftovers are reaped before the spawn, because
-        supervisord autostarts every program as soon as it reads the include dir.
-        """
+        """Connect to supervisord; in embedded mode start it first when it does not answer."""
         if not self.embedded:
             self._call("getState")
             return
         self._prepare_dirs()
-        conf = supervisord_conf(socket=self.socket_path, home=self.home, pid_file=self.pid_file,
-                                include_dir=self.include_dir, log_dir=self.log_dir)
-        self._write_if_changed(self.config_file, conf)
-        if self._answers():
-            return
-        with flock(self.home / "start.lock"):
-            if self._answers():  # another deployer may have started it meanwhile
-                return
-            running = self._live_supervisord()
-            if running is not None:
-                raise RuntimeUnavailable(
-                    f"supervisord (pid {running}) runs but does not answer on {self.socket_path}"
-                    " (hung or shutting down); not starting a second one, retrying later"
-                )
-            self.reap_orphans()
-            self._spawn_supervisord()
-            self._wait_answering()
+        self.embedded_supervisord.ensure_running(reap=self.reap_orphans)
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop the embedded supervisord and with it every program (for tests and operators)."""
-        pid = read_pid(self.pid_file)
-        try:
-            self._call("shutdown")
-        except RuntimeUnavailable:
-            return
-        deadline = time.monotonic() + timeout
-        while pid is not None and alive(pid) and time.monotonic() < deadline:
-            time.sleep(_POLL_SECONDS)
-
-    def _live_supervisord(self) -> int | None:
-        """The pid file's supervisord while it runs with our config (a recycled pid does not count)."""
-        pid = read_pid(self.pid_file)
-        if pid is None or not alive(pid) or str(self.config_file) not in cmdline(pid):
-            return None
-        return pid
-
-    def _spawn_supervisord(self) -> None:
-        binary = _find_supervisord()
-        with tempfile.TemporaryFile() as output:
-            try:
-                # supervisord daemonizes (fork + setsid): the launcher exits, the daemon lives on.
-                done = subprocess.run(
-                    [binary, "-c", str(self.config_file)], stdin=subprocess.DEVNULL, stdout=output,
-                    stderr=subprocess.STDOUT, env=_SUPERVISORD_ENV, cwd=self.home, timeout=30, check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise RuntimeUnavailable(f"cannot start supervisord ({binary}): {exc}") from exc
-            if done.returncode != 0:
-                output.seek(0)
-                text = output.read().decode("utf-8", errors="replace").strip()
-                raise RuntimeUnavailable(f"supervisord -c {self.config_file} exited with {done.returncode}: {text}")
-
-    def _wait_answering(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if time.monotonic() > deadline:
-                raise RuntimeUnavailable(
-                    f"supervisord did not answer on {self.socket_path} within {timeout:.0f}s;"
-                    f" see {self.home / 'supervisord.log'}"
-                )
-            time.sleep(_POLL_SECONDS)
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self._call("getState").get("statename") == "RUNNING")
-        except (RuntimeUnavailable, ApplyError):
-            return False
+        self.embedded_supervisord.shutdown(timeout)
 
     # -- programs -------------------------------------------------------------------
 
@@ -400,10 +321,6 @@ class SupervisorRuntime:
         else:
             write_atomic(path, previous)
 
-    def _write_if_changed(self, path: Path, text: str) -> None:
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            write_atomic(path, text)
-
     def _call(self, method: str, *args: Any, ok: Collection[int] = (), timeout: float | None = None) -> Any:
         return self.rpc.call(method, *args, ok=ok, timeout=timeout)
 
@@ -449,13 +366,3 @@ def _port_conflict(name: str, failure: StartFailed, holders: list[PortHolder]) -
         f"service {name}: did not start: {held}; stop that process or give the service another port",
         output=failure.output, reason=Reason.PORT_CONFLICT,
     )
-
-
-def _find_supervisord() -> str:
-    beside = Path(sys.executable).parent / "supervisord"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("supervisord")
-    if found is None:
-        raise RuntimeUnavailable("supervisord not found next to the Python interpreter or on PATH")
-    return found
