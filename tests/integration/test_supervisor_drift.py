@@ -291,8 +291,8 @@ def test_a_start_that_fails_on_a_port_held_by_a_leftover_reaps_it_and_retries(wo
     assert orphan is not None
     os.kill(world.supervisord_pid(), signal.SIGKILL)
     # A supervisord started by someone else (no reaping first): its copy of web cannot bind.
-    subprocess.run([str(BIN / "supervisord"), "-c", str(runtime.embedded_supervisord.paths.config_file)], check=True, timeout=30,
-                   capture_output=True)
+    config = runtime.embedded_supervisord.paths.config_file
+    subprocess.run([str(BIN / "supervisord"), "-c", str(config)], check=True, timeout=30, capture_output=True)
     wait_for(lambda: runtime.observe()["web"].state is ServiceState.STARTING, 10, "the duplicate")
     assert "left over from an earlier supervisord" in runtime.observe()["web"].detail
 
