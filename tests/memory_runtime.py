@@ -35,6 +35,12 @@ class MemoryRuntime:
             raise RuntimeUnavailable(f"{self.name}: simulated outage")
         return dict(self.services)
 
+    def inspect(self, name: str) -> ActualService | None:
+        self.calls.append(("inspect", name))
+        if self.down:
+            raise RuntimeUnavailable(f"{self.name}: simulated outage")
+        return self.services.get(name)
+
     def apply(self, deployment: Deployment) -> None:
         self.calls.append(("apply", deployment.name))
         if deployment.name in self.fail_next:

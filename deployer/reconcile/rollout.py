@@ -187,7 +187,7 @@ class Rollout:
     def _observe_after(self, running: DesiredService) -> None:
         """After every attempt: the state, a fresh probe on the running revision's own paths, a snapshot."""
         try:
-            seen = self._observer.list().actual.get(running.name)
+            seen = self._runtime(running).inspect(running.name)
             self._observer.record(running.name, running, seen, fresh=True)
             if seen is not None:
                 self._observer.capture(running.name, seen.runtime, running.port, running)
@@ -289,7 +289,7 @@ def _failed_check(runtime: Runtime, name: str) -> Callable[[], str | None]:
         if now - asked[0] < FAILED_CHECK_EVERY:
             return None
         asked[0] = now
-        seen = runtime.observe().get(name)
+        seen = runtime.inspect(name)
         if seen is not None and seen.state is ServiceState.FAILED:
             return seen.detail or "the runtime reports the process failed"
         return None

@@ -22,6 +22,9 @@ class Runtime(Protocol):
     def observe(self) -> dict[str, ActualService]:
         """Every service this runtime manages for deployer, keyed by name."""
 
+    def inspect(self, name: str) -> ActualService | None:
+        """One service as ``observe`` would report it (None when absent), at the cost of one service."""
+
     def apply(self, deployment: Deployment) -> None:
         """Install and start ``deployment``, replacing what runs under its name."""
 

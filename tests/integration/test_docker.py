@@ -143,11 +143,13 @@ def test_drift_stopped_and_removed(runtime: DockerRuntime, folder: ServiceFolder
     runtime.apply(folder.deployment(1))
     docker_api.stop(folder.name, timeout=5)  # what a dockerd restart can leave too: an exited container
     assert runtime.observe()[folder.name].state is ServiceState.STOPPED
+    assert runtime.inspect(folder.name) == runtime.observe()[folder.name]
     runtime.start(folder.name)
     assert runtime.observe()[folder.name].state is ServiceState.RUNNING
     wait_for(lambda: healthy(folder.port), 10, "/health after start")
     docker_api.remove_container(folder.name, force=True)
     assert folder.name not in runtime.observe()
+    assert runtime.inspect(folder.name) is None
     with pytest.raises(ApplyError, match="deploy it first"):
         runtime.start(folder.name)
 

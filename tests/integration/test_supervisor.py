@@ -147,20 +147,24 @@ def test_a_program_that_exits_at_once_fails_with_its_output(runtime: SupervisorR
     assert isinstance(caught.value, ApplyError) and caught.value.reason == "ApplyFailed"
     assert "boom: missing model file" in str(caught.value) and "boom" in caught.value.output
     assert runtime.observe()["crash"].state is ServiceState.FAILED
+    assert runtime.inspect("crash") == runtime.observe()["crash"]  # one service, as the listing sees it
 
 
 def test_stop_start_and_remove_are_idempotent(runtime: SupervisorRuntime, workdir: Path) -> None:
     port = free_port()
     runtime.apply(deployment(workdir, port))
+    assert runtime.inspect("web") == runtime.observe()["web"]
     runtime.stop("web")
     runtime.stop("web")
     assert runtime.observe()["web"].state is ServiceState.STOPPED
+    assert runtime.inspect("web") == runtime.observe()["web"]
     runtime.start("web")
     runtime.start("web")
     assert runtime.observe()["web"].state is ServiceState.RUNNING
     runtime.remove("web")
     runtime.remove("web")
     assert "web" not in runtime.observe()
+    assert runtime.inspect("web") is None
     assert not (runtime.include_dir / "web.conf").exists()
     with pytest.raises(httpx.ConnectError):
         get(port)

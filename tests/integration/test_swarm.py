@@ -67,6 +67,7 @@ def test_deploy_update_and_roll_back(runtime: SwarmRuntime, folder: ServiceFolde
     push_to_running = time.monotonic() - started
     assert predict(folder.port)["version"] == "v1"
     seen = runtime.observe()[folder.name]
+    assert runtime.inspect(folder.name) == seen
     assert (seen.state, seen.spec_hash, seen.revision) == (ServiceState.RUNNING, first.desired.spec_hash, 1)
     assert "1/1 tasks running" in seen.detail
     service = docker_api.inspect_service(folder.name)

@@ -111,6 +111,14 @@ class DockerRuntime:
                 grouped.setdefault(service, []).append(row)
         return {name: _actual(name, group) for name, group in sorted(grouped.items())}
 
+    def inspect(self, name: str) -> ActualService | None:
+        """The service's containers only (a label filter on its name)."""
+        with self.engine.errors(f"service {name}: inspect"):
+            rows = self.engine.api().containers(all=True,
+                                                filters={"label": [MANAGED_FILTER, f"{LABEL_SERVICE}={name}"]})
+        group = [row for row in map(_row, rows) if _SWARM_TASK_LABEL not in row["labels"]]
+        return _actual(name, group) if group else None
+
     def build(self, deployment: Deployment) -> ImageBuild:
         """The deployment's image: already tagged, reused (same build context), or built now."""
         with self.engine.errors(f"service {deployment.name}: image"):

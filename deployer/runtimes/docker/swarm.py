@@ -120,6 +120,14 @@ class SwarmRuntime:
                 actual[name] = _actual(name, service)
         return dict(sorted(actual.items()))
 
+    def inspect(self, name: str) -> ActualService | None:
+        """The service's own entry only (a label filter on its name), with its task counts."""
+        with self.engine.errors(f"service {name}: inspect"):
+            services = self.engine.api().services(filters={"label": [MANAGED_FILTER, f"{LABEL_SERVICE}={name}"]},
+                                                  status=True)
+        found = [service for service in services if (service["Spec"].get("Labels") or {}).get(LABEL_SERVICE) == name]
+        return _actual(name, found[0]) if found else None
+
     def build(self, deployment: Deployment) -> ImageBuild:
         """Build (or reuse) the image and make sure the registry has it; ``image`` is pinned by digest."""
         if not self.registry:

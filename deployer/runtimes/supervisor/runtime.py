@@ -23,6 +23,7 @@ from deployer.model.deployment import Deployment
 from deployer.runtimes.supervisor.embedded import EmbeddedSupervisord, SupervisorPaths
 from deployer.runtimes.supervisor.files import (
     ProgramFile,
+    read_program_file,
     read_program_files,
     read_tail,
     write_atomic,
@@ -131,6 +132,14 @@ class SupervisorRuntime:
             if self._owns(processes[name]):
                 actual[name] = _actual(name, None, processes[name])
         return dict(sorted(self._with_port_holders(actual, files).items()))
+
+    def inspect(self, name: str) -> ActualService | None:
+        """One ``getProcessInfo`` and one program file: a deploy's gate asks this every second."""
+        info = self._call("getProcessInfo", name, ok={Faults.BAD_NAME})
+        program = read_program_file(self._program_file(name))
+        if program is None and (info is None or not self._owns(info)):
+            return None
+        return _actual(name, program, info)
 
     def apply(self, deployment: Deployment) -> None:
         """Write the program file, load it and start it; returns once it is RUNNING.
