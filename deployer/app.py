@@ -21,10 +21,9 @@ from deployer import logs
 from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
 from deployer.errors import ConfigError, DeployerError
-from deployer.gitea import CommitState, GiteaClient, StatusReporter, state_for
+from deployer.gitea import GiteaClient, StatusReporter
 from deployer.hooks import HookRunner
 from deployer.metrics import Metrics
-from deployer.model.events import AttemptFinished, AttemptStarted, CommitRefused, Event
 from deployer.model.status import Trigger
 from deployer.ports import holder, is_free
 from deployer.reconcile import HostChecks, Reconciler, ReconcilerConfig, SourceSpec, assemble
@@ -98,7 +97,7 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
     metrics = Metrics()
     events = EventBus()
     events.subscribe(metrics.on_event)
-    events.subscribe(_commit_statuses(status))
+    events.subscribe(status.on_event)
     reconciler = assemble(
         store, runtimes,
         EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
@@ -147,22 +146,6 @@ def _container_runtimes(settings: Settings) -> dict[str, Runtime]:
     swarm = SwarmRuntime(options.url, base_image=options.base_image, templates_dir=templates_dir(settings),
                          keep_images=options.keep_images, registry=options.registry)
     return {"docker": docker, "swarm": swarm}
-
-
-def _commit_statuses(status: StatusReporter) -> Callable[[Event], None]:
-    """Commit statuses listen to attempts, for sources that are Gitea repositories (named ``owner/repo``)."""
-    def on_event(event: Event) -> None:
-        if isinstance(event, AttemptStarted | AttemptFinished | CommitRefused) and "/" in event.source:
-            if isinstance(event, AttemptStarted):
-                status.report(event.source, event.sha, event.service, CommitState.PENDING,
-                              f"deploying {event.sha[:7]}")
-            elif isinstance(event, AttemptFinished):
-                status.report(event.source, event.sha, event.service, state_for(event.outcome, event.reason),
-                              f"{event.reason}: {event.message}")
-            else:
-                status.report(event.source, event.sha, event.service, CommitState.FAILURE,
-                              f"{event.reason}: {event.message}")
-    return on_event
 
 
 def _status_reporter(settings: Settings) -> StatusReporter:

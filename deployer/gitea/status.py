@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from deployer.errors import Reason
 from deployer.gitea.client import CommitState, GiteaClient, GiteaError, GiteaRejected
+from deployer.model.events import AttemptFinished, AttemptStarted, CommitRefused, Event
 from deployer.model.status import Outcome
 
 # The name it had when the package was one module: operators (and tests) filter on it.
@@ -124,6 +125,18 @@ class StatusReporter:
 
     def _target(self, service: str) -> str:
         return f"{self._public_url}/services/{quote(service, safe='')}" if self._public_url else ""
+
+    def on_event(self, event: Event) -> None:
+        """Attempts become commit statuses, for sources that are Gitea repositories (named ``owner/repo``)."""
+        if not isinstance(event, AttemptStarted | AttemptFinished | CommitRefused) or "/" not in event.source:
+            return
+        if isinstance(event, AttemptStarted):
+            self.report(event.source, event.sha, event.service, CommitState.PENDING, f"deploying {event.sha[:7]}")
+        elif isinstance(event, AttemptFinished):
+            self.report(event.source, event.sha, event.service, state_for(event.outcome, event.reason),
+                        f"{event.reason}: {event.message}")
+        else:
+            self.report(event.source, event.sha, event.service, CommitState.FAILURE, f"{event.reason}: {event.message}")
 
     def start(self) -> None:
         if self._client is None or (self._thread is not None and self._thread.is_alive()):
