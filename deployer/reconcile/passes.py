@@ -179,8 +179,10 @@ class Reconciler:
     def logs(self, name: str, max_bytes: int) -> str:
         """The service's recent output, asked of its runtime now (an operator's explicit request), masked."""
         view = self.store.views.service(name)
-        runtime = self.rooms.rollout.runtime_named(view.runtime) if view is not None else None
-        if view is None or runtime is None:
+        if view is None:
+            raise UnknownService(name)
+        runtime = self.rooms.rollout.runtime_named(view.runtime)
+        if runtime is None:
             raise UnknownService(name, where="on a runtime of this host")
         return self.rooms.secrets.mask(runtime.logs(name, max_bytes))
 
