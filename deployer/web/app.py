@@ -3,7 +3,7 @@
 Pages and the JSON read API use the store alone; ``GET /api/plan`` asks the
 reconciler for a dry run. The showcase pages (a service's demo answers, a group's
 side-by-side table, a service across revisions) and the two demo file routes read
-through ``deployer.showcase``; files are served typed by their bytes, ``nosniff``.
+through ``deployer.web.showcase``; files are served typed by their bytes, ``nosniff``.
 POST endpoints (operator actions) need the API bearer token and are off when none
 is configured. ``/healthz`` runs the given checks. An error's type picks its status:
 ``NotFound`` is 404 wherever it is raised (the app's exception handler).
@@ -33,18 +33,8 @@ from deployer.model.status import RevisionView, Trigger
 from deployer.operator import Done, Operator
 from deployer.reconcile import Reconciler
 from deployer.scheduler import WorkQueue
-from deployer.showcase import Showcase
 from deployer.store import Store
-from deployer.web.api import (
-    action_json,
-    attempt_json,
-    change_json,
-    demo_json,
-    override_json,
-    revision_json,
-    service_json,
-)
-from deployer.web.status import (
+from deployer.web.presenters import (
     Tone,
     commit_links,
     commit_statuses,
@@ -55,6 +45,16 @@ from deployer.web.status import (
     page_environment,
     status_tone,
 )
+from deployer.web.serializers import (
+    action_json,
+    attempt_json,
+    change_json,
+    demo_json,
+    override_json,
+    revision_json,
+    service_json,
+)
+from deployer.web.showcase import Showcase
 from deployer.web.webhook import WebhookReceiver
 
 

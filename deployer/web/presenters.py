@@ -4,7 +4,7 @@ This module holds what the templates should not compute: each service's
 condition (failing, drifting, deploying …) and the reason shown for it, commit
 links into Gitea, the commit statuses as reported to Gitea (derived from
 attempts, never read back), and the filters for ages, durations, latencies,
-sizes and JSON. How demo answers are shown is decided in ``deployer.showcase``.
+sizes and JSON. How demo answers are shown is decided in ``deployer.web.showcase``.
 """
 
 from __future__ import annotations
