@@ -1,10 +1,14 @@
-"""JSON read models for ``/api/services`` (DESIGN.md §11); they read the store only."""
+"""JSON shapes of the API's answers (DESIGN.md §11): plain dicts from store views and results.
+
+No I/O: the routes in ``api`` read, these only say how it looks on the wire.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+from deployer.demo import DemoResult
 from deployer.model.diff import MASK, Change, flatten
 from deployer.model.plan import Action
 from deployer.model.status import AttemptView, DemoView, OverrideView, RevisionView, ServiceView
@@ -104,4 +108,12 @@ def demo_json(view: DemoView) -> dict[str, Any]:
         "latency_ms": view.latency_ms, "content_type": view.content_type, "text": view.text,
         "body_file": view.body_file, "truncated": view.truncated, "problems": view.problems,
         "created_at": iso(view.created_at),
+    }
+
+
+def demo_result_json(result: DemoResult) -> dict[str, Any]:
+    """A demo run just now (``POST /api/services/{name}/demo``): its problems joined into one line."""
+    return {
+        "name": result.name, "ok": result.ok, "status": result.status, "latency_ms": result.latency_ms,
+        "content_type": result.content_type, "text": result.text, "problems": "; ".join(result.problems),
     }

@@ -1,0 +1,178 @@
+"""The JSON API: services, revisions and their diffs, demo answers, groups, plan; operator actions.
+
+Reads come from the store (``/api/plan`` asks the reconciler for a dry run); the
+shapes are in ``serializers``. Service logs and every POST need the API bearer token
+(``auth``). Actions only record intent and request a pass, answering 202; a refusal
+is raised as a typed error and answered by the app's handlers (``errors``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from deployer.errors import NotFound, UnknownService
+from deployer.model.diff import spec_diff
+from deployer.model.status import RevisionView, Trigger
+from deployer.operator import Done, Operator
+from deployer.reconcile import Reconciler
+from deployer.scheduler import WorkQueue
+from deployer.store import Store
+from deployer.web.auth import require_token
+from deployer.web.errors import BadRequest, Conflict, Unavailable, refused_as
+from deployer.web.presenters import service_detail
+from deployer.web.serializers import (
+    action_json,
+    attempt_json,
+    change_json,
+    demo_json,
+    demo_result_json,
+    override_json,
+    revision_json,
+    service_json,
+)
+
+ACTIONS = ("rollback", "pin", "unpin", "suspend", "resume")
+MAX_BODY = 65536  # of a POST's JSON body read; the rest is ignored
+
+
+class Api:
+    """The ``/api`` routes."""
+
+    def __init__(self, store: Store, reconciler: Reconciler, queue: WorkQueue, *, api_token: str | None) -> None:
+        self.store = store
+        self.reconciler = reconciler
+        self.queue = queue
+        self.api_token = api_token
+        self.operator = Operator(store)
+
+    async def services(self, request: Request) -> Response:
+        views = await run_in_threadpool(self.store.views.services)
+        return JSONResponse([service_json(view) for view in views])
+
+    async def service(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        detail = await run_in_threadpool(service_detail, self.store, name)
+        if detail is None:
+            raise UnknownService(name)
+        data = service_json(detail.service)
+        data["revisions"] = [revision_json(revision) for revision in detail.revisions]
+        data["attempts"] = [attempt_json(attempt, steps=True) for attempt in detail.attempts]
+        data["overrides"] = [override_json(override) for override in detail.overrides]
+        return JSONResponse(data)
+
+    async def diff(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        newer, older = await run_in_threadpool(self._pair, name, request.query_params)
+        changes = spec_diff(older.spec if older else None, newer.spec)
+        return JSONResponse({"service": name, "from": older.id if older else None, "to": newer.id,
+                             "changes": [change_json(change) for change in changes]})
+
+    def _pair(self, name: str, query: Mapping[str, str]) -> tuple[RevisionView, RevisionView | None]:
+        """``?a=&b=`` revisions; b defaults to the newest, a to the one before b."""
+        revisions = self.store.history.revisions(name, 1000)
+        by_id = {revision.id: revision for revision in revisions}
+        try:
+            newer = by_id[int(query["b"])] if "b" in query else revisions[0]
+            older = by_id[int(query["a"])] if "a" in query else next(
+                (revision for revision in revisions if revision.id < newer.id), None)
+        except (KeyError, ValueError, IndexError):
+            raise NotFound(f"{name}: no such revision (see `deployer history {name}`)") from None
+        return newer, older
+
+    async def demos(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if await run_in_threadpool(self.store.views.service, name) is None:
+            raise UnknownService(name)
+        runs = await run_in_threadpool(self.store.demos.runs, name)
+        ordered = sorted(runs.items(), key=lambda item: item[0] or 0, reverse=True)
+        return JSONResponse({"service": name, "runs": [
+            {"revision": revision, "results": [demo_json(view) for view in views]} for revision, views in ordered]})
+
+    async def groups(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(self.store.views.groups))
+
+    async def logs(self, request: Request) -> Response:
+        """Service output is operator data: it needs the token (and is masked all the same)."""
+        require_token(request, self.api_token)
+        name = request.path_params["name"]
+        try:
+            size = max(1, min(int(request.query_params.get("bytes", "16384")), 1024 * 1024))
+        except ValueError:
+            raise BadRequest("bytes must be a number") from None
+        with refused_as(Unavailable):
+            text = await run_in_threadpool(self.reconciler.logs, name, size)
+        return Response(text, media_type="text/plain; charset=utf-8")
+
+    async def plan(self, request: Request) -> Response:
+        fetch = request.query_params.get("fetch") in ("1", "true", "yes")
+        lines = await run_in_threadpool(lambda: self.reconciler.preview(fetch=fetch))
+        wanted = request.query_params.get("service")
+        actions = [action_json(source, action) for source, action in lines
+                   if wanted is None or action.service == wanted]
+        return JSONResponse({"converged": not any(item["kind"] != "noop" for item in actions), "actions": actions})
+
+    async def reconcile(self, request: Request) -> Response:
+        require_token(request, self.api_token)
+        service = (await _json_body(request)).get("service")
+        sources = self.reconciler.sources.names()
+        if service:
+            view = await run_in_threadpool(self.store.views.service, str(service))
+            if view is None:
+                raise UnknownService(str(service))
+            sources = [view.source]
+        for source in sources:
+            self.queue.request(source, Trigger.CLI, fetch=True)
+        return JSONResponse({"requested": sources}, status_code=202)
+
+    async def act(self, request: Request) -> Response:
+        require_token(request, self.api_token)
+        name, action = request.path_params["name"], request.path_params["action"]
+        body = await _json_body(request)
+        with refused_as(Conflict):
+            done = await run_in_threadpool(self._act, name, action, body)
+        trigger = Trigger.ROLLBACK if action == "rollback" else Trigger.CLI
+        self.queue.request(done.source, trigger, fetch=False)
+        return JSONResponse({"service": done.service, "message": done.message,
+                             "override": override_json(done.override) if done.override else None}, status_code=202)
+
+    def _act(self, name: str, action: str, body: dict[str, Any]) -> Done:
+        who, why = str(body.get("who") or "api")[:200], str(body.get("why") or "")[:2000]
+        revision = int(body["revision"]) if body.get("revision") is not None else None
+        match action:
+            case "rollback":
+                return self.operator.rollback(name, revision, who=who, why=why)
+            case "pin":
+                return self.operator.pin(name, revision, who=who, why=why)
+            case "unpin":
+                return self.operator.unpin(name, who=who)
+            case "suspend":
+                return self.operator.suspend(name, who=who, why=why)
+            case "resume":
+                return self.operator.resume(name, who=who)
+        raise NotFound(f"unknown action {action!r} ({', '.join(ACTIONS)})")
+
+    async def demo(self, request: Request) -> Response:
+        require_token(request, self.api_token)
+        name = request.path_params["name"]
+        with refused_as(Conflict):
+            revision, results = await run_in_threadpool(self.reconciler.demo_now, name)
+        return JSONResponse({"service": name, "revision": revision,
+                             "results": [demo_result_json(result) for result in results]})
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The POST body's JSON object; anything else (empty, not JSON, not an object) counts as ``{}``."""
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw[:MAX_BODY])
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
