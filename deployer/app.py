@@ -35,7 +35,7 @@ from deployer.scheduler import Request, Scheduler, WorkQueue
 from deployer.secrets import SecretStore, local_api_token
 from deployer.settings import Settings, SourceSettings
 from deployer.store import Store
-from deployer.web.server import WebDeps, build_app
+from deployer.web.app import WebDeps, build_app
 from deployer.web.webhook import GiteaRouting, WebhookReceiver
 
 log = logging.getLogger("deployer")

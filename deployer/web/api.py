@@ -1,107 +1,178 @@
-"""JSON read models for ``/api/services`` (DESIGN.md §11); they read the store only."""
+"""The JSON API: services, revisions and their diffs, demo answers, groups, plan; operator actions.
+
+Reads come from the store (``/api/plan`` asks the reconciler for a dry run); the
+shapes are in ``serializers``. Service logs and every POST need the API bearer token
+(``auth``). Actions only record intent and request a pass, answering 202; a refusal
+is raised as a typed error and answered by the app's handlers (``errors``).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from collections.abc import Mapping
 from typing import Any
 
-from deployer.model.diff import MASK, Change, flatten
-from deployer.model.plan import Action
-from deployer.model.status import AttemptView, DemoView, OverrideView, RevisionView, ServiceView
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from deployer.errors import NotFound, UnknownService
+from deployer.model.diff import spec_diff
+from deployer.model.status import RevisionView, Trigger
+from deployer.operator import Done, Operator
+from deployer.reconcile import Reconciler
+from deployer.scheduler import WorkQueue
+from deployer.store import Store
+from deployer.web.auth import require_token
+from deployer.web.errors import BadRequest, Conflict, Unavailable, refused_as
+from deployer.web.presenters import service_detail
+from deployer.web.serializers import (
+    action_json,
+    attempt_json,
+    change_json,
+    demo_json,
+    demo_result_json,
+    override_json,
+    revision_json,
+    service_json,
+)
+
+ACTIONS = ("rollback", "pin", "unpin", "suspend", "resume")
+MAX_BODY = 65536  # of a POST's JSON body read; the rest is ignored
 
 
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
+class Api:
+    """The ``/api`` routes."""
+
+    def __init__(self, store: Store, reconciler: Reconciler, queue: WorkQueue, *, api_token: str | None) -> None:
+        self.store = store
+        self.reconciler = reconciler
+        self.queue = queue
+        self.api_token = api_token
+        self.operator = Operator(store)
+
+    async def services(self, request: Request) -> Response:
+        views = await run_in_threadpool(self.store.views.services)
+        return JSONResponse([service_json(view) for view in views])
+
+    async def service(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        detail = await run_in_threadpool(service_detail, self.store, name)
+        if detail is None:
+            raise UnknownService(name)
+        data = service_json(detail.service)
+        data["revisions"] = [revision_json(revision) for revision in detail.revisions]
+        data["attempts"] = [attempt_json(attempt, steps=True) for attempt in detail.attempts]
+        data["overrides"] = [override_json(override) for override in detail.overrides]
+        return JSONResponse(data)
+
+    async def diff(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        newer, older = await run_in_threadpool(self._pair, name, request.query_params)
+        changes = spec_diff(older.spec if older else None, newer.spec)
+        return JSONResponse({"service": name, "from": older.id if older else None, "to": newer.id,
+                             "changes": [change_json(change) for change in changes]})
+
+    def _pair(self, name: str, query: Mapping[str, str]) -> tuple[RevisionView, RevisionView | None]:
+        """``?a=&b=`` revisions; b defaults to the newest, a to the one before b."""
+        revisions = self.store.history.revisions(name, 1000)
+        by_id = {revision.id: revision for revision in revisions}
+        try:
+            newer = by_id[int(query["b"])] if "b" in query else revisions[0]
+            older = by_id[int(query["a"])] if "a" in query else next(
+                (revision for revision in revisions if revision.id < newer.id), None)
+        except (KeyError, ValueError, IndexError):
+            raise NotFound(f"{name}: no such revision (see `deployer history {name}`)") from None
+        return newer, older
+
+    async def demos(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if await run_in_threadpool(self.store.views.service, name) is None:
+            raise UnknownService(name)
+        runs = await run_in_threadpool(self.store.demos.runs, name)
+        ordered = sorted(runs.items(), key=lambda item: item[0] or 0, reverse=True)
+        return JSONResponse({"service": name, "runs": [
+            {"revision": revision, "results": [demo_json(view) for view in views]} for revision, views in ordered]})
+
+    async def groups(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(self.store.views.groups))
+
+    async def logs(self, request: Request) -> Response:
+        """Service output is operator data: it needs the token (and is masked all the same)."""
+        require_token(request, self.api_token)
+        name = request.path_params["name"]
+        try:
+            size = max(1, min(int(request.query_params.get("bytes", "16384")), 1024 * 1024))
+        except ValueError:
+            raise BadRequest("bytes must be a number") from None
+        with refused_as(Unavailable):
+            text = await run_in_threadpool(self.reconciler.logs, name, size)
+        return Response(text, media_type="text/plain; charset=utf-8")
+
+    async def plan(self, request: Request) -> Response:
+        fetch = request.query_params.get("fetch") in ("1", "true", "yes")
+        lines = await run_in_threadpool(lambda: self.reconciler.preview(fetch=fetch))
+        wanted = request.query_params.get("service")
+        actions = [action_json(source, action) for source, action in lines
+                   if wanted is None or action.service == wanted]
+        return JSONResponse({"converged": not any(item["kind"] != "noop" for item in actions), "actions": actions})
+
+    async def reconcile(self, request: Request) -> Response:
+        require_token(request, self.api_token)
+        service = (await _json_body(request)).get("service")
+        sources = self.reconciler.sources.names()
+        if service:
+            view = await run_in_threadpool(self.store.views.service, str(service))
+            if view is None:
+                raise UnknownService(str(service))
+            sources = [view.source]
+        for source in sources:
+            self.queue.request(source, Trigger.CLI, fetch=True)
+        return JSONResponse({"requested": sources}, status_code=202)
+
+    async def act(self, request: Request) -> Response:
+        require_token(request, self.api_token)
+        name, action = request.path_params["name"], request.path_params["action"]
+        body = await _json_body(request)
+        with refused_as(Conflict):
+            done = await run_in_threadpool(self._act, name, action, body)
+        trigger = Trigger.ROLLBACK if action == "rollback" else Trigger.CLI
+        self.queue.request(done.source, trigger, fetch=False)
+        return JSONResponse({"service": done.service, "message": done.message,
+                             "override": override_json(done.override) if done.override else None}, status_code=202)
+
+    def _act(self, name: str, action: str, body: dict[str, Any]) -> Done:
+        who, why = str(body.get("who") or "api")[:200], str(body.get("why") or "")[:2000]
+        revision = int(body["revision"]) if body.get("revision") is not None else None
+        match action:
+            case "rollback":
+                return self.operator.rollback(name, revision, who=who, why=why)
+            case "pin":
+                return self.operator.pin(name, revision, who=who, why=why)
+            case "unpin":
+                return self.operator.unpin(name, who=who)
+            case "suspend":
+                return self.operator.suspend(name, who=who, why=why)
+            case "resume":
+                return self.operator.resume(name, who=who)
+        raise NotFound(f"unknown action {action!r} ({', '.join(ACTIONS)})")
+
+    async def demo(self, request: Request) -> Response:
+        require_token(request, self.api_token)
+        name = request.path_params["name"]
+        with refused_as(Conflict):
+            revision, results = await run_in_threadpool(self.reconciler.demo_now, name)
+        return JSONResponse({"service": name, "revision": revision,
+                             "results": [demo_result_json(result) for result in results]})
 
 
-def attempt_json(attempt: AttemptView | None, *, steps: bool = False) -> dict[str, Any] | None:
-    if attempt is None:
-        return None
-    data: dict[str, Any] = {
-        "id": attempt.id,
-        "revision": attempt.revision,
-        "trigger": attempt.trigger,
-        "outcome": attempt.outcome,
-        "reason": attempt.reason,
-        "message": attempt.message,
-        "started_at": iso(attempt.started_at),
-        "finished_at": iso(attempt.finished_at),
-        "rolled_back_to": attempt.rolled_back_to,
-    }
-    if steps:
-        data["steps"] = [
-            {"name": step.name, "duration": round(step.duration, 4), "ok": step.ok, "output": step.output_tail}
-            for step in attempt.steps
-        ]
-    return data
-
-
-def service_json(view: ServiceView) -> dict[str, Any]:
-    return {
-        "name": view.name,
-        "source": view.source,
-        "runtime": view.runtime,
-        "state": view.state,
-        "healthy": view.healthy,
-        "port": view.port,
-        "desired_sha": view.desired_sha,
-        "running_sha": view.running_sha,
-        "desired_revision": view.desired_revision,
-        "running_revision": view.running_revision,
-        "last_attempt": attempt_json(view.last_attempt),
-        "override": view.override,
-        "observed_at": iso(view.observed_at),
-        "detail": view.detail,
-    }
-
-
-def revision_json(revision: RevisionView) -> dict[str, Any]:
-    return {
-        "id": revision.id,
-        "sha": revision.sha,
-        "author": revision.author,
-        "message": revision.message,
-        "spec_hash": revision.spec_hash,
-        "created_at": iso(revision.created_at),
-        "spec": masked_spec(revision.spec),
-    }
-
-
-def masked_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Secret values never enter a spec (only names); env values under secret-looking keys are masked too."""
-    env = spec.get("env")
-    if not isinstance(env, dict):
-        return dict(spec)
-    flat = flatten({"env": env})
-    return {**spec, "env": {key: flat[f"env.{key}"] if flat.get(f"env.{key}") == MASK else value
-                            for key, value in env.items()}}
-
-
-def override_json(override: OverrideView) -> dict[str, Any]:
-    return {
-        "id": override.id,
-        "kind": override.kind,
-        "revision": override.revision,
-        "who": override.who,
-        "why": override.why,
-        "created_at": iso(override.created_at),
-        "cleared_at": iso(override.cleared_at),
-        "cleared_by": override.cleared_by,
-    }
-
-
-def change_json(change: Change) -> dict[str, Any]:
-    return {"path": change.path, "kind": change.kind, "old": change.old, "new": change.new}
-
-
-def action_json(source: str, action: Action) -> dict[str, Any]:
-    return {"source": source, "service": action.service, "kind": action.kind.value, "reason": action.reason}
-
-
-def demo_json(view: DemoView) -> dict[str, Any]:
-    return {
-        "name": view.name, "revision": view.revision, "ok": view.ok, "status": view.status,
-        "latency_ms": view.latency_ms, "content_type": view.content_type, "text": view.text,
-        "body_file": view.body_file, "truncated": view.truncated, "problems": view.problems,
-        "created_at": iso(view.created_at),
-    }
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The POST body's JSON object; anything else (empty, not JSON, not an object) counts as ``{}``."""
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw[:MAX_BODY])
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,10 +1,10 @@
-"""The read-only status pages: server-rendered Jinja2 from the store alone, no JavaScript.
+"""Page presenters: what the status templates show but should not compute.
 
-This module holds what the templates should not compute: each service's
-condition (failing, drifting, deploying …) and the reason shown for it, commit
-links into Gitea, the commit statuses as reported to Gitea (derived from
+Each service's condition (failing, drifting, deploying …) and the reason shown
+for it, a service's detail as read from the store (shared with the JSON API),
+commit links into Gitea, the commit statuses as reported to Gitea (derived from
 attempts, never read back), and the filters for ages, durations, latencies,
-sizes and JSON. How demo answers are shown is decided in ``deployer.showcase``.
+sizes and JSON. How demo answers are shown is decided in ``deployer.web.showcase``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from deployer.gitea import state_for
+from deployer.model.diff import Change, spec_diff
 from deployer.model.status import (
     AttemptView,
     DeliveryResult,
@@ -31,7 +32,7 @@ from deployer.model.status import (
     ServiceView,
 )
 from deployer.safety import is_sha_prefix
-from deployer.store import NEVER_OBSERVED, SourceRecord
+from deployer.store import NEVER_OBSERVED, SourceRecord, Store
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOG_LINES = 60
@@ -129,6 +130,33 @@ class Row:
 def overview_rows(views: Sequence[ServiceView],
                   overrides: Mapping[str, Mapping[OverrideKind, OverrideView]]) -> list[Row]:
     return [Row(view, condition(view), tuple(overrides.get(view.name, {}).values())) for view in views]
+
+
+# -- one service ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceDetail:
+    """A service with its recent revisions (each beside what changed from the one before), attempts, overrides."""
+
+    service: ServiceView
+    timeline: list[tuple[RevisionView, list[Change]]]
+    attempts: list[AttemptView]
+    overrides: list[OverrideView]
+
+    @property
+    def revisions(self) -> list[RevisionView]:
+        return [revision for revision, _ in self.timeline]
+
+
+def service_detail(store: Store, name: str) -> ServiceDetail | None:
+    view = store.views.service(name)
+    if view is None:
+        return None
+    revisions = store.history.revisions(name, 50)
+    timeline = [(revision, spec_diff(older.spec if older else None, revision.spec))
+                for revision, older in zip(revisions, [*revisions[1:], None], strict=True)]
+    return ServiceDetail(view, timeline, store.history.attempts(name, 20), store.overrides.history(name, 20))
 
 
 # -- commits --------------------------------------------------------------

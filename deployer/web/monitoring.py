@@ -1,0 +1,42 @@
+"""``/healthz`` and ``/metrics``: how the daemon itself is watched.
+
+``/healthz`` runs the checks it is given (store, runtimes …) and reports each one,
+503 when any fails; ``/metrics`` is the Prometheus text exposition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from deployer.metrics import Metrics
+
+
+class Monitoring:
+    def __init__(self, checks: Mapping[str, Callable[[], None]], metrics: Metrics) -> None:
+        self.checks = checks
+        self._metrics = metrics
+
+    async def healthz(self, request: Request) -> Response:
+        report = await run_in_threadpool(run_checks, self.checks)
+        ok = all(value == "ok" for value in report.values())
+        return JSONResponse({"status": "ok" if ok else "failing", "checks": report},
+                            status_code=200 if ok else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        body = self._metrics.exposition()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def run_checks(checks: Mapping[str, Callable[[], None]]) -> dict[str, str]:
+    report: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            check()
+            report[name] = "ok"
+        except Exception as exc:  # a health endpoint reports, it does not crash
+            report[name] = f"{type(exc).__name__}: {exc}"
+    return report

@@ -1,0 +1,119 @@
+"""JSON shapes of the API's answers (DESIGN.md §11): plain dicts from store views and results.
+
+No I/O: the routes in ``api`` read, these only say how it looks on the wire.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from deployer.demo import DemoResult
+from deployer.model.diff import MASK, Change, flatten
+from deployer.model.plan import Action
+from deployer.model.status import AttemptView, DemoView, OverrideView, RevisionView, ServiceView
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def attempt_json(attempt: AttemptView | None, *, steps: bool = False) -> dict[str, Any] | None:
+    if attempt is None:
+        return None
+    data: dict[str, Any] = {
+        "id": attempt.id,
+        "revision": attempt.revision,
+        "trigger": attempt.trigger,
+        "outcome": attempt.outcome,
+        "reason": attempt.reason,
+        "message": attempt.message,
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "rolled_back_to": attempt.rolled_back_to,
+    }
+    if steps:
+        data["steps"] = [
+            {"name": step.name, "duration": round(step.duration, 4), "ok": step.ok, "output": step.output_tail}
+            for step in attempt.steps
+        ]
+    return data
+
+
+def service_json(view: ServiceView) -> dict[str, Any]:
+    return {
+        "name": view.name,
+        "source": view.source,
+        "runtime": view.runtime,
+        "state": view.state,
+        "healthy": view.healthy,
+        "port": view.port,
+        "desired_sha": view.desired_sha,
+        "running_sha": view.running_sha,
+        "desired_revision": view.desired_revision,
+        "running_revision": view.running_revision,
+        "last_attempt": attempt_json(view.last_attempt),
+        "override": view.override,
+        "observed_at": iso(view.observed_at),
+        "detail": view.detail,
+    }
+
+
+def revision_json(revision: RevisionView) -> dict[str, Any]:
+    return {
+        "id": revision.id,
+        "sha": revision.sha,
+        "author": revision.author,
+        "message": revision.message,
+        "spec_hash": revision.spec_hash,
+        "created_at": iso(revision.created_at),
+        "spec": masked_spec(revision.spec),
+    }
+
+
+def masked_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Secret values never enter a spec (only names); env values under secret-looking keys are masked too."""
+    env = spec.get("env")
+    if not isinstance(env, dict):
+        return dict(spec)
+    flat = flatten({"env": env})
+    return {**spec, "env": {key: flat[f"env.{key}"] if flat.get(f"env.{key}") == MASK else value
+                            for key, value in env.items()}}
+
+
+def override_json(override: OverrideView) -> dict[str, Any]:
+    return {
+        "id": override.id,
+        "kind": override.kind,
+        "revision": override.revision,
+        "who": override.who,
+        "why": override.why,
+        "created_at": iso(override.created_at),
+        "cleared_at": iso(override.cleared_at),
+        "cleared_by": override.cleared_by,
+    }
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    return {"path": change.path, "kind": change.kind, "old": change.old, "new": change.new}
+
+
+def action_json(source: str, action: Action) -> dict[str, Any]:
+    return {"source": source, "service": action.service, "kind": action.kind.value, "reason": action.reason}
+
+
+def demo_json(view: DemoView) -> dict[str, Any]:
+    return {
+        "name": view.name, "revision": view.revision, "ok": view.ok, "status": view.status,
+        "latency_ms": view.latency_ms, "content_type": view.content_type, "text": view.text,
+        "body_file": view.body_file, "truncated": view.truncated, "problems": view.problems,
+        "created_at": iso(view.created_at),
+    }
+
+
+def demo_result_json(result: DemoResult) -> dict[str, Any]:
+    """A demo run just now (``POST /api/services/{name}/demo``): its problems joined into one line."""
+    return {
+        "name": result.name, "ok": result.ok, "status": result.status, "latency_ms": result.latency_ms,
+        "content_type": result.content_type, "text": result.text, "problems": "; ".join(result.problems),
+    }
