@@ -143,7 +143,7 @@ class Api:
 
     def _act(self, name: str, action: str, body: dict[str, Any]) -> Done:
         who, why = str(body.get("who") or "api")[:200], str(body.get("why") or "")[:2000]
-        revision = int(body["revision"]) if body.get("revision") is not None else None
+        revision = _revision(body.get("revision"))
         match action:
             case "rollback":
                 return self.operator.rollback(name, revision, who=who, why=why)
@@ -175,4 +175,17 @@ async def _json_body(request: Request) -> dict[str, Any]:
         data = json.loads(raw[:MAX_BODY])
     except ValueError:
         return {}
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply") from None
     return data if isinstance(data, dict) else {}
+
+
+def _revision(value: object) -> int | None:
+    """A revision id from a body: a whole number (or its digits as text), nothing else."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
+        return value
+    raise BadRequest(f"revision must be a revision number (got {str(value)[:40]!r}); see `deployer history NAME`")
