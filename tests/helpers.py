@@ -98,6 +98,17 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a Prometheus exposition (None if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
 def make_wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
     """A minimal pure-Python wheel, so a requirements change installs with no network."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -159,6 +170,31 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+def passes(daemon: Daemon, source: str) -> int:
+    """Reconcile passes of ``source`` finished so far (the count of the pass-duration histogram)."""
+    found = metric(daemon.get("/metrics").text, "deployer_reconcile_pass_duration_seconds_count", source=source)
+    return int(found or 0)
+
+
+def more_passes(daemon: Daemon, source: str, count: int = 2, timeout: float = 60) -> None:
+    """Wait until ``count`` more passes of ``source`` have finished (periodic ones, say, that must change nothing)."""
+    seen = passes(daemon, source)
+    wait_for(lambda: passes(daemon, source) >= seen + count, timeout, f"{count} more reconcile passes of {source}")
+
+
+def queue_drained(daemon: Daemon, timeout: float = 60) -> None:
+    """Wait until the work queue is empty: every pass requested before this call has finished.
+
+    Requests are queued before the request that made them is answered, so once an input
+    was acknowledged this is the positive marker that any pass it caused is over; a test
+    asserting that the input changed nothing waits for it instead of sleeping.
+    """
+    def empty() -> bool:
+        return metric(daemon.get("/metrics").text, "deployer_queue_depth") == 0
+
+    wait_for(empty, timeout, "the daemon's work queue to drain")
 
 
 def start_daemon(config: Path, state_dir: Path, env: dict[str, str] | None = None, timeout: float = 30) -> Daemon:

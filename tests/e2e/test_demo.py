@@ -1,6 +1,10 @@
 """Model-aware readiness end to end: two classifiers in one group answer the same demo
 inputs differently; a revision whose demo breaks (or whose /info does not match the
-manifest) is rolled back like a failed health check; ``deployer demo`` re-runs them."""
+manifest) is rolled back like a failed health check; ``deployer demo`` re-runs them.
+
+One daemon serves the module; no test relies on another having run: each waits for
+the services it reads to settle and reads the running revision's own answers.
+"""
 
 from __future__ import annotations
 
@@ -93,17 +97,18 @@ def demos(world: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_both_classifiers_pass_their_demos_and_answer_differently(world: dict[str, Any]) -> None:
-    lexicon, counter = settled(world, "lexicon"), settled(world, "counter")
-    for detail in (lexicon, counter):
-        attempt = detail["attempts"][0]
-        assert attempt["outcome"] == "succeeded", attempt
-        assert [step["name"] for step in attempt["steps"]][-2:] == ["health", "demo"]
     answers = {}
     for name in ("lexicon", "counter"):
-        runs = demos(world, name)["runs"]
-        latest = runs[0]
-        assert latest["revision"] == world["daemon"].service(name)["running_revision"]
-        by_input = {result["name"]: result for result in latest["results"]}
+        detail = settled(world, name)
+        running = detail["running_revision"]
+        # The attempt that made the running revision (a later one may have failed and rolled back to it).
+        attempt = next((a for a in detail["attempts"] if a["revision"] == running and a["outcome"] == "succeeded"),
+                       None)
+        assert attempt is not None, detail["attempts"]
+        assert [step["name"] for step in attempt["steps"]][-2:] == ["health", "demo"]
+        run = next((run for run in demos(world, name)["runs"] if run["revision"] == running), None)
+        assert run is not None, f"no demo answers for {name}'s running revision {running}"
+        by_input = {result["name"]: result for result in run["results"]}
         assert set(by_input) == {"not-bad", "mixed"} and all(result["ok"] for result in by_input.values())
         answers[name] = json.loads(by_input["not-bad"]["text"])["label"]
     assert answers == {"lexicon": "positive", "counter": "negative"}  # negation handling differs
@@ -113,8 +118,7 @@ def test_both_classifiers_pass_their_demos_and_answer_differently(world: dict[st
 
 def test_a_broken_demo_fails_the_gate_and_rolls_back(world: dict[str, Any]) -> None:
     repo = world["repo"]
-    before = world["daemon"].service("counter")
-    assert before is not None
+    before = settled(world, "counter")
     broken = service("counter", "counter", version="2.0", demo_keys="[label, confidence]")
     repo.commit({"service.yaml": "services:\n" + service("lexicon", "lexicon") + broken}, "counter: expect confidence")
     assert cli(world, "reconcile").returncode == 0
@@ -127,8 +131,7 @@ def test_a_broken_demo_fails_the_gate_and_rolls_back(world: dict[str, Any]) -> N
 
 def test_info_mismatch_fails_the_gate(world: dict[str, Any]) -> None:
     repo = world["repo"]
-    before = world["daemon"].service("lexicon")
-    assert before is not None
+    before = settled(world, "lexicon")
     wrong = service("lexicon", "lexicon", version="3.0", expect="9.9")
     repo.commit({"service.yaml": "services:\n" + wrong + service("counter", "counter")}, "lexicon: wrong version")
     assert cli(world, "reconcile").returncode == 0
@@ -139,6 +142,7 @@ def test_info_mismatch_fails_the_gate(world: dict[str, Any]) -> None:
 
 
 def test_deployer_demo_reruns_against_the_running_revision(world: dict[str, Any]) -> None:
+    settled(world, "lexicon")
     count = len(demos(world, "lexicon")["runs"])
     done = cli(world, "demo", "lexicon")
     assert done.returncode == 0, done.stdout + done.stderr

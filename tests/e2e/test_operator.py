@@ -2,12 +2,17 @@
 path, no Gitea), the CLI against the running daemon, history, diff, rollback with a
 pin that holds across new commits, suspend/resume, and drift healed by the interval.
 
-Tests run in file order on one daemon; each leaves the state the next expects.
+One daemon serves the module, but no test relies on another having run: each starts
+from ``following`` (no pin or suspension, the branch head's version serving) or makes
+its own revisions, with model versions unique in the session.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +28,7 @@ from tests.helpers import (
     Daemon,
     GitRepo,
     local_source,
+    queue_drained,
     start_daemon,
     stop_supervisord,
     wait_for,
@@ -30,6 +36,7 @@ from tests.helpers import (
 )
 
 TOKEN = "operator-api-token"
+VERSIONS = itertools.count(2)  # "1.0" is the first commit's
 
 
 def manifest(version: str) -> str:
@@ -46,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     config, _ = write_config(root, sources=local_source("models"))
     daemon = start_daemon(config, root / "state", env={"DEPLOYER_API_TOKEN": TOKEN})
     try:
-        yield {"root": root, "repo": repo, "daemon": daemon}
+        yield {"root": root, "repo": repo, "daemon": daemon, "startup": serving(daemon, "1.0")}
     finally:
         daemon.stop()
         stop_supervisord(root / "state")
@@ -73,77 +80,128 @@ def serving(daemon: Daemon, version: str, timeout: float = 60) -> dict[str, Any]
     return wait_for(check, timeout, f"text-classify serving version {version}")
 
 
+def next_version() -> str:
+    return f"{next(VERSIONS)}.0"
+
+
+def head_version(repo: GitRepo) -> str:
+    found = re.search(r'MODEL_VERSION: "([^"]+)"', (repo.work / "service.yaml").read_text())
+    assert found is not None
+    return found.group(1)
+
+
+def following(world: dict[str, Any]) -> dict[str, Any]:
+    """The state most tests start from, made idempotently: no pin or suspension, and the
+    version at the branch head serving (a pass is asked for, so it is fetched)."""
+    service = world["daemon"].service("text-classify")
+    if service and service["override"]:
+        for action in ("unpin", "resume"):
+            done = cli(world, action, "text-classify")
+            assert done.returncode == 0, done.stdout + done.stderr
+    done = cli(world, "reconcile", "text-classify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    queue_drained(world["daemon"])  # that pass, and any asked for before it, is over
+    return serving(world["daemon"], head_version(world["repo"]))
+
+
+def deploy_version(world: dict[str, Any], version: str, message: str) -> tuple[str, dict[str, Any]]:
+    """Commit ``version``, ask for a pass, wait until it serves: its commit and the service."""
+    following(world)
+    sha = world["repo"].commit({"service.yaml": manifest(version)}, message)
+    done = cli(world, "reconcile", "text-classify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return sha, serving(world["daemon"], version)
+
+
 def test_startup_poll_deploys_the_local_repo(world: dict[str, Any]) -> None:
-    service = serving(world["daemon"], "1.0")
+    service = world["startup"]  # as the daemon first served it (the fixture waited for that)
     assert service["source"] == "models" and service["running_sha"] == world["repo"].shas[0]
+    assert service["last_attempt"]["trigger"] == "startup", service["last_attempt"]
 
 
 def test_reconcile_history_and_diff(world: dict[str, Any]) -> None:
     repo, daemon = world["repo"], world["daemon"]
-    repo.commit({"service.yaml": manifest("2.0")}, "v2: new model version")
+    previous = following(world)
+    old, version = head_version(repo), next_version()
+    sha = repo.commit({"service.yaml": manifest(version)}, f"v{version}: new model version")
     done = cli(world, "reconcile", "text-classify")
     assert done.returncode == 0, done.stderr
     assert "pass requested for models" in done.stdout
-    serving(daemon, "2.0")
+    serving(daemon, version)
 
     history = cli(world, "history", "text-classify")
     assert history.returncode == 0, history.stderr
     lines = history.stdout.splitlines()
     assert lines[0].split() == ["REV", "COMMIT", "AUTHOR", "WHEN", "OUTCOME", "MESSAGE"]
-    assert repo.shas[1][:7] in lines[1] and "succeeded" in lines[1] and "v2: new model version" in lines[1]
-    assert repo.shas[0][:7] in lines[2]
+    assert sha[:7] in lines[1] and "succeeded" in lines[1] and f"v{version}: new model version" in lines[1]
+    assert previous["running_sha"][:7] in lines[2]
 
     diff = cli(world, "diff", "text-classify")
     assert diff.returncode == 0, diff.stderr
-    assert "~ env.MODEL_VERSION: 1.0 -> 2.0" in diff.stdout
+    assert f"~ env.MODEL_VERSION: {old} -> {version}" in diff.stdout
     as_json = cli(world, "diff", "text-classify", "--json")
-    assert any(change["path"] == "env.MODEL_VERSION" for change in __import__("json").loads(as_json.stdout)["changes"])
+    assert any(change["path"] == "env.MODEL_VERSION" for change in json.loads(as_json.stdout)["changes"])
+
+    page = daemon.get("/services/text-classify")
+    newest = page.text.split("<h3>Revisions</h3>")[1].split("</li>")[0]  # the timeline, newest first
+    assert 'class="running desired"' in newest and "env.MODEL_VERSION" in newest, newest
+    assert f"v{version}: new model version" in newest and old in newest
 
 
 def test_rollback_pins_and_the_pin_holds_across_new_commits(world: dict[str, Any]) -> None:
     repo, daemon = world["repo"], world["daemon"]
+    good, bad = next_version(), next_version()
+    good_sha, _ = deploy_version(world, good, "a good model version")
+    deploy_version(world, bad, "a model version that mislabels reviews")
     done = cli(world, "rollback", "text-classify", "--why", "v2 mislabels reviews")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "succeeded" in done.stdout and "health" in done.stdout  # steps shown as they happen
-    service = serving(daemon, "1.0")
-    assert service["override"] == "pinned" and service["running_sha"] == repo.shas[0]
+    service = serving(daemon, good)
+    assert service["override"] == "pinned" and service["running_sha"] == good_sha
     assert service["overrides"][0]["who"].count("@") == 1 and service["overrides"][0]["why"] == "v2 mislabels reviews"
 
-    repo.commit({"service.yaml": manifest("3.0")}, "v3")
+    newer = next_version()
+    repo.commit({"service.yaml": manifest(newer)}, "a commit the pin holds back")
     assert cli(world, "reconcile").returncode == 0
-    time.sleep(3)
-    assert httpx.get(f"http://127.0.0.1:{service['port']}/info", timeout=2).json()["version"] == "1.0"
+    queue_drained(daemon)  # the pass it asked for has fetched the commit and decided
+    assert httpx.get(f"http://127.0.0.1:{service['port']}/info", timeout=2).json()["version"] == good
     plan = cli(world, "plan")
     assert plan.returncode == 0, plan.stdout  # pinned: nothing pending
     status = cli(world, "status")
     assert "pinned" in status.stdout
+    page = daemon.get("/services/text-classify").text
+    assert "pinned" in page and "v2 mislabels reviews" in page
 
     assert cli(world, "unpin", "text-classify").returncode == 0
-    serving(daemon, "3.0")
+    serving(daemon, newer)
 
 
 def test_suspend_leaves_the_service_alone_until_resumed(world: dict[str, Any]) -> None:
     repo, daemon = world["repo"], world["daemon"]
+    following(world)
+    version = head_version(repo)
     assert cli(world, "suspend", "text-classify", "--why", "load test").returncode == 0
-    repo.commit({"service.yaml": manifest("4.0")}, "v4")
+    newer = next_version()
+    repo.commit({"service.yaml": manifest(newer)}, "a commit the suspension leaves alone")
     assert cli(world, "reconcile").returncode == 0
-    time.sleep(3)
+    queue_drained(daemon)  # the pass it asked for has fetched the commit and decided
     service = daemon.service("text-classify")
     assert service is not None and service["override"] == "suspended"
-    assert httpx.get(f"http://127.0.0.1:{service['port']}/info", timeout=2).json()["version"] == "3.0"
+    assert httpx.get(f"http://127.0.0.1:{service['port']}/info", timeout=2).json()["version"] == version
     plan = cli(world, "plan", "--json")
-    actions = __import__("json").loads(plan.stdout)["actions"]
+    actions = json.loads(plan.stdout)["actions"]
     assert any("suspended by" in action["reason"] and "would update" in action["reason"] for action in actions)
+    page = daemon.get("/services/text-classify").text
+    assert "suspended" in page and "load test" in page
 
     assert cli(world, "resume", "text-classify").returncode == 0
-    serving(daemon, "4.0")
+    serving(daemon, newer)
     assert cli(world, "plan").returncode == 0
 
 
 def test_program_stopped_by_hand_is_healed_and_recorded_as_drift(world: dict[str, Any]) -> None:
     daemon, root = world["daemon"], world["root"]
-    before = daemon.service("text-classify")
-    assert before is not None
+    before = following(world)
     conf = root / "state" / "supervisor" / "supervisord.conf"
     ctl = Path(sys.executable).parent / "supervisorctl"
     stopped = subprocess.run([str(ctl), "-c", str(conf), "stop", "text-classify"], capture_output=True, text=True)
@@ -159,14 +217,15 @@ def test_program_stopped_by_hand_is_healed_and_recorded_as_drift(world: dict[str
     attempt = wait_for(healed, 30, "the stopped program to be started again")
     print(f"\ndrift healed in {time.monotonic() - started:.2f}s (interval 1s)")
     assert attempt["trigger"] == "drift" and attempt["reason"] == "DriftCorrected"
+    assert "DriftCorrected" in daemon.get("/services/text-classify").text
 
 
 def test_supervisord_sigkilled_is_restarted_and_orphans_reaped(world: dict[str, Any]) -> None:
     import signal
 
     daemon, root = world["daemon"], world["root"]
-    before = daemon.service("text-classify")
-    assert before is not None and before["healthy"]
+    before = following(world)
+    version = head_version(world["repo"])
     pid = int((root / "state" / "supervisor" / "supervisord.pid").read_text())
     os.kill(pid, signal.SIGKILL)  # its program keeps running as an orphan holding the port
     started = time.monotonic()
@@ -179,11 +238,12 @@ def test_supervisord_sigkilled_is_restarted_and_orphans_reaped(world: dict[str, 
     wait_for(back, 60, "a new supervisord running the service")
     print(f"\nsupervisord SIGKILL healed in {time.monotonic() - started:.2f}s")
     info = httpx.get(f"http://127.0.0.1:{before['port']}/info", timeout=2).json()
-    assert info["version"] == "4.0"
+    assert info["version"] == version
 
 
 def test_program_file_deleted_by_hand_is_rewritten(world: dict[str, Any]) -> None:
     daemon, root = world["daemon"], world["root"]
+    following(world)
     programs = root / "state" / "supervisor" / "programs"
     program = next(programs.glob("text-classify*.conf"))
     original = program.read_text()
@@ -222,22 +282,18 @@ def test_unknown_names_are_404_whichever_route_meets_them(world: dict[str, Any])
     assert bad_pin.status_code == 409 and "is not one of its revisions" in bad_pin.json()["error"]
 
 
-def test_service_page_shows_timeline_diff_and_overrides(world: dict[str, Any]) -> None:
-    page = world["daemon"].get("/services/text-classify")
-    assert page.status_code == 200
-    html = page.text
-    assert "env.MODEL_VERSION" in html and "rolled_back" not in html.split("<h3>Revisions</h3>")[1][:0]
-    assert "pinned" in html and "suspended" in html and "v2 mislabels reviews" in html
-    assert "DriftCorrected" in html
-    assert world["daemon"].get("/services/nope").status_code == 404
+def test_unknown_service_page_is_404(world: dict[str, Any]) -> None:
+    missing = world["daemon"].get("/services/nope")
+    assert missing.status_code == 404 and "nope" in missing.text
 
 
 def test_logs_plan_pending_and_validate(world: dict[str, Any]) -> None:
+    following(world)
     logs = cli(world, "logs", "text-classify", "--bytes", "2000")
     assert logs.returncode == 0 and "text-classify listening on 127.0.0.1:" in logs.stdout
     assert cli(world, "logs", "nope").returncode == 1
 
-    world["repo"].commit({"service.yaml": manifest("5.0")}, "v5, not reconciled yet")
+    world["repo"].commit({"service.yaml": manifest(next_version())}, "a new version, not reconciled yet")
     pending = cli(world, "plan", "text-classify")
     assert pending.returncode == 2, pending.stdout + pending.stderr
     assert "update" in pending.stdout and "spec changed" in pending.stdout

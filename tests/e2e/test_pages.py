@@ -7,12 +7,14 @@ does not exist, so it fails and the overview must say so. Deliveries come as
 signed webhooks in Gitea's format. Screenshots go to ``test-output/`` (and the
 overview to ``docs/overview.png`` with ``DEPLOYER_UPDATE_SCREENSHOT=1``).
 
-Tests run in file order on one daemon; each builds on what the previous left.
+One daemon serves the module, but no test relies on another having run: each first
+waits for (or restores) the state it reads, and makes its own deliveries and commits.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import os
 import re
 import shutil
@@ -47,6 +49,7 @@ HOSTILE = "<script>alert(1)</script>"
 ZERO = "0" * 40
 API_TOKEN = "pages-api-token-51c0"
 SECRETS = (WEBHOOK_SECRET, HF_TOKEN, API_TOKEN)
+VERSIONS = itertools.count(2)  # text-classify's model versions after the first commit's "1.0"
 
 
 def manifest(version: str) -> str:
@@ -99,16 +102,18 @@ def world(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterato
         stop_supervisord(state)
 
 
-def settled(daemon: Daemon, sha: str, timeout: float = 40) -> dict[str, Any]:
-    """text-classify serving ``sha`` healthy (its snapshot is taken right after), sentiment-next failed."""
+def settled(daemon: Daemon, sha: str | None = None, timeout: float = 40) -> dict[str, Any]:
+    """text-classify serving ``sha`` (default: its desired revision's) healthy (its snapshot is
+    taken right after), sentiment-next failed."""
     def check() -> dict[str, Any] | None:
         good, bad = daemon.service("text-classify"), daemon.service("sentiment-next")
-        if not good or not bad or not good["healthy"] or good["running_sha"] != sha:
+        if not good or not bad or not good["healthy"] or good["running_sha"] != (sha or good["desired_sha"]):
             return None
         finished = bad["last_attempt"] and bad["last_attempt"]["outcome"] == "failed"
         return good if finished and good["last_attempt"]["outcome"] == "succeeded" else None
 
-    return wait_for(check, timeout, f"text-classify at {sha[:7]} and sentiment-next failed")
+    at = sha[:7] if sha else "its desired revision"
+    return wait_for(check, timeout, f"text-classify at {at} and sentiment-next failed")
 
 
 def push(daemon: Daemon, after: str, *, ref: str = "refs/heads/main", secret: str = WEBHOOK_SECRET,
@@ -120,6 +125,28 @@ def push(daemon: Daemon, after: str, *, ref: str = "refs/heads/main", secret: st
     return daemon.post("/hooks/gitea", body, headers).status_code
 
 
+def as_committed(world: dict[str, Any]) -> dict[str, Any]:
+    """Both services as the branch has them and no override: text-classify healthy, sentiment-next failed."""
+    daemon = world["daemon"]
+    if (daemon.service("sentiment-next") or {}).get("override"):
+        done = daemon.post("/api/services/sentiment-next/resume", b"{}", {"Authorization": f"Bearer {API_TOKEN}"})
+        assert done.status_code == 202, done.text
+    return settled(daemon)
+
+
+def announced_commit(world: dict[str, Any]) -> str:
+    """A new commit that changes no service, pushed and announced: an accepted delivery that deploys nothing."""
+    repo = world["repo"]
+    before = repo.shas[-1]
+    sha = repo.commit({"NOTES.md": f"{uuid.uuid4()}\n"}, "notes")
+    assert push(world["daemon"], sha, before=before) == 202
+    return sha
+
+
+def model_version(repo: GitRepo) -> str:
+    found = re.search(r'MODEL_VERSION: "([^"]+)"', (repo.work / "service.yaml").read_text())
+    assert found is not None
+    return found.group(1)
 
 
 def assert_clean(dom: str) -> None:
@@ -134,8 +161,8 @@ def shot(browser: Browser, url: str, name: str, **options: Any) -> Path:
 
 
 def test_overview_shows_both_services_and_the_failing_banner(world: dict[str, Any], browser: Browser) -> None:
-    daemon, repo = world["daemon"], world["repo"]
-    settled(daemon, repo.shas[0])
+    daemon = world["daemon"]
+    as_committed(world)
     dom = browser.dump_dom(daemon.url + "/")
     assert_clean(dom)
     banner = text_of(find(r'<div class="banner bad" role="alert" id="failing">(.*?)</div>', dom))
@@ -155,8 +182,11 @@ def test_overview_shows_both_services_and_the_failing_banner(world: dict[str, An
 
 def test_service_page_shows_the_diff_steps_logs_and_info(world: dict[str, Any], browser: Browser) -> None:
     daemon, repo = world["daemon"], world["repo"]
-    sha = repo.commit({"service.yaml": manifest("2.0")}, "text-classify: model 2.0")
-    assert push(daemon, sha, before=repo.shas[0]) == 202
+    previous = as_committed(world)["running_sha"]
+    old, new = model_version(repo), f"{next(VERSIONS)}.0"
+    before = repo.shas[-1]
+    sha = repo.commit({"service.yaml": manifest(new)}, f"text-classify: model {new}")
+    assert push(daemon, sha, before=before) == 202
     settled(daemon, sha)
     url = daemon.url + "/services/text-classify"
     dom = browser.dump_dom(url)
@@ -164,9 +194,9 @@ def test_service_page_shows_the_diff_steps_logs_and_info(world: dict[str, Any], 
     assert HOSTILE not in dom and html.escape(HOSTILE, quote=False) in dom  # shown, as text
 
     newest = find(r'<li id="rev-\d+" class="running desired">(.*?)</li>', dom)  # marked as both
-    assert "text-classify: model 2.0" in newest
+    assert f"text-classify: model {new}" in newest
     diff = [text_of(row).split() for row in re.findall(r'<tr class="\w+">(.*?)</tr>', newest, re.S)]
-    assert diff == [["~", "env.MODEL_VERSION", "1.0", "2.0"]]  # only what changed, old and new
+    assert diff == [["~", "env.MODEL_VERSION", old, new]]  # only what changed, old and new
 
     attempt = find(r'<details class="attempt" id="attempt-\d+" open="">(.*?)</details>', dom)
     assert "succeeded" in attempt and "webhook" in attempt
@@ -177,11 +207,12 @@ def test_service_page_shows_the_diff_steps_logs_and_info(world: dict[str, Any], 
     logs = find(r'<pre class="logs">(.*?)</pre>', dom)
     assert "text-classify listening on 127.0.0.1:" in logs and '"GET /health HTTP/1.1" 200' in logs
     info = html.unescape(find(r'<pre class="info">(.*?)</pre>', dom))
-    assert '"version": "2.0"' in info and '"model": "lexicon-sentiment"' in info
+    assert f'"version": "{new}"' in info and '"model": "lexicon-sentiment"' in info
 
-    statuses = text_of(find(r'<table class="stack statuses">(.*?)</table>', dom))
-    assert f"{sha[:7]} rev" in statuses and f"{repo.shas[0][:7]} rev" in statuses
-    assert statuses.count("success ReconciliationSucceeded") == 2, statuses
+    table = find(r'<table class="stack statuses">(.*?)</table>', dom)
+    statuses = {text_of(row).split(" rev ")[0]: text_of(row) for row in re.findall(r"<tr>(<td.*?)</tr>", table, re.S)}
+    for commit in (sha, previous):
+        assert "success ReconciliationSucceeded" in statuses.get(commit[:7], ""), statuses
     for scheme in ("light", "dark"):
         shot(browser, url, f"service-{scheme}", height=1400, scheme=scheme)
     shot(browser, url, "service-phone-light", width=390, height=2800)
@@ -194,16 +225,19 @@ def test_service_page_shows_the_diff_steps_logs_and_info(world: dict[str, Any], 
 
 def test_deliveries_page_shows_each_result_and_why(world: dict[str, Any], browser: Browser) -> None:
     daemon, repo = world["daemon"], world["repo"]
-    sha = repo.shas[-1]
-    assert push(daemon, sha, before=repo.shas[0]) == 200  # same push again: duplicate
+    as_committed(world)
+    before = repo.shas[-1]
+    sha = announced_commit(world)  # accepted
+    assert push(daemon, sha, before=before) == 200  # same push again: duplicate
     assert push(daemon, sha, ref="refs/heads/feature") == 200  # another branch: ignored
     assert push(daemon, sha, ref="refs/tags/v2") == 200  # a tag: ignored
     assert push(daemon, sha, secret="not-the-secret") == 401  # rejected
     assert push(daemon, sha, repo="unknown") == 403  # rejected: not a source
+    wait_for(lambda: f"{OWNER}/unknown" in daemon.get("/deliveries?live=0").text, 10, "the last delivery audited")
     dom = browser.dump_dom(daemon.url + "/deliveries")
     assert_clean(dom)
     assert "X-Gitea-Signature" not in dom.replace("(X-Gitea-Signature)", "")
-    results = [text_of(row) for row in re.findall(r'<tr id="delivery-\d+">(.*?)</tr>', dom, re.S)]
+    results = [text_of(row) for row in re.findall(r'<tr id="delivery-\d+">(.*?)</tr>', dom, re.S)][:6]  # this test's
     found = [find(r"(accepted|duplicate|ignored|rejected)", row) for row in results]
     assert found == ["rejected", "rejected", "ignored", "ignored", "duplicate", "accepted"], results
     assert "missing or wrong signature" in results[1] and "not a configured source" in results[0]
@@ -215,6 +249,7 @@ def test_deliveries_page_shows_each_result_and_why(world: dict[str, Any], browse
 
 def test_overview_shows_overrides(world: dict[str, Any], browser: Browser) -> None:
     daemon = world["daemon"]
+    as_committed(world)
     body = b'{"who": "ops@acme", "why": "model under investigation"}'
     done = daemon.post("/api/services/sentiment-next/suspend", body, {"Authorization": f"Bearer {API_TOKEN}"})
     assert done.status_code == 202, done.text
@@ -231,6 +266,7 @@ def test_overview_shows_overrides(world: dict[str, Any], browser: Browser) -> No
 
 def test_live_refresh_pauses_and_unknown_services_are_404(world: dict[str, Any]) -> None:
     daemon = world["daemon"]
+    settled(daemon)
     assert '<meta http-equiv="refresh" content="10">' in daemon.get("/deliveries").text
     paused = daemon.get("/services/text-classify?live=0").text
     assert 'http-equiv="refresh"' not in paused and "resume live updates" in paused
@@ -241,10 +277,16 @@ def test_live_refresh_pauses_and_unknown_services_are_404(world: dict[str, Any])
 def test_commits_link_to_gitea(world: dict[str, Any], browser: Browser) -> None:
     """A source named owner/repo is that Gitea repository: its commits link to [gitea] url."""
     daemon, repo = world["daemon"], world["repo"]
-    link = f'href="{GITEA}/{OWNER}/{NAME}/commit/{repo.shas[-1]}"'
+
+    def link(sha: str) -> str:
+        return f'href="{GITEA}/{OWNER}/{NAME}/commit/{sha}"'
+
+    running = settled(daemon)["running_sha"]
     overview = browser.dump_dom(daemon.url + "/")
     row = re.search(r'<tr id="svc-text-classify".*?</tr>', overview, re.S)
-    assert row and link in row.group(0), "WebDeps.gitea_url must be the [gitea] url (deployer/app.py)"
+    assert row and link(running) in row.group(0), "WebDeps.gitea_url must be the [gitea] url (deployer/app.py)"
     service = browser.dump_dom(daemon.url + "/services/text-classify")
-    assert link in service and f'href="{GITEA}/{OWNER}/{NAME}/commit/{repo.shas[0]}"' in service
-    assert link in browser.dump_dom(daemon.url + "/deliveries")
+    assert link(running) in service and link(repo.shas[0]) in service  # the first revision, in the timeline
+    delivered = announced_commit(world)
+    wait_for(lambda: link(delivered) in daemon.get("/deliveries?live=0").text, 10, "the delivery in the audit")
+    assert link(delivered) in browser.dump_dom(daemon.url + "/deliveries")

@@ -7,17 +7,21 @@ labelled text/html, an HTML page, a JSON answer with pictures (one fake), severa
 megabytes, a 500, a hang, and an audio input sent as a file. Its gate fails, and its
 answers are still shown. Screenshots go to ``test-output/showcase-*.png``.
 
-Tests run in file order on one daemon; the last ones change what the first ones saw.
+One daemon serves the module, but no test relies on another having run: a test that
+reads lexicon's answers first puts its original code back (``lexicon_as_committed``),
+and the test that plants bad rows in the database removes them again.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import http.client
 import io
 import json
 import re
+import sqlite3
 import struct
 import wave
 import zlib
@@ -34,6 +38,7 @@ from tests.helpers import ROOT, GitRepo, free_port, start_daemon, stop_superviso
 
 OUTPUT = ROOT / "test-output"
 HOSTILE = "<script>alert(1)</script>"
+TOKEN = "showcase-token"
 
 
 def png(width: int = 160, height: int = 96) -> bytes:
@@ -166,7 +171,7 @@ state_dir = "{root / 'state'}"
 [demo]
 timeout = 2
 """)
-    daemon = start_daemon(root / "deployer.toml", root / "state", env={"DEPLOYER_API_TOKEN": "showcase-token"})
+    daemon = start_daemon(root / "deployer.toml", root / "state", env={"DEPLOYER_API_TOKEN": TOKEN})
     try:
         world = {"root": root, "repo": repo, "daemon": daemon, "state": root / "state"}
         for name in ("lexicon", "counter", "oddball"):
@@ -225,10 +230,29 @@ def running(world: dict[str, Any], name: str) -> int:
     return int(detail["running_revision"])
 
 
+def reconcile(world: dict[str, Any]) -> None:
+    requested = world["daemon"].post("/api/reconcile", b"{}", {"Authorization": f"Bearer {TOKEN}"})
+    assert requested.status_code == 202, requested.text
+
+
+def lexicon_as_committed(world: dict[str, Any]) -> int:
+    """lexicon running its original, negation-aware code (a test changes it); its running revision."""
+    original = tree()["lexicon/server.py"]
+    assert isinstance(original, str)
+    previous = settled(world, "lexicon")["attempts"][0]["id"]
+    if (world["repo"].work / "lexicon" / "server.py").read_text() != original:
+        world["repo"].commit({"lexicon/server.py": original}, "lexicon: English negations back")
+        reconcile(world)
+        settled(world, "lexicon", after=previous)
+    return running(world, "lexicon")
+
+
 # -- the tests --------------------------------------------------------------
 
 
 def test_group_page_shows_both_services_for_each_input(world: dict[str, Any], browser: Browser) -> None:
+    lexicon_as_committed(world)
+    settled(world, "counter")
     url = world["daemon"].url + "/groups/sentiment"
     dom = browser.dump_dom(url)
     no_script(dom)
@@ -268,7 +292,7 @@ def test_a_script_in_a_model_output_is_shown_as_text(world: dict[str, Any], brow
 
 def test_service_page_and_showcase_show_input_beside_output(world: dict[str, Any], browser: Browser) -> None:
     daemon = world["daemon"]
-    revision = running(world, "lexicon")
+    revision = lexicon_as_committed(world)
     page = browser.dump_dom(daemon.url + "/services/lexicon")
     shown = answers(page)
     assert set(shown) == {"not-bad", "mixed"}, list(shown)
@@ -295,8 +319,8 @@ def test_the_input_file_route_serves_the_demo_input(world: dict[str, Any]) -> No
 
 def test_oddball_answers_are_shown_safely(world: dict[str, Any], browser: Browser) -> None:
     daemon = world["daemon"]
-    detail = daemon.service("oddball")
-    assert detail and detail["attempts"][0]["reason"] == "DemoFailed", detail
+    detail = settled(world, "oddball")
+    assert detail["attempts"][0]["reason"] == "DemoFailed", detail
     url = daemon.url + "/services/oddball/showcase"
     dom = browser.dump_dom(url)
     no_script(dom)
@@ -342,14 +366,13 @@ def test_a_group_of_one_says_so(world: dict[str, Any], browser: Browser) -> None
 
 def test_revision_comparison_shows_old_and_new_outputs(world: dict[str, Any], browser: Browser) -> None:
     daemon, repo = world["daemon"], world["repo"]
-    before = running(world, "lexicon")
+    before = lexicon_as_committed(world)
     attempts = daemon.service("lexicon")["attempts"]  # type: ignore[index]
     server = repo.work / "lexicon" / "server.py"
     negation_blind = re.sub(r"NEGATIONS = \{.*?\}\n", "NEGATIONS: set[str] = set()\n", server.read_text())
     assert "NEGATIONS: set[str] = set()" in negation_blind
     repo.commit({"lexicon/server.py": negation_blind}, "lexicon: drop English negations")
-    requested = daemon.post("/api/reconcile", b"{}", {"Authorization": "Bearer showcase-token"})
-    assert requested.status_code == 202, requested.text
+    reconcile(world)
     settled(world, "lexicon", after=attempts[0]["id"])
     after = running(world, "lexicon")
     assert after != before
@@ -369,6 +392,7 @@ def test_revision_comparison_shows_old_and_new_outputs(world: dict[str, Any], br
 
 def test_demo_output_refuses_paths_outside_its_folder(world: dict[str, Any]) -> None:
     daemon, state, root = world["daemon"], world["state"], world["root"]
+    detail = settled(world, "oddball")
     for trick in ("..%2F..%2Fdeployer.toml", "..", "../../../deployer.toml", "1%2F..%2F..%2Fdeployer.toml",
                   "%2e%2e", "-1", "1e3", "0x1"):
         status, body = raw_get(daemon.url, f"/services/oddball/demo-output/{trick}")  # sent as is, not normalised
@@ -376,21 +400,28 @@ def test_demo_output_refuses_paths_outside_its_folder(world: dict[str, Any]) -> 
     png_id = int(find(r"/demo-output/(\d+)", daemon.get("/services/oddball/showcase").text))
     assert daemon.get(f"/services/lexicon/demo-output/{png_id}").status_code == 404  # another service's answer
 
-    (state / "demo" / "oddball" / "evil.png").symlink_to(root / "deployer.toml")
-    revision = daemon.service("oddball")["attempts"][0]["revision"]  # type: ignore[index]
-    store = Store(f"sqlite:///{state / 'deployer.db'}")
-    try:  # rows pointing outside <state_dir>/demo/, as a corrupted or tampered database might hold
-        planted = {body_file: store.demos.record(
-            "oddball", revision, None, name=f"planted-{index}", ok=True, status=200, latency_ms=1.0,
-            content_type="image/png", text=None, body_file=body_file, truncated=False, problems="")
+    evil = state / "demo" / "oddball" / "evil.png"
+    evil.symlink_to(root / "deployer.toml")
+    planted: dict[str, int] = {}
+    try:
+        store = Store(f"sqlite:///{state / 'deployer.db'}")
+        try:  # rows pointing outside <state_dir>/demo/, as a corrupted or tampered database might hold
             for index, body_file in enumerate(("demo/../deployer.db", str(root / "deployer.toml"),
-                                               "demo/oddball/evil.png", "demo", "demo/oddball"))}
-    finally:
-        store.close()
-    for body_file, result_id in planted.items():
-        response = daemon.get(f"/services/oddball/demo-output/{result_id}")
-        assert response.status_code == 404 and "[server]" not in response.text, body_file
-    page = daemon.get("/services/oddball/showcase")
-    assert page.status_code == 200 and page.text.count("the stored file is gone") == len(planted)
-    png_now = int(find(r"/demo-output/(\d+)", page.text))  # the newest answer (a retry may have replaced it)
-    assert daemon.get(f"/services/oddball/demo-output/{png_now}").status_code == 200, (png_id, png_now)
+                                               "demo/oddball/evil.png", "demo", "demo/oddball")):
+                planted[body_file] = store.demos.record(
+                    "oddball", detail["attempts"][0]["revision"], None, name=f"planted-{index}", ok=True,
+                    status=200, latency_ms=1.0, content_type="image/png", text=None, body_file=body_file,
+                    truncated=False, problems="")
+        finally:
+            store.close()
+        for body_file, result_id in planted.items():
+            response = daemon.get(f"/services/oddball/demo-output/{result_id}")
+            assert response.status_code == 404 and "[server]" not in response.text, body_file
+        page = daemon.get("/services/oddball/showcase")
+        assert page.status_code == 200 and page.text.count("the stored file is gone") == len(planted)
+        png_now = int(find(r"/demo-output/(\d+)", page.text))  # the newest answer (a retry may have replaced it)
+        assert daemon.get(f"/services/oddball/demo-output/{png_now}").status_code == 200, (png_id, png_now)
+    finally:  # planted rows would be among oddball's answers for every later test
+        evil.unlink(missing_ok=True)
+        with contextlib.closing(sqlite3.connect(state / "deployer.db", timeout=30)) as database, database:
+            database.executemany("DELETE FROM demo_results WHERE id = ?", [(row,) for row in planted.values()])

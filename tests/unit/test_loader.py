@@ -89,8 +89,11 @@ def test_bytes_input_with_bom() -> None:
 
 def test_example_manifests_load() -> None:
     examples = sorted((REPO / "manifests" / "examples").glob("*/service.yaml"))
+    # An empty glob (examples moved or renamed) must fail, not pass with nothing checked.
+    assert "text-classify" in [path.parent.name for path in examples], examples
     for path in examples:
-        load_manifest_file(path, repo_root=path.parent)
+        manifest = load_manifest_file(path, repo_root=path.parent)
+        assert manifest.services, path
 
 
 # ---------------------------------------------------------------- model errors
