@@ -81,9 +81,7 @@ def service_of(daemon: Daemon) -> dict[str, Any] | None:
 
 def reconcile(world: dict[str, Any]) -> None:
     """Ask for a pass now, with the API token the daemon made in its state dir (none is configured)."""
-    token = (world["root"] / "state" / "api-token").read_text().strip()
-    requested = httpx.post(world["daemon"].url + "/api/reconcile", headers={"Authorization": f"Bearer {token}"},
-                           timeout=10)
+    requested = world["daemon"].request_pass()
     assert requested.status_code == 202, requested.text
 
 
