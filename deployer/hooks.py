@@ -91,6 +91,6 @@ def _environment(deployment: Deployment, event: str) -> dict[str, str]:
     return {
         "PATH": path, "LANG": "C.UTF-8", "HOME": str(deployment.workdir),
         **deployment.full_environment(),
-        "DEPLOYER_SERVICE": deployment.name, "DEPLOYER_REVISION": str(deployment.revision),
+        "DEPLOYER_SERVICE": deployment.service, "DEPLOYER_REVISION": str(deployment.revision),
         "DEPLOYER_SHA": deployment.desired.sha, "DEPLOYER_EVENT": event,
     }

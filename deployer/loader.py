@@ -68,6 +68,7 @@ _SERVICE_FIELD_HELP = {
     "group": "Services compared side by side.",
     "demo": "Sample inputs sent to POST /predict after the health gate (files in the service folder).",
     "gateway": "Path under which the gateway routes to the service.",
+    "rollout": "How a new revision replaces the old one behind the gateway: blue-green (default) or recreate.",
     "resources": "Memory, CPU and GPU limits (docker and swarm).",
     "replicas": "Number of replicas (swarm).",
     "hooks": "Lifecycle hooks, relative to the service folder.",

@@ -22,11 +22,15 @@ from deployer.model.manifest import (
     HooksSpec,
     InfoSpec,
     ResourcesSpec,
+    RolloutSpec,
     RuntimeName,
 )
 
 # Fields that describe where a spec came from, not what it is.
 _PROVENANCE = frozenset({"sha", "source"})
+# Fields added after revisions were first recorded: left out while unset, so an upgrade of
+# deployer does not change the hash of (and so redeploy) every service.
+_ADDED_LATER = frozenset({"rollout"})
 
 
 class DesiredService(BaseModel):
@@ -50,6 +54,7 @@ class DesiredService(BaseModel):
     group: str | None = None
     demo: tuple[DemoSpec, ...] = ()
     gateway: GatewaySpec | None = None
+    rollout: RolloutSpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     replicas: int = 1
     hooks: HooksSpec = Field(default_factory=HooksSpec)
@@ -57,7 +62,8 @@ class DesiredService(BaseModel):
 
     def spec(self) -> dict[str, Any]:
         """The resolved spec as plain JSON data (what a revision stores)."""
-        return self.model_dump(mode="json")
+        unset = {name for name in _ADDED_LATER if getattr(self, name) is None}
+        return self.model_dump(mode="json", exclude=unset)
 
     @property
     def spec_hash(self) -> str:

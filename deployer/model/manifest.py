@@ -23,6 +23,8 @@ from pydantic import (
 )
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+# What a runtime may call an instance: a service name, or NAME--blue / NAME--green (its slots).
+INSTANCE_PATTERN = r"^[a-z][a-z0-9-]{0,47}$"
 ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 RUNTIMES = ("supervisor", "docker", "swarm")
 RuntimeName = Literal["supervisor", "docker", "swarm"]
@@ -96,6 +98,14 @@ class GatewaySpec(Strict):
     path: UrlPath
 
 
+class RolloutSpec(Strict):
+    strategy: Literal["blue-green", "recreate"] = Field(
+        default="blue-green",
+        description="behind the gateway: blue-green starts the new revision beside the old one and switches when "
+                    "it passed its gate (no failed request); recreate stops the old one first (a model that fits "
+                    "the GPU only once). Without the gateway every service is recreated.")
+
+
 class ResourcesSpec(Strict):
     memory: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?[kmgKMG]?$")] | None = None
     cpus: float | None = Field(default=None, gt=0, le=1024)
@@ -128,10 +138,18 @@ class ServiceManifest(Strict):
     group: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     demo: list[DemoSpec] = Field(default_factory=list)
     gateway: GatewaySpec | None = None
+    rollout: RolloutSpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     replicas: int = Field(default=1, ge=1, le=100)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_slot_name(cls, value: str) -> str:
+        if value.endswith(("--blue", "--green")):
+            raise ValueError("must not end in --blue or --green (the names of a service's slots behind the gateway)")
+        return value
 
     @field_validator("port")
     @classmethod

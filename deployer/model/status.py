@@ -140,3 +140,5 @@ class ServiceView:
     override: str | None = None
     observed_at: datetime | None = None
     detail: str = ""  # what the runtime or the health probe said last (container id, image, engine health …)
+    slot: str | None = None  # behind the gateway: the slot serving (blue or green)
+    gateway_path: str | None = None  # the running revision's gateway path

@@ -19,16 +19,19 @@ from deployer.health import HttpChecks, Probe
 from deployer.hooks import HookRunner
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.events import EventBus
+from deployer.reconcile.gate import Gate, Steps
 from deployer.reconcile.observe import Observer
 from deployer.reconcile.passes import PassResult, Reconciler, Rooms
 from deployer.reconcile.resolve import ClaimedPorts, Resolver
-from deployer.reconcile.rollout import Gate, Rollout, RolloutParts, Steps
+from deployer.reconcile.rollout import Rollout, RolloutParts
+from deployer.reconcile.routing import GatewayPort, Route, Router
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
 from deployer.runtimes.base import Runtime
 from deployer.secrets import SecretStore
 from deployer.store import Store
 
-__all__ = ["HostChecks", "PassResult", "Reconciler", "ReconcilerConfig", "SourceSpec", "assemble"]
+__all__ = ["GatewayPort", "HostChecks", "PassResult", "Reconciler", "ReconcilerConfig", "Route", "SourceSpec",
+           "assemble"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class ReconcilerConfig:
     port_grace: float = 0.0
     probe_interval: float = 10.0
     demo_limits: DemoLimits = field(default_factory=DemoLimits)
+    slot_bounds: tuple[int, int] = (9800, 9999)  # [ports] slot_range: blue/green slots behind the gateway
+    drain: float = 10.0  # [gateway] drain: seconds the old slot keeps finishing requests after a switch
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class HostChecks:
 
 def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder, secrets: SecretStore,
              config: ReconcilerConfig, host: HostChecks, *, hooks: HookRunner | None = None,
-             events: EventBus | None = None) -> Reconciler:
+             events: EventBus | None = None, gateway: GatewayPort | None = None) -> Reconciler:
     """Every room, wired once: the daemon's composition root and the tests build the same reconciler."""
     events = events or EventBus()
     http = HttpChecks()
@@ -65,7 +70,9 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     demos = DemoRunner(store, sources, http.client, config.state_dir, config.demo_limits)
     steps = Steps(store)
     gate = Gate(http, demos, steps, wait_healthy=host.wait_healthy)
-    parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources)
+    router = Router(store, gateway, slot_bounds=config.slot_bounds, is_free=host.port_is_free,
+                    drain=config.drain) if gateway is not None else None
+    parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router)
     rooms = Rooms(
         sources=sources,
         resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds),

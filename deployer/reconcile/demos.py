@@ -38,10 +38,11 @@ class DemoRunner:
         self.state_dir = state_dir
         self.limits = limits
 
-    def run(self, desired: DesiredService, revision: int | None, attempt: int | None) -> list[DemoResult]:
-        """Send every demo input to the running service and record each answer."""
+    def run(self, desired: DesiredService, revision: int | None, attempt: int | None, *,
+            port: int | None = None) -> list[DemoResult]:
+        """Send every demo input to the service (on ``port``: a slot's, else its own) and record each answer."""
         workdir = service_dir(self._sources.get(desired.source).checkout(desired.sha), desired.path)
-        url = f"http://{SERVICE_HOST}:{desired.port}/predict"
+        url = f"http://{SERVICE_HOST}:{port or desired.port}/predict"
         results = []
         for spec in desired.demo:
             if revision is not None:

@@ -15,11 +15,12 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from deployer.errors import DeployerError
 from deployer.health import HttpChecks, Probe
 from deployer.model.actual import ActualService, ServiceState
+from deployer.model.deployment import split_instance
 from deployer.model.desired import DesiredService
 from deployer.model.events import ServiceObserved, ServiceRemoved
 from deployer.model.status import SnapshotView
@@ -85,15 +86,19 @@ class Observer:
     # -- recording -----------------------------------------------------------
 
     def record(self, name: str, desired: DesiredService | None, seen: ActualService | None, *,
-               note: str = "", fresh: bool = False) -> None:
-        """State from the listing, health from the watcher (probed now when fresh or never probed)."""
+               note: str = "", fresh: bool = False, port: int | None = None) -> None:
+        """State from the listing, health from the watcher (probed now when fresh or never probed).
+
+        ``port`` is where the process listens when it is not the sticky port (its slot behind the
+        gateway): the probe asks the process itself, not the gateway in front of it.
+        """
         state = seen.state if seen is not None else ServiceState.ABSENT
         running = state is ServiceState.RUNNING
         if running and desired is None:
             desired = self.running_desired(name)  # probe what runs, on its own health path
         probe: Probe | None = None
         if running and desired is not None:
-            probe = self._watch(name, health_url(desired), fresh=fresh)
+            probe = self._watch(name, health_url(desired, port), fresh=fresh)
         healthy = probe.ok if probe is not None else False
         detail = probe.detail if probe is not None else (seen.detail if seen is not None else "")
         revision = seen.revision if seen is not None and running else None
@@ -197,10 +202,12 @@ class Observer:
         self.capture(name, view.runtime, view.port, None)
         return self._store.observations.snapshot(name)
 
-    def capture(self, name: str, runtime_name: str, port: int | None, desired: DesiredService | None) -> None:
+    def capture(self, name: str, runtime_name: str, port: int | None, desired: DesiredService | None, *,
+                instance: str | None = None) -> None:
+        """Read the log tail (of ``instance``: the serving slot's) and ``/info`` (on ``port``) now."""
         runtime = self._runtimes.get(runtime_name)
         try:
-            logs = runtime.logs(name, 4000) if runtime is not None else ""
+            logs = runtime.logs(instance or name, 4000) if runtime is not None else ""
         except DeployerError as exc:
             logs = f"(logs unavailable: {exc})"
         info, error = None, "not running"
@@ -218,8 +225,26 @@ class Observer:
         return DesiredService.model_validate(revision.spec) if revision is not None else None
 
 
-def health_url(desired: DesiredService) -> str:
-    return _health_url(desired.port, desired.health.path)
+def by_service(instances: Mapping[str, ActualService], active: Mapping[str, str]
+               ) -> tuple[dict[str, ActualService], dict[str, list[str]]]:
+    """What the runtimes list (instances) as services: a service behind the gateway is its active slot.
+
+    Returns the services and, per service, the instances that are not what serves it (an idle slot
+    left by a crash mid-switch, the plain process of a service that moved behind the gateway).
+    """
+    services: dict[str, ActualService] = {}
+    strays: dict[str, list[str]] = {}
+    for key, seen in sorted(instances.items()):
+        service, slot = split_instance(key)
+        if active.get(service) == slot or (slot is None and service not in active):
+            services[service] = replace(seen, name=service)
+        else:
+            strays.setdefault(service, []).append(key)
+    return services, strays
+
+
+def health_url(desired: DesiredService, port: int | None = None) -> str:
+    return _health_url(port or desired.port, desired.health.path)
 
 
 def _health_url(port: int, path: str) -> str:

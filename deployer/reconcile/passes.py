@@ -11,20 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from deployer.demo import DemoResult
 from deployer.errors import DeployerError, Reason, SourceError, StalledError, UnknownService
-from deployer.model.actual import ServiceState
+from deployer.model.actual import ActualService, ServiceState
 from deployer.model.desired import DesiredService
 from deployer.model.events import CommitRefused, PassFinished
 from deployer.model.plan import Action, ActionKind, Plan
 from deployer.model.status import Outcome, RevisionView, SnapshotView, Trigger
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.events import EventBus
-from deployer.reconcile.observe import Listing, Observer, health_url
+from deployer.reconcile.observe import Listing, Observer, by_service, health_url
 from deployer.reconcile.planning import PassInputs, PassPlan, hold_failed, plan_pass
 from deployer.reconcile.resolve import MANIFEST, ClaimedPorts, KnownPorts, Resolution, Resolver
 from deployer.reconcile.rollout import Rollout
@@ -59,11 +59,13 @@ class _Recorded:
 
 @dataclass(frozen=True)
 class _Pass:
-    """One pass's view: its plan and the one listing it was made from."""
+    """One pass's view: its plan, the one listing it was made from, seen as services (slots resolved)."""
 
     planned: PassPlan
     listing: Listing
     trigger: Trigger
+    actual: dict[str, ActualService] = field(default_factory=dict)
+    strays: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class Reconciler:
             return result
         self.sources.clear_error(name)
         self.store.sources.set_head(name, result.sha)
+        self._ensure_gateway()
         recorded = self._recorded_commit(source, result.sha, trigger)
         if recorded is None:
             result.error = f"{MANIFEST} at {result.sha[:7]} is invalid"
@@ -289,23 +292,50 @@ class Reconciler:
                   if (revision := self.store.history.get_revision(revision_id)) is not None}
         listing = self.rooms.observer.list()
         wanted = set(resolution.desired) | inventory
+        routed = {service: slot for service, (slot, _) in self.store.slots.routed().items()}
+        seen, strays = by_service(listing.actual, routed)
+        actual = {key: value for key, value in seen.items() if key in wanted}
         runtime_of = {view.name: view.runtime for view in self.store.views.services()} if listing.down else {}
         planned = plan_pass(PassInputs(
-            desired=resolution.desired, revisions=recorded.revisions, inventory=inventory,
-            actual={key: value for key, value in listing.actual.items() if key in wanted}, down=listing.down,
-            runtime_of=runtime_of, overrides=overrides, pinned=pinned, prune=self.prune))
+            desired=resolution.desired, revisions=recorded.revisions, inventory=inventory, actual=actual,
+            down=listing.down, runtime_of=runtime_of, overrides=overrides, pinned=pinned, prune=self.prune,
+            relocate=self._relocations(resolution.desired, actual, routed)))
         if trigger not in EXPLICIT:
             failed = {action.service for action in planned.changing()
                       if action.desired is not None and action.kind is not ActionKind.REMOVE
                       and self.store.history.failed_revision(action.service, action.desired.spec_hash)}
             planned = hold_failed(planned, failed) if failed else planned
-        return _Pass(planned, listing, trigger)
+        return _Pass(planned, listing, trigger, actual, {key: value for key, value in strays.items() if key in wanted})
+
+    def _relocations(self, desired: Mapping[str, DesiredService], actual: Mapping[str, ActualService],
+                     routed: Mapping[str, str]) -> dict[str, str]:
+        """Services on the wrong side of the gateway: it was turned on (or off) while they ran."""
+        behind = self.rooms.rollout.behind_gateway
+        moves = {}
+        for name, want in desired.items():
+            if name not in actual:
+                continue
+            if behind(want) and name not in routed:
+                moves[name] = "moving behind the gateway (a blue/green slot; nginx takes the port over)"
+            elif not behind(want) and name in routed:
+                moves[name] = "moving off the gateway (back onto its own port)"
+        return moves
+
+    def _ensure_gateway(self) -> None:
+        router = self.rooms.rollout.router
+        if router is None:
+            return
+        try:
+            router.ensure()
+        except DeployerError as exc:  # deploys go on: a blue-green switch then fails and the old slot keeps serving
+            log.warning("gateway: %s", exc)
 
     def _probe_unknown(self, current: _Pass) -> None:
         """Steady running services never probed (the first pass after a start) are probed side by side now."""
-        steady = [(action.service, health_url(action.desired)) for action in current.planned.plan.actions
+        steady = [(action.service, health_url(action.desired, self.rooms.rollout.serving(action.service).port))
+                  for action in current.planned.plan.actions
                   if not action.changes and action.desired is not None
-                  and (seen := current.listing.actual.get(action.service)) is not None
+                  and (seen := current.actual.get(action.service)) is not None
                   and seen.state is ServiceState.RUNNING]
         self.rooms.observer.probe_unknown(steady)
 
@@ -336,15 +366,24 @@ class Reconciler:
 
     def _leave(self, action: Action, current: _Pass) -> str:
         name, planned = action.service, current.planned
-        seen = current.listing.actual.get(name)
+        seen, port = current.actual.get(name), self.rooms.rollout.serving(name).port
+        self._clear_strays(name, current)
         if name in planned.held:
-            self.rooms.observer.record(name, None, seen, note=action.reason)
+            self.rooms.observer.record(name, None, seen, note=action.reason, port=port)
             return "held"
         if name in planned.suspended:
-            self.rooms.observer.record(name, action.desired, seen, note=action.reason)
+            self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port)
             return "suspended"
-        self.rooms.observer.record(name, action.desired, seen)
+        self.rooms.observer.record(name, action.desired, seen, port=port)
         return "noop"
+
+    def _clear_strays(self, name: str, current: _Pass) -> None:
+        """Instances that do not serve the service (a crash mid-switch left them) are stopped: one slot serves."""
+        for instance in current.strays.get(name, []):
+            runtime = self.rooms.observer.runtime_holding(instance, current.listing)
+            if runtime is not None:
+                log.info("%s: removing %s, which does not serve it", name, instance)
+                runtime.remove(instance)
 
     def _apply(self, desired: DesiredService, action: Action, current: _Pass) -> str:
         revision, trigger = current.planned.revisions[desired.name], current.trigger
@@ -356,7 +395,7 @@ class Reconciler:
         running = self.store.views.service(desired.name)
         if running is not None and running.running_revision == revision.id:
             trigger = Trigger.DRIFT  # git did not change: the world did
-        moved_from = current.listing.actual.get(desired.name)
+        moved_from = current.actual.get(desired.name)
         if moved_from is not None and moved_from.runtime != desired.runtime:
             old = self.rooms.rollout.runtime_named(moved_from.runtime)
             if old is not None:  # switching runtime: the old instance holds the port, so it goes first

@@ -28,6 +28,7 @@ class PassInputs:
     overrides: Mapping[str, Mapping[OverrideKind, OverrideView]]
     pinned: Mapping[int, RevisionView]  # revision id -> revision, for every active pin
     prune: bool = True
+    relocate: Mapping[str, str] = field(default_factory=dict)  # service -> why it moves (on or off the gateway)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ def plan_pass(inputs: PassInputs) -> PassPlan:
     planned = plan({name: want for name, want in desired.items() if name not in waiting}, inputs.actual,
                    set(inputs.inventory) - set(waiting), prune=inputs.prune)
     held = [Action(name, ActionKind.NOOP, reason, desired.get(name)) for name, reason in sorted(waiting.items())]
-    actions = [_suspended(action, inputs) for action in [*planned.actions, *held]]
-    suspended = frozenset(a.service for a, b in zip(actions, [*planned.actions, *held], strict=True) if a is not b)
+    moved = [_relocated(action, inputs) for action in planned.actions]
+    actions = [_suspended(action, inputs) for action in [*moved, *held]]
+    suspended = frozenset(a.service for a, b in zip(actions, [*moved, *held], strict=True) if a is not b)
     return PassPlan(Plan(tuple(actions)), revisions, frozenset(waiting), suspended)
 
 
@@ -88,6 +90,14 @@ def _waiting(inputs: PassInputs, desired: Mapping[str, DesiredService]) -> dict[
     runtime_of = {**inputs.runtime_of, **{name: want.runtime for name, want in desired.items()}}
     return {name: f"runtime {runtime_of[name]} unreachable, waiting: {inputs.down[runtime_of[name]]}"
             for name in sorted(set(desired) | set(inputs.inventory)) if runtime_of.get(name) in inputs.down}
+
+
+def _relocated(action: Action, inputs: PassInputs) -> Action:
+    """A service that runs as wanted but on the wrong side of the gateway is deployed again, there."""
+    why = inputs.relocate.get(action.service)
+    if why is None or action.desired is None or action.kind not in (ActionKind.NOOP, ActionKind.START):
+        return action
+    return Action(action.service, ActionKind.UPDATE, why, action.desired)
 
 
 def _suspended(action: Action, inputs: PassInputs) -> Action:

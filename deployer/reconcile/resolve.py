@@ -141,7 +141,8 @@ def _desired(source: GitSource, sha: str, entry: ServiceManifest, checkout: Path
         path=entry.path, runtime=runtime, command=entry.command, argv=argv(entry.command, port),
         requirements=requirements, requirements_hash=requirements_hash,
         port=port, env=dict(entry.env), secrets=tuple(entry.secrets), health=entry.health, info=entry.info,
-        group=entry.group, demo=tuple(entry.demo), gateway=entry.gateway, resources=entry.resources,
+        group=entry.group, demo=tuple(entry.demo), gateway=entry.gateway, rollout=entry.rollout,
+        resources=entry.resources,
         replicas=entry.replicas, hooks=entry.hooks, docker=entry.docker,
     )
 

@@ -1,34 +1,33 @@
-"""The rollout of one service: checkout → build → hooks → apply → gate → post-deploy hooks, or put back.
+"""The rollout of one service: checkout → build → hooks → start → gate → switch → post-deploy hooks, or put back.
 
-Every step is recorded with its duration and output; every attempt ends with a
-recorded outcome on every path. A revision that fails is replaced by the last
-good one (itself rolled out with ``rollback-`` steps); with none to go back to,
-the failed one is stopped rather than left crash-looping. The gate (health,
-``/info``, demos) is ``Gate``; what happens around it is here.
+Where the new revision starts is its ``Placement``: without the gateway, the service itself
+on its sticky port (recreate: the old process is replaced in place). Behind the gateway, a
+slot: blue-green starts the idle slot beside the serving one, gates it, switches the route,
+drains and stops the old slot — a failure before the switch stops only the new slot, the
+old one was never touched. ``recreate`` behind the gateway replaces the serving slot in place.
+Every step is recorded; every attempt ends with a recorded outcome on every path.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from deployer.build import EnvBuilder
-from deployer.demo import DemoFailed, check_info
 from deployer.errors import BuildError, DeployerError, Reason
-from deployer.health import HttpChecks
 from deployer.hooks import HookRunner, hook_output
-from deployer.model.actual import ServiceState
-from deployer.model.deployment import Deployment
+from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import AttemptFinished, AttemptStarted
 from deployer.model.status import Outcome, RevisionView, Trigger
-from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.events import EventBus
-from deployer.reconcile.observe import Observer, health_url
-from deployer.reconcile.resolve import SERVICE_HOST, service_dir
+from deployer.reconcile.gate import Gate, Steps
+from deployer.reconcile.observe import Observer
+from deployer.reconcile.resolve import SERVICE_HOST, argv, service_dir
+from deployer.reconcile.routing import Router, Target
 from deployer.reconcile.sources import SourceRegistry
 from deployer.runtimes.base import BuildsImages, Runtime
 from deployer.secrets import SecretStore
@@ -36,65 +35,24 @@ from deployer.store import Store
 
 log = logging.getLogger(__name__)
 
-FAILED_CHECK_EVERY = 1.0  # seconds between asking the runtime whether a gated process died
+SLOTTED_RUNTIMES = ("supervisor", "docker")  # swarm keeps its own start-first update
 
 
-class _Step:
-    """Collects a step's output so it is stored with the step."""
+class NotSwitched(DeployerError):
+    """A blue-green rollout failed before the switch: the serving slot was never touched."""
 
-    def __init__(self) -> None:
-        self.output = ""
-
-
-class Steps:
-    """Records each step of an attempt, ok or failed, with its duration and output."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    @contextmanager
-    def step(self, attempt: int, name: str) -> Iterator[_Step]:
-        step = _Step()
-        started = time.monotonic()
-        try:
-            yield step
-        except BaseException as exc:
-            self._store.history.add_step(attempt, name, time.monotonic() - started, False, step.output or str(exc))
-            raise
-        self._store.history.add_step(attempt, name, time.monotonic() - started, True, step.output)
+    def __init__(self, cause: DeployerError) -> None:
+        super().__init__(str(cause), reason=cause.reason)
 
 
-class Gate:
-    """Healthy first, then ready: ``/info`` matches the manifest and every demo input is answered as expected."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a revision starts: a slot and its port behind the gateway (``slot`` None: the plain service)."""
 
-    def __init__(self, http: HttpChecks, demos: DemoRunner, steps: Steps, *,
-                 wait_healthy: Callable[..., float] | None = None) -> None:
-        self._http = http
-        self._demos = demos
-        self._steps = steps
-        self._wait_healthy = wait_healthy or http.wait_healthy  # injectable: unit tests need no HTTP server
-
-    def check(self, desired: DesiredService, runtime: Runtime, revision: int, attempt: int, prefix: str) -> None:
-        with self._steps.step(attempt, f"{prefix}health") as step:
-            try:
-                took = self._wait_healthy(health_url(desired), timeout=desired.health.timeout,
-                                          interval=desired.health.interval, failed=_failed_check(runtime, desired.name))
-            except DeployerError:
-                step.output = runtime.logs(desired.name, 2000)
-                raise
-            step.output = f"healthy after {took:.2f}s"
-        if desired.info.expect:
-            with self._steps.step(attempt, f"{prefix}info") as step:
-                check_info(self._http.client, f"http://{SERVICE_HOST}:{desired.port}{desired.info.path}",
-                           desired.info.expect)
-                step.output = "matches " + ", ".join(sorted(desired.info.expect))
-        if desired.demo:
-            with self._steps.step(attempt, f"{prefix}demo") as step:
-                results = self._demos.run(desired, revision, attempt)
-                step.output = "\n".join(result.summary for result in results)
-                failed = [result.summary for result in results if not result.ok]
-                if failed:
-                    raise DemoFailed("demo failed: " + "; ".join(failed))
+    slot: str | None
+    port: int | None
+    serving: str | None = None  # the slot serving now
+    blue_green: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +64,7 @@ class RolloutParts:
     secrets: SecretStore
     hooks: HookRunner
     sources: SourceRegistry
+    router: Router | None = None  # the gateway's; None when it is off
 
 
 class Rollout:
@@ -117,21 +76,24 @@ class Rollout:
         self._events = events
         self._steps = Steps(store)
 
+    # -- one attempt -----------------------------------------------------------------
+
     def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger, *,
                verify_only: bool = False) -> Outcome:
-        """Build, apply and gate one revision; roll back on failure. Always records.
+        """Build, start and gate one revision; put the last good one back on failure. Always records.
 
-        ``verify_only`` runs just the gate: for a revision that was already applied
-        when a deploy was interrupted, so it is not trusted unchecked.
+        ``verify_only`` runs just the gate: for a revision that was already applied when a deploy
+        was interrupted, so it is not trusted unchecked.
         """
         attempt = self._store.history.start_attempt(desired.name, revision.id, trigger)
         started = time.monotonic()
         outcome, reason, message, rolled_back_to = Outcome.FAILED, Reason.INTERNAL_ERROR.value, "", None
         self._events.publish(AttemptStarted(desired.name, desired.source, desired.sha, revision.id, attempt, trigger))
         running = desired
+        previous = self._store.views.service(desired.name)
         try:
             if verify_only:
-                self._gate.check(desired, self._runtime(desired), revision.id, attempt, "")
+                self._verify(desired, revision.id, attempt)
             else:
                 self._roll_out(desired, revision.id, attempt, prefix="")
             self._store.services.set_running(desired.name, revision.id)
@@ -139,6 +101,15 @@ class Rollout:
             message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
             if verify_only:
                 message += " (verified after an interrupted deploy)"
+        except NotSwitched as exc:
+            reason, message = exc.reason.value, str(exc)
+            kept = previous.running_revision if previous is not None else None
+            if kept is not None:
+                outcome, rolled_back_to = Outcome.ROLLED_BACK, kept
+                message += f"; revision {kept} kept serving (blue-green: it was never stopped)"
+                running = self._revision_desired(kept) or desired
+            else:
+                message += "; no earlier revision, nothing serves"
         except DeployerError as exc:
             reason, message = exc.reason.value, str(exc)
             good = self._roll_back(desired.name, revision.id, attempt)
@@ -161,12 +132,15 @@ class Rollout:
         return outcome
 
     def remove(self, name: str, runtime: Runtime | None) -> str:
-        """Stop and uninstall a service no manifest wants any more, and release what it held."""
+        """Stop and uninstall a service no manifest wants any more (every slot), and release what it held."""
         attempt = self._store.history.start_attempt(name, None, Trigger.SCHEDULE)
         try:
             with self._steps.step(attempt, "remove"):
                 if runtime is not None:
-                    runtime.remove(name)
+                    for slot in (None, *SLOTS):
+                        runtime.remove(instance_name(name, slot))
+                if self._parts.router is not None:
+                    self._parts.router.forget(name)
         except DeployerError as exc:
             self._store.history.finish_attempt(attempt, Outcome.FAILED, exc.reason.value, f"could not remove: {exc}")
             return "failed"
@@ -178,46 +152,128 @@ class Rollout:
         log.info("%s: removed (no longer in any manifest)", name)
         return "removed"
 
+    @property
+    def router(self) -> Router | None:
+        return self._parts.router
+
     def runtime_named(self, name: str) -> Runtime | None:
         return self._parts.runtimes.get(name)
+
+    def behind_gateway(self, desired: DesiredService) -> bool:
+        return self._parts.router is not None and desired.runtime in SLOTTED_RUNTIMES
+
+    def placement(self, desired: DesiredService) -> Placement:
+        """Where ``desired`` would start now (and where the service serves from)."""
+        router = self._parts.router
+        if router is None or not self.behind_gateway(desired):
+            return Placement(None, None)
+        ports, serving = router.slot_ports(desired.name), router.active(desired.name)
+        blue_green = desired.rollout is None or desired.rollout.strategy == "blue-green"
+        # blue-green: the slot that does not serve; recreate: the serving one, replaced in place
+        idle = "green" if serving == "blue" else "blue"
+        slot = idle if blue_green else serving or "blue"
+        return Placement(slot, ports[slot], serving, blue_green)
+
+    def serving(self, name: str) -> Placement:
+        """Where ``name`` serves from now: its active slot and that slot's port, else itself."""
+        router = self._parts.router
+        slot = router.active(name) if router is not None else None
+        if router is None or slot is None:
+            return Placement(None, None)
+        return Placement(slot, router.slot_ports(name)[slot], slot)
+
+    # -- the steps -------------------------------------------------------------------
 
     def _runtime(self, desired: DesiredService) -> Runtime:
         return self._parts.runtimes[desired.runtime]
 
-    def _observe_after(self, running: DesiredService) -> None:
-        """After every attempt: the state, a fresh probe on the running revision's own paths, a snapshot."""
-        try:
-            seen = self._runtime(running).inspect(running.name)
-            self._observer.record(running.name, running, seen, fresh=True)
-            if seen is not None:
-                self._observer.capture(running.name, seen.runtime, running.port, running)
-        except DeployerError as exc:
-            log.warning("%s: could not observe after the attempt: %s", running.name, exc)
-
     def _roll_out(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> None:
         runtime = self._runtime(desired)
-        deployment = self._prepare(desired, revision, attempt, prefix)
+        place = self.placement(desired)
+        deployment = self._prepare(desired, revision, attempt, prefix, place)
         try:
             self._hooks(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
-            with self._steps.step(attempt, f"{prefix}apply"):
+            with self._steps.step(attempt, f"{prefix}apply") as step:
                 runtime.apply(deployment)
-            self._gate.check(desired, runtime, revision, attempt, prefix)
+                step.output = f"{deployment.name} on port {deployment.port}" if place.slot else ""
+            try:
+                self._gate.check(deployment, runtime, attempt, prefix)
+            except DeployerError as exc:
+                if place.blue_green:
+                    self._discard(runtime, deployment.name)  # only the new slot: the serving one is untouched
+                    raise NotSwitched(exc) from exc
+                raise
+            if place.slot is not None:
+                self._switch(deployment, runtime, place, attempt, prefix)
+            else:
+                self._leave_slots(desired.name, runtime)
             self._hooks(deployment, attempt, prefix, "post-deploy", desired.hooks.post_deploy)
         except DeployerError:
             if not prefix:  # the operator's on-failure hook runs once, for the revision that failed
                 self._global_hook(deployment, attempt, "on-failure", best_effort=True)
             raise
 
-    def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str) -> Deployment:
+    def _switch(self, deployment: Deployment, runtime: Runtime, place: Placement, attempt: int, prefix: str) -> None:
+        """Route the service to the new slot, then drain and stop the old one (and a pre-gateway process)."""
+        router, service = self._parts.router, deployment.service
+        assert router is not None and place.slot is not None and place.port is not None
+        plain = runtime.inspect(service)  # the service as it ran before the gateway: holds the sticky port
+        with self._steps.step(attempt, f"{prefix}switch") as step:
+            if plain is not None:
+                runtime.stop(service)  # the handover: nginx takes the sticky port over at the reload
+            try:
+                router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired))
+            except DeployerError as exc:
+                if plain is not None:
+                    runtime.start(service)
+                if place.blue_green:
+                    self._discard(runtime, deployment.name)
+                    raise NotSwitched(exc) from exc
+                raise
+            step.output = (f"{service}: routed to {place.slot} (port {place.port})"
+                           + (f", was {place.serving}" if place.serving and place.serving != place.slot else ""))
+        old = [instance_name(service, place.serving)] if place.serving and place.serving != place.slot else []
+        old += [service] if plain is not None else []
+        if old:
+            with self._steps.step(attempt, f"{prefix}drain") as step:
+                time.sleep(router.drain)  # requests in flight on the old slot finish (nginx reload semantics)
+                for instance in old:
+                    runtime.remove(instance)
+                step.output = f"drained {router.drain:g}s, stopped {', '.join(old)}"
+
+    def _leave_slots(self, name: str, runtime: Runtime) -> None:
+        """The gateway was turned off: the service now serves on its own port; its slots go."""
+        if self._store.slots.active(name) is None:
+            return
+        self._store.slots.set_active(name, None)
+        for slot in SLOTS:
+            self._discard(runtime, instance_name(name, slot))
+
+    def _discard(self, runtime: Runtime, instance: str) -> None:
+        try:
+            runtime.remove(instance)
+        except DeployerError as exc:
+            log.warning("%s: could not stop the slot that failed its gate: %s", instance, exc)
+
+    def _verify(self, desired: DesiredService, revision: int, attempt: int) -> None:
+        place = self.serving(desired.name)
+        check = Deployment(desired=desired, revision=revision, workdir=Path("."), slot=place.slot,
+                           slot_port=place.port)
+        self._gate.check(check, self._runtime(desired), attempt, "")
+
+    def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str,
+                 place: Placement) -> Deployment:
         """Checkout, then build: a Python environment (processes) or an image (containers)."""
         with self._steps.step(attempt, f"{prefix}checkout") as step:
             checkout = self._parts.sources.get(desired.source).checkout(desired.sha)
             workdir = service_dir(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
         secret_env = self._parts.secrets.resolve(desired.secrets, service=desired.name)
-        environment = {**desired.env, "PORT": str(desired.port), "HOST": SERVICE_HOST}
-        deployment = Deployment(desired=desired, revision=revision, workdir=workdir, argv=desired.argv,
-                                environment=environment, secret_env=secret_env)
+        port = place.port if place.port is not None else desired.port
+        environment = {**desired.env, "PORT": str(port), "HOST": SERVICE_HOST}
+        deployment = Deployment(desired=desired, revision=revision, workdir=workdir, argv=argv(desired.command, port),
+                                environment=environment, secret_env=secret_env, slot=place.slot,
+                                slot_port=place.port)
         runtime = self._runtime(desired)
         with self._steps.step(attempt, f"{prefix}build") as step:
             try:
@@ -273,29 +329,31 @@ class Rollout:
 
     def _stop_failed(self, desired: DesiredService) -> str:
         """No good revision to go back to: stop the failed one rather than let it crash-loop."""
+        instance = instance_name(desired.name, self.serving(desired.name).slot)
         try:
-            self._runtime(desired).stop(desired.name)
+            self._runtime(desired).stop(instance)
         except DeployerError as exc:
             return f"; could not stop it either: {exc}"
         return "; no earlier good revision, so it was stopped"
 
+    def _observe_after(self, running: DesiredService) -> None:
+        """After every attempt: the state, a fresh probe on the serving instance's own paths, a snapshot."""
+        try:
+            place = self.serving(running.name)
+            instance = instance_name(running.name, place.slot)
+            seen = self._runtime(running).inspect(instance)
+            self._observer.record(running.name, running, seen, fresh=True, port=place.port)
+            if seen is not None:
+                self._observer.capture(running.name, seen.runtime, place.port or running.port, running,
+                                       instance=instance)
+        except DeployerError as exc:
+            log.warning("%s: could not observe after the attempt: %s", running.name, exc)
 
-def _failed_check(runtime: Runtime, name: str) -> Callable[[], str | None]:
-    """Whether the runtime already knows the process died, asked at most once a second (a listing is not free)."""
-    asked = [float("-inf")]
-
-    def failed() -> str | None:
-        now = time.monotonic()
-        if now - asked[0] < FAILED_CHECK_EVERY:
-            return None
-        asked[0] = now
-        seen = runtime.inspect(name)
-        if seen is not None and seen.state is ServiceState.FAILED:
-            return seen.detail or "the runtime reports the process failed"
-        return None
-
-    return failed
+    def _revision_desired(self, revision: int) -> DesiredService | None:
+        found = self._store.history.get_revision(revision)
+        return DesiredService.model_validate(found.spec) if found is not None else None
 
 
 def _success_reason(trigger: Trigger) -> str:
     return (Reason.DRIFT_CORRECTED if trigger is Trigger.DRIFT else Reason.RECONCILIATION_SUCCEEDED).value
+

@@ -16,6 +16,7 @@ from deployer.store.history import History
 from deployer.store.overrides import Overrides
 from deployer.store.ports import Ports
 from deployer.store.services import Observations, Services
+from deployer.store.slots import Slots
 from deployer.store.sources import Deliveries, Delivery, DeliveryView, SourceRecord, Sources
 from deployer.store.views import NEVER_OBSERVED, Views
 
@@ -38,6 +39,7 @@ class Store:
         self.history = History(self.db, redact)
         self.observations = Observations(self.db, redact)
         self.ports = Ports(self.db)
+        self.slots = Slots(self.db)
         self.overrides = Overrides(self.db)
         self.demos = Demos(self.db, redact)
         self.views = Views(self.db)

@@ -114,6 +114,7 @@ class ServiceRow(Base):
     removed: Mapped[bool] = mapped_column(default=False)
     desired_revision_id: Mapped[int | None] = mapped_column(ForeignKey("revisions.id"))
     running_revision_id: Mapped[int | None] = mapped_column(ForeignKey("revisions.id"))
+    active_slot: Mapped[str | None] = mapped_column(String(16), default=None)  # behind the gateway: which serves
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -173,6 +174,17 @@ class PortAllocationRow(Base):
     __tablename__ = "port_allocations"
 
     service: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    port: Mapped[int] = mapped_column(Integer, unique=True)
+    allocated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SlotPortRow(Base):
+    """The two loopback ports of a service's blue/green slots (one port per slot, unique)."""
+
+    __tablename__ = "slot_ports"
+
+    service: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    slot: Mapped[str] = mapped_column(String(16), primary_key=True)
     port: Mapped[int] = mapped_column(Integer, unique=True)
     allocated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

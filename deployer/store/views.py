@@ -101,4 +101,11 @@ def _service_view(row: ServiceRow, port: int | None, observed: ObservationRow | 
         override=override,
         observed_at=observed.observed_at if observed else None,
         detail=observed.detail if observed else "",
+        slot=row.active_slot,
+        gateway_path=_gateway_path(row.running_revision or row.desired_revision),
     )
+
+
+def _gateway_path(revision: RevisionRow | None) -> str | None:
+    gateway = revision.spec.get("gateway") if revision is not None and isinstance(revision.spec, dict) else None
+    return str(gateway["path"]) if isinstance(gateway, dict) and gateway.get("path") else None

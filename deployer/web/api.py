@@ -44,8 +44,10 @@ MAX_BODY = 65536  # of a POST's JSON body read; the rest is ignored
 class Api:
     """The ``/api`` routes."""
 
-    def __init__(self, store: Store, reconciler: Reconciler, queue: WorkQueue, *, api_token: str | None) -> None:
+    def __init__(self, store: Store, reconciler: Reconciler, queue: WorkQueue, *, api_token: str | None,
+                 gateway_url: str = "") -> None:
         self.store = store
+        self.gateway_url = gateway_url
         self.reconciler = reconciler
         self.queue = queue
         self.api_token = api_token
@@ -53,14 +55,14 @@ class Api:
 
     async def services(self, request: Request) -> Response:
         views = await run_in_threadpool(self.store.views.services)
-        return JSONResponse([service_json(view) for view in views])
+        return JSONResponse([service_json(view, self.gateway_url) for view in views])
 
     async def service(self, request: Request) -> Response:
         name = request.path_params["name"]
         detail = await run_in_threadpool(service_detail, self.store, name)
         if detail is None:
             raise UnknownService(name)
-        data = service_json(detail.service)
+        data = service_json(detail.service, self.gateway_url)
         data["revisions"] = [revision_json(revision) for revision in detail.revisions]
         data["attempts"] = [attempt_json(attempt, steps=True) for attempt in detail.attempts]
         data["overrides"] = [override_json(override) for override in detail.overrides]

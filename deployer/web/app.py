@@ -38,6 +38,7 @@ class WebDeps:
     checks: Mapping[str, Callable[[], None]] = field(default_factory=dict)
     refresh_seconds: int = 10
     gitea_url: str = ""  # commits of sources that are Gitea repositories link to it
+    gateway_url: str = ""  # the gateway's base URL when it is on: /api/services gives each path's URL
 
 
 def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None
@@ -46,7 +47,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
     showcase = Showcase(deps.store, demos.state_dir, demos.limits)
     pages = Pages(deps.store, deps.reconciler, showcase, refresh_seconds=deps.refresh_seconds,
                   gitea_url=deps.gitea_url)
-    api = Api(deps.store, deps.reconciler, deps.queue, api_token=deps.api_token)
+    api = Api(deps.store, deps.reconciler, deps.queue, api_token=deps.api_token, gateway_url=deps.gateway_url)
     monitoring = Monitoring(deps.checks, deps.metrics)
     return Starlette(routes=[
         Route("/hooks/gitea", deps.webhook.handle, methods=["POST"]),

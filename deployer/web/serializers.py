@@ -40,7 +40,8 @@ def attempt_json(attempt: AttemptView | None, *, steps: bool = False) -> dict[st
     return data
 
 
-def service_json(view: ServiceView) -> dict[str, Any]:
+def service_json(view: ServiceView, gateway: str = "") -> dict[str, Any]:
+    """One service for scripts; ``gateway`` is the gateway's base URL (empty when it is off)."""
     return {
         "name": view.name,
         "source": view.source,
@@ -56,6 +57,8 @@ def service_json(view: ServiceView) -> dict[str, Any]:
         "override": view.override,
         "observed_at": iso(view.observed_at),
         "detail": view.detail,
+        "gateway_url": f"{gateway}{view.gateway_path}" if gateway and view.gateway_path else None,
+        "slot": view.slot,
     }
 
 

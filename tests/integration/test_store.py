@@ -97,6 +97,7 @@ def test_migrations_build_exactly_the_tables_the_models_describe(store: Store, r
     expected = {
         "sources", "services", "revisions", "attempts", "steps", "deliveries",
         "port_allocations", "observations", "overrides", "released_ports", "service_snapshots", "demo_results",
+        "slot_ports",
         "alembic_version",
     }  # fmt: skip
     assert set(sa.inspect(raw).get_table_names()) == expected

@@ -17,7 +17,7 @@ import docker.errors
 
 from deployer.errors import ApplyError, DeployerError, Reason
 from deployer.model.actual import ActualService, ServiceState
-from deployer.model.deployment import Deployment
+from deployer.model.deployment import SLOTS, Deployment, instance_name, split_instance
 from deployer.runtimes.docker.engine import Engine, decode_tail, explanation, log_lines
 from deployer.runtimes.docker.images import ImageBuild, ImageBuilder
 from deployer.runtimes.docker.ownership import (
@@ -137,7 +137,7 @@ class DockerRuntime:
             self._discard(leftovers)
             new = self._create(deployment, image)
             self._replace(deployment, new, [row for row in present if row not in leftovers])
-            removed = self.images.prune(name, image)
+            removed = self.images.prune(deployment.service, image)
             if removed:
                 log.info("service %s: removed old images %s", name, ", ".join(removed))
 
@@ -157,12 +157,14 @@ class DockerRuntime:
             self._stop(self._mine(name))
 
     def remove(self, name: str) -> None:
-        """Stop and remove the service's containers and images; absent is fine."""
+        """Stop and remove the instance's containers, and the service's images with its last one; absent is fine."""
         with self.engine.errors(f"service {name}"):
             mine = self._mine(name)
             self._stop(mine)
             self._discard(mine)
-            self.images.remove_all(name)
+            service, _ = split_instance(name)
+            if not any(self._mine(instance_name(service, slot)) for slot in (None, *SLOTS)):
+                self.images.remove_all(service)
 
     def logs(self, name: str, max_bytes: int = 8192) -> str:
         with self.engine.errors(f"service {name}: logs"):
@@ -189,7 +191,7 @@ class DockerRuntime:
         desired = deployment.desired
         api = self.engine.api()
         host_config = api.create_host_config(
-            port_bindings={desired.port: (self.bind_address, desired.port)},
+            port_bindings={deployment.port: (self.bind_address, deployment.port)},
             restart_policy={"Name": "unless-stopped"},
             init=True,
             mem_limit=memory_bytes(desired.resources.memory),
@@ -197,8 +199,9 @@ class DockerRuntime:
             device_requests=device_requests(desired.resources.gpus),
         )
         created = api.create_container(
-            image, name=deployment.name + NEXT_SUFFIX, command=command(desired), environment=environment(deployment),
-            labels=labels(deployment), ports=[desired.port], host_config=host_config, detach=True,
+            image, name=deployment.name + NEXT_SUFFIX, command=command(desired, deployment.port),
+            environment=environment(deployment), labels=labels(deployment), ports=[deployment.port],
+            host_config=host_config, detach=True,
             use_config_proxy=False, stop_timeout=self.stop_timeout,
         )
         return str(created["Id"])

@@ -96,7 +96,7 @@ class ImageBuilder:
         if self.exists(reference):
             return ImageBuild(reference, True, f"reused image {reference}", time.monotonic() - started)
         recipe = self.recipe(deployment)
-        if self._retag(deployment.name, recipe.context_key, reference):
+        if self._retag(deployment.service, recipe.context_key, reference):
             return ImageBuild(reference, True, f"reused image with the same build context as {reference}",
                               time.monotonic() - started)
         tail = self._build(deployment, recipe, reference)
@@ -149,7 +149,9 @@ class ImageBuilder:
                     path=str(deployment.workdir), dockerfile=dockerfile, tag=reference, rm=True, forcerm=True,
                     pull=False, decode=True, timeout=self.build_timeout, use_config_proxy=False,
                     buildargs=dict(deployment.desired.docker.build_args) or None,
-                    labels={LABEL_MANAGED: "true", LABEL_SERVICE: deployment.name, LABEL_CONTEXT: recipe.context_key},
+                    # Images belong to the service, not to a slot: both slots share them.
+                    labels={LABEL_MANAGED: "true", LABEL_SERVICE: deployment.service,
+                            LABEL_CONTEXT: recipe.context_key},
                 )
             except docker.errors.APIError as exc:
                 raise BuildError(f"service {deployment.name}: docker build failed: {explanation(exc)}") from exc

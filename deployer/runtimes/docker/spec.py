@@ -21,14 +21,15 @@ CONTAINER_HOST = "0.0.0.0"
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
-def command(desired: DesiredService) -> list[str] | None:
+def command(desired: DesiredService, listen: int | None = None) -> list[str] | None:
     """The manifest command split like a shell (none runs it), ``${PORT}``/``${HOST}`` substituted.
 
-    ``None`` when the manifest has no command: the image's own CMD runs.
+    ``None`` when the manifest has no command: the image's own CMD runs. ``listen`` is the port
+    the process listens on when it is not the sticky one (a blue/green slot's).
     """
     if not desired.command:
         return None
-    port = str(desired.port)
+    port = str(listen if listen is not None else desired.port)
     return [part.replace("${PORT}", port).replace("${HOST}", CONTAINER_HOST) for part in shlex.split(desired.command)]
 
 

@@ -24,7 +24,7 @@ from supervisor.options import ServerOptions, UnhosedConfigParser
 
 from deployer.errors import Reason, StalledError
 from deployer.model.deployment import Deployment
-from deployer.model.manifest import ENV_KEY_PATTERN, NAME_PATTERN
+from deployer.model.manifest import ENV_KEY_PATTERN, INSTANCE_PATTERN
 
 PROGRAM_TEMPLATE = "supervisor/program.conf.j2"
 HEADER_PREFIX = "; deployer: "
@@ -33,7 +33,7 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Services are Python: unbuffered output makes logs() show what a service printed right away.
 DEFAULT_ENV = {"PYTHONUNBUFFERED": "1"}
 
-_NAME = re.compile(NAME_PATTERN)
+_NAME = re.compile(INSTANCE_PATTERN)
 _ENV_KEY = re.compile(ENV_KEY_PATTERN)
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # C0/C1 controls, DEL and Unicode line separators; a tab is plain whitespace (the manifest allows it).
@@ -199,7 +199,7 @@ def _program_config(text: str, name: str, where: str) -> Any:
 
 def _checked_name(name: str) -> str:
     if not _NAME.fullmatch(name):
-        raise RenderError(f"service name {name!r}: must match {NAME_PATTERN}")
+        raise RenderError(f"service name {name!r}: must match {INSTANCE_PATTERN}")
     return name
 
 

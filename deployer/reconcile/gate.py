@@ -1,0 +1,98 @@
+"""The gate a revision passes before it serves: healthy, ``/info`` as the manifest expects, demos answered.
+
+Everything is asked of the instance being rolled out, on the port it listens on (its slot's
+port behind the gateway), and recorded as steps. A runtime that already knows the process died
+ends the health wait at once instead of letting it run out the timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from deployer.demo import DemoFailed, check_info
+from deployer.errors import DeployerError
+from deployer.health import HttpChecks
+from deployer.model.actual import ServiceState
+from deployer.model.deployment import Deployment
+from deployer.reconcile.demos import DemoRunner
+from deployer.reconcile.resolve import SERVICE_HOST
+from deployer.runtimes.base import Runtime
+from deployer.store import Store
+
+FAILED_CHECK_EVERY = 1.0  # seconds between asking the runtime whether a gated process died
+
+
+class _Step:
+    """Collects a step's output so it is stored with the step."""
+
+    def __init__(self) -> None:
+        self.output = ""
+
+
+class Steps:
+    """Records each step of an attempt, ok or failed, with its duration and output."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @contextmanager
+    def step(self, attempt: int, name: str) -> Iterator[_Step]:
+        step = _Step()
+        started = time.monotonic()
+        try:
+            yield step
+        except BaseException as exc:
+            self._store.history.add_step(attempt, name, time.monotonic() - started, False, step.output or str(exc))
+            raise
+        self._store.history.add_step(attempt, name, time.monotonic() - started, True, step.output)
+
+
+class Gate:
+    def __init__(self, http: HttpChecks, demos: DemoRunner, steps: Steps, *,
+                 wait_healthy: Callable[..., float] | None = None) -> None:
+        self._http = http
+        self._demos = demos
+        self._steps = steps
+        self._wait_healthy = wait_healthy or http.wait_healthy  # injectable: unit tests need no HTTP server
+
+    def check(self, deployment: Deployment, runtime: Runtime, attempt: int, prefix: str) -> None:
+        desired, base = deployment.desired, f"http://{SERVICE_HOST}:{deployment.port}"
+        with self._steps.step(attempt, f"{prefix}health") as step:
+            try:
+                took = self._wait_healthy(f"{base}{desired.health.path}", timeout=desired.health.timeout,
+                                          interval=desired.health.interval,
+                                          failed=_failed_check(runtime, deployment.name))
+            except DeployerError:
+                step.output = runtime.logs(deployment.name, 2000)
+                raise
+            step.output = f"healthy after {took:.2f}s"
+        if desired.info.expect:
+            with self._steps.step(attempt, f"{prefix}info") as step:
+                check_info(self._http.client, f"{base}{desired.info.path}", desired.info.expect)
+                step.output = "matches " + ", ".join(sorted(desired.info.expect))
+        if desired.demo:
+            with self._steps.step(attempt, f"{prefix}demo") as step:
+                results = self._demos.run(desired, deployment.revision, attempt, port=deployment.port)
+                step.output = "\n".join(result.summary for result in results)
+                failed = [result.summary for result in results if not result.ok]
+                if failed:
+                    raise DemoFailed("demo failed: " + "; ".join(failed))
+
+
+def _failed_check(runtime: Runtime, instance: str) -> Callable[[], str | None]:
+    """Whether the runtime already knows the process died, asked at most once a second."""
+    asked = [float("-inf")]
+
+    def failed() -> str | None:
+        now = time.monotonic()
+        if now - asked[0] < FAILED_CHECK_EVERY:
+            return None
+        asked[0] = now
+        seen = runtime.inspect(instance)
+        if seen is not None and seen.state is ServiceState.FAILED:
+            return seen.detail or "the runtime reports the process failed"
+        return None
+
+    return failed

@@ -1,0 +1,123 @@
+"""Routing through the gateway: slot ports, the route table, and the switch from one slot to the other.
+
+Behind the gateway a service's processes run in slots (``NAME--blue``/``NAME--green``) on
+loopback ports of ``[ports] slot_range``; nginx serves the service's sticky port and its
+gateway path and proxies to the active slot. The route table is derived from the store
+(which slot is active, the sticky port, the running revision's gateway path), so after a
+crash the next ``sync`` routes exactly what the store says serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from deployer.model.desired import DesiredService
+from deployer.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One service as the gateway serves it (the gateway package renders these into nginx config)."""
+
+    service: str
+    revision: int | None
+    upstreams: tuple[int, ...]  # loopback ports of the slot(s) to proxy to
+    port: int | None  # the sticky port nginx listens on
+    path: str | None  # the gateway path, e.g. /ai/text-classify/
+    strip_prefix: bool = True
+
+
+class GatewayPort(Protocol):
+    """What routing needs of the gateway (``deployer.gateway.Gateway``)."""
+
+    def check(self) -> None: ...
+
+    def apply(self, routes: Sequence[Route]) -> str: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one service is routed to: a slot, its port, and the revision running there."""
+
+    slot: str
+    port: int
+    revision: int | None
+    desired: DesiredService | None
+
+
+class Router:
+    def __init__(self, store: Store, gateway: GatewayPort, *, slot_bounds: tuple[int, int],
+                 is_free: Callable[[int], bool], drain: float) -> None:
+        self._store = store
+        self.gateway = gateway
+        self._slot_bounds = slot_bounds
+        self._is_free = is_free
+        self.drain = drain
+        self._applied: tuple[Route, ...] | None = None
+        self._guard = threading.Lock()  # one route table change at a time (passes of two sources)
+
+    def slot_ports(self, service: str) -> dict[str, int]:
+        return self._store.slots.ports(service, self._slot_bounds, self._is_free)
+
+    def active(self, service: str) -> str | None:
+        return self._store.slots.active(service)
+
+    def switch(self, service: str, target: Target) -> None:
+        """Route ``service`` to ``target`` (the gateway confirms it is live), then record it as active."""
+        with self._guard:
+            routes = self._routes({service: target})
+            self.gateway.apply(routes)
+            self._applied = tuple(routes)
+            self._store.slots.set_active(service, target.slot)
+
+    def ensure(self) -> None:
+        """Each pass: the gateway runs (a dead embedded nginx is started again) and routes what the store says."""
+        self.gateway.check()
+        self.sync()
+
+    def forget(self, service: str) -> None:
+        """A removed service: its slots are released and its routes leave the gateway."""
+        self._store.slots.release(service)
+        self.sync(force=True)
+
+    def sync(self, *, force: bool = False) -> bool:
+        """Apply the route table the store describes: the first time (after a start) or when forced.
+
+        Every switch goes through this router, so between switches the table cannot change; a pass
+        calls ``sync`` for free. A start (or a crash in the middle of a switch) re-routes to exactly
+        what the store records as active.
+        """
+        with self._guard:
+            if self._applied is not None and not force:
+                return False
+            routes = tuple(self._routes({}))
+            self.gateway.apply(routes)
+            self._applied = routes
+            return True
+
+    def _routes(self, overrides: Mapping[str, Target]) -> list[Route]:
+        targets = {name: Target(slot, port, None, None) for name, (slot, port) in self._store.slots.routed().items()}
+        targets.update(overrides)
+        views = {view.name: view for view in self._store.views.services()}
+        routes = []
+        for name, target in sorted(targets.items()):
+            view = views.get(name)
+            if view is None:
+                continue
+            revision = target.revision if target.revision is not None else view.running_revision
+            desired = target.desired or self._desired(revision)
+            gateway = desired.gateway if desired is not None else None
+            routes.append(Route(service=name, revision=revision, upstreams=(target.port,), port=view.port,
+                                path=gateway.path if gateway is not None else None,
+                                strip_prefix=getattr(gateway, "strip_prefix", True)))
+        return routes
+
+    def _desired(self, revision: int | None) -> DesiredService | None:
+        found = self._store.history.get_revision(revision) if revision is not None else None
+        return DesiredService.model_validate(found.spec) if found is not None else None
