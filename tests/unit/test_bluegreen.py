@@ -132,10 +132,11 @@ def test_recreate_replaces_the_serving_slot_in_place(world: dict[str, Any]) -> N
 def test_a_service_running_before_the_gateway_moves_behind_it(world: dict[str, Any], tmp_path: Any) -> None:
     store, runtime = world["store"], world["runtime"]
     commit(world, "v1")
+    gate = world["gate"]
     plain = assemble(store, {"supervisor": runtime}, FakeBuilder(tmp_path / "env"),  # type: ignore[arg-type]
                      SecretStore(tmp_path / "secrets"),
                      ReconcilerConfig(state_dir=tmp_path / "state", port_bounds=(9100, 9199)),
-                     HostChecks(port_is_free=lambda _: True, wait_healthy=world["gate"].wait, probe=world["gate"].probe))
+                     HostChecks(port_is_free=lambda _: True, wait_healthy=gate.wait, probe=gate.probe))
     plain.add_source(SourceSpec("repo", str(world["repo"].bare), "main"))
     assert plain.reconcile_source("repo", trigger=Trigger.WEBHOOK).outcomes == {"clf": "succeeded"}
     assert set(runtime.services) == {"clf"}  # no gateway: the service itself, on its own port
