@@ -86,7 +86,7 @@ class Observer:
     # -- recording -----------------------------------------------------------
 
     def record(self, name: str, desired: DesiredService | None, seen: ActualService | None, *,
-               note: str = "", fresh: bool = False, port: int | None = None) -> None:
+               note: str = "", fresh: bool = False, port: int | None = None, revision: int | None = None) -> None:
         """State from the listing, health from the watcher (probed now when fresh or never probed).
 
         ``port`` is where the process listens when it is not the sticky port (its slot behind the
@@ -101,7 +101,9 @@ class Observer:
             probe = self._watch(name, health_url(desired, port), fresh=fresh)
         healthy = probe.ok if probe is not None else False
         detail = probe.detail if probe is not None else (seen.detail if seen is not None else "")
-        revision = seen.revision if seen is not None and running else None
+        same_spec = desired is not None and seen is not None and seen.spec_hash == desired.spec_hash
+        running_revision = revision if revision is not None and same_spec else seen.revision if seen else None
+        revision = running_revision if running else None
         self._write(name, (state.value, healthy, f"{note}; {detail}" if note else detail, revision), fresh)
         if not running:
             self.unwatch(name)

@@ -374,7 +374,9 @@ class Reconciler:
         if name in planned.suspended:
             self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port)
             return "suspended"
-        self.rooms.observer.record(name, action.desired, seen, port=port)
+        revision = planned.revisions.get(name)
+        self.rooms.observer.record(name, action.desired, seen, port=port,
+                                   revision=revision.id if revision is not None else None)
         return "noop"
 
     def _clear_strays(self, name: str, current: _Pass) -> None:

@@ -76,28 +76,38 @@ def healthy(daemon: Any, name: str, sha: str, timeout: float = 90) -> dict[str, 
     return wait_for(check, timeout, f"{name} healthy at {sha[:7]}")
 
 
-def test_a_process_and_a_container_from_one_repo(world: dict[str, Any]) -> None:
+def settled(world: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both services healthy at a head whose manifest is the good one (each test starts from here)."""
     daemon, repo = world["daemon"], world["repo"]
-    process = healthy(daemon, "text-classify", repo.shas[-1])
-    container = healthy(daemon, "static-model", repo.shas[-1])
+    if (repo.work / "service.yaml").read_text() != manifest():
+        repo.commit({"service.yaml": manifest()}, "the good manifest again")
+        daemon.request_pass("t")
+    return healthy(daemon, "text-classify", repo.shas[-1]), healthy(daemon, "static-model", repo.shas[-1])
+
+
+def info_of(container: dict[str, Any]) -> Any:
+    return httpx.get(f"http://127.0.0.1:{container['port']}/info", timeout=5).json()
+
+
+def test_a_process_and_a_container_from_one_repo(world: dict[str, Any]) -> None:
+    process, container = settled(world)
     assert (process["runtime"], container["runtime"]) == ("supervisor", "docker")
     steps = [step["name"] for step in container["attempts"][0]["steps"]]
     assert steps[:3] == ["checkout", "build", "apply"]
-    info = httpx.get(f"http://127.0.0.1:{container['port']}/info", timeout=5).json()
-    assert info == {"version": "1"}
+    assert set(info_of(container)) == {"version"}
     labels = world["api"].containers(filters={"label": "deployer.service=static-model"})[0]["Labels"]
     assert labels["deployer.managed"] == "true" and labels["deployer.revision"] == str(container["running_revision"])
-    world["port"] = container["port"]
 
 
 def test_a_change_to_the_container_redeploys_only_it(world: dict[str, Any]) -> None:
     daemon, repo = world["daemon"], world["repo"]
-    before = daemon.service("text-classify")
-    sha = repo.commit({"static-model/www/info": '{"version": "2"}\n'}, "container v2")
-    assert httpx.post(daemon.url + "/api/reconcile", headers={"Authorization": "Bearer t"}).status_code == 202
+    before, old = settled(world)
+    version = str(int(info_of(old)["version"]) + 1)
+    sha = repo.commit({"static-model/www/info": f'{{"version": "{version}"}}\n'}, f"container v{version}")
+    assert daemon.request_pass("t").status_code == 202
     container = healthy(daemon, "static-model", sha)
-    assert container["port"] == world["port"]
-    assert httpx.get(f"http://127.0.0.1:{world['port']}/info", timeout=5).json() == {"version": "2"}
+    assert container["port"] == old["port"]
+    assert info_of(container) == {"version": version}
     after = daemon.service("text-classify")
     assert before is not None and after is not None
     assert after["attempts"][0]["id"] == before["attempts"][0]["id"], "the process was left alone"
@@ -105,6 +115,7 @@ def test_a_change_to_the_container_redeploys_only_it(world: dict[str, Any]) -> N
 
 def test_a_container_removed_by_hand_comes_back(world: dict[str, Any]) -> None:
     daemon, api = world["daemon"], world["api"]
+    port = settled(world)[1]["port"]
     for container in api.containers(filters={"label": "deployer.service=static-model"}):
         api.remove_container(container["Id"], force=True)
     def healed() -> dict[str, Any] | None:
@@ -112,15 +123,15 @@ def test_a_container_removed_by_hand_comes_back(world: dict[str, Any]) -> None:
         return newest if newest["trigger"] == "drift" and newest["outcome"] != "running" else None
 
     assert wait_for(healed, 60, "the container to be recreated")["outcome"] == "succeeded"
-    assert httpx.get(f"http://127.0.0.1:{world['port']}/health", timeout=2).status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
 
 
 def test_a_broken_container_is_rolled_back_to_the_previous_image(world: dict[str, Any]) -> None:
     daemon, repo = world["daemon"], world["repo"]
-    before = daemon.service("static-model")
-    assert before is not None
+    _, before = settled(world)
+    serving = info_of(before)
     repo.commit({"service.yaml": manifest(health="/missing")}, "container health path that never answers")
-    httpx.post(daemon.url + "/api/reconcile", headers={"Authorization": "Bearer t"})
+    daemon.request_pass("t")
 
     def finished() -> dict[str, Any] | None:
         service = daemon.service("static-model")
@@ -132,4 +143,4 @@ def test_a_broken_container_is_rolled_back_to_the_previous_image(world: dict[str
     assert attempt["outcome"] == "rolled_back" and attempt["reason"] == "HealthCheckFailed", attempt
     rebuilt = next(step for step in attempt["steps"] if step["name"] == "rollback-build")
     assert rebuilt["output"].startswith("reused image"), rebuilt
-    assert httpx.get(f"http://127.0.0.1:{world['port']}/info", timeout=5).json() == {"version": "2"}
+    assert info_of(before) == serving

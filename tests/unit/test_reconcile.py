@@ -376,3 +376,16 @@ def test_source_errors_can_be_read_while_passes_write_them(world: dict[str, Any]
     finally:
         stop.set()
         writer.join()
+
+
+def test_a_revert_to_the_tree_that_runs_is_converged_not_failing(world: dict[str, Any]) -> None:
+    repo, store = world["repo"], world["store"]
+    repo.commit(files(two_services()), "good")
+    run(world)
+    repo.commit(files(two_services(alpha={"health": "/broken"})), "alpha never healthy")
+    assert run(world)["alpha"] == "rolled_back"
+    head = repo.commit(files(two_services()), "revert to the good tree")
+    assert run(world) == {"alpha": "noop", "beta": "noop"}  # nothing to deploy: that spec runs already
+    view = store.views.service("alpha")
+    assert view is not None and view.running_sha == view.desired_sha == head
+    assert view.running_revision == view.desired_revision
