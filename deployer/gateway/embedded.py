@@ -10,6 +10,7 @@ error log they hold open) before a new master starts, or its bind() would fail.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -34,8 +35,11 @@ from deployer.gateway.probe import generation_at, wait_until
 from deployer.gateway.render import ConfigRenderer, Rendered, generation_of, nginx_path
 from deployer.gateway.routes import RouteTable
 
+log = logging.getLogger("deployer.gateway")
+
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _START_SECONDS = 15.0
+_ANSWER_SECONDS = 3.0
 _POLL_SECONDS = 0.05
 # Logs are rotated (renamed to .1, then USR1 makes nginx reopen) once past these sizes.
 ACCESS_LOG_MAX = 64 * 1024 * 1024
@@ -198,9 +202,12 @@ class EmbeddedNginx:
             if time.monotonic() > deadline:
                 raise GatewayUnavailable(f"nginx started but wrote no pid file; see {self.paths.error_log}")
             time.sleep(_POLL_SECONDS)
-        if generation is not None and not wait_until(
-                lambda: generation_at(*self._probe) == generation, timeout=_START_SECONDS, given_up=lambda: False):
-            raise GatewayUnavailable(f"nginx runs but does not answer on {self._probe[0]}:{self._probe[1]}")
+        # The file may come from an earlier [gateway] listen: then nothing answers here until the next
+        # apply rewrites it (and that apply's confirmation is the proof), so this is a warning only.
+        if not wait_until(lambda: generation_at(*self._probe) == generation, timeout=_ANSWER_SECONDS,
+                          given_up=lambda: generation is None):
+            log.warning("the gateway's nginx (pid %s) started but does not answer generation %s on %s:%s yet; "
+                        "the next apply rewrites its config", self.live_pid(), generation, *self._probe)
 
     def _rotate_logs(self, pid: int) -> None:
         rotated = False

@@ -9,6 +9,7 @@ Then ``[gateway] reload_command`` runs (e.g. ``systemctl reload nginx``).
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 from deployer.errors import GatewayError, GatewayRejected, GatewayUnavailable
@@ -16,6 +17,8 @@ from deployer.gateway.files import read_text, write_atomic
 from deployer.gateway.nginx import ErrorLog, find_nginx, nginx_message, run
 from deployer.gateway.probe import generation_at
 from deployer.gateway.render import ConfigRenderer, Rendered, generation_of
+
+_SETTLE_SECONDS = 0.2
 
 
 class ExternalNginx:
@@ -32,6 +35,7 @@ class ExternalNginx:
         self._reload = shlex.split(reload_command)
         self._test = shlex.split(test_command)
         self._probe = probe
+        self._answered_at: float | None = None
         if not self._reload:
             raise GatewayUnavailable("[gateway] conf_path is set but reload_command is empty")
 
@@ -71,14 +75,22 @@ class ExternalNginx:
             write_atomic(self._conf_path, previous)
 
     def reload(self) -> None:
+        self._answered_at = None
         code, output = run(self._reload)
         if code != 0:
             said = output.strip().splitlines()[-3:]
             raise GatewayError(f"{shlex.join(self._reload)} exited with {code}: {' '.join(said) or 'no output'}")
 
     def settled(self) -> bool:
-        """The operator's workers are not ours to watch: the marker answering is the proof here."""
-        return True
+        """Asked once the marker answers the new generation; true a moment later.
+
+        The operator's workers are not ours to watch (embedded mode checks that the old ones were
+        told to quit); their master tells them within milliseconds of starting the new ones.
+        """
+        now = time.monotonic()
+        if self._answered_at is None:
+            self._answered_at = now
+        return now - self._answered_at >= _SETTLE_SECONDS
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """The operator's nginx is not deployer's to stop."""

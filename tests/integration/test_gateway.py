@@ -88,7 +88,7 @@ def upstreams() -> Iterator[list[Upstream]]:
     for _ in range(2):
         server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Echo)
         server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         started.append(Upstream(server, thread))
     yield started
@@ -329,6 +329,37 @@ def test_a_killed_nginx_is_restarted_by_the_next_check_and_a_second_gateway_adop
     assert master_pid(twin) == new and gateway.generation() == twin.generation()
 
 
+def test_applies_from_two_threads_are_serialised(gateways: Gateways, upstreams: list[Upstream]) -> None:
+    gateway = gateways.make()
+    gateway.check()
+    results: dict[str, str] = {}
+
+    def apply(service: str, port: int) -> None:
+        results[service] = gateway.apply([Route(service, 1, (port,), path=f"/{service}/")])
+
+    threads = [threading.Thread(target=apply, args=(name, upstream.port))
+               for name, upstream in zip(("a", "b"), upstreams, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 2 and results["a"] != results["b"]
+    assert gateway.generation() in results.values()  # the last one applied is live, whole
+
+
+def test_a_changed_listen_is_taken_by_the_next_apply(gateways: Gateways, upstreams: list[Upstream]) -> None:
+    before = gateways.make()
+    route = Route("text-classify", 1, (upstreams[0].port,), path="/ai/text-classify/")
+    before.apply([route])
+    before.shutdown()
+    after = gateways.make(listen=f"127.0.0.1:{free_port()}")  # the operator moved [gateway] listen
+    assert after.check() is None  # started from the file on disk, which still listens on the old port
+    after.apply([route])
+    assert get(listen_port(after), "/ai/text-classify/x")[0] == 200
+    with pytest.raises(OSError):
+        get(listen_port(before), "/ai/text-classify/x")
+
+
 def test_nginx_missing_is_unavailable_with_the_fix(gateways: Gateways) -> None:
     with pytest.raises(GatewayUnavailable, match=r"^no-such-nginx not found: apt-get install nginx"):
         gateways.make(nginx="no-such-nginx").check()
@@ -373,3 +404,67 @@ def test_requests_through_the_gateway_are_counted_per_service_and_revision(
     assert stats == {("text-classify", 3): (5, {"2xx": 5}), ("text-classify", 4): (1, {"2xx": 1}),
                      ("image", None): (1, {"2xx": 1})}
     assert reader.malformed == 0
+
+
+# ---------------------------------------------------------------- external mode
+
+
+@dataclass
+class OperatorNginx:
+    """An nginx run "by the operator": its own nginx.conf including conf.d/*.conf inside http {}."""
+
+    prefix: Path
+    nginx: str
+
+    @property
+    def main(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    def command(self, *args: str) -> str:
+        return f"{self.nginx} -e {self.prefix}/error.log -p {self.prefix}/ -c {self.main} {' '.join(args)}".strip()
+
+    def start(self) -> None:
+        temp = "\n".join(f"    {kind}_temp_path {self.prefix}/{kind};"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (self.prefix / "conf.d").mkdir(parents=True)
+        self.main.write_text(f"pid {self.prefix}/nginx.pid;\nerror_log {self.prefix}/error.log;\n"
+                             f"events {{}}\nhttp {{\n{temp}\n    include {self.prefix}/conf.d/*.conf;\n}}\n")
+        assert os.system(self.command()) == 0
+
+    def stop(self) -> None:
+        os.system(self.command("-s", "quit") + " 2>/dev/null")
+        pid_file = self.prefix / "nginx.pid"
+        wait_for(lambda: not pid_file.exists(), 10, "the operator's nginx to stop")
+
+
+def test_external_mode_writes_tests_and_reloads_the_operators_nginx(
+        gateways: Gateways, upstreams: list[Upstream], tmp_path: Path) -> None:
+    operator = OperatorNginx(tmp_path / "operator", _nginx())
+    operator.start()
+    try:
+        templates = tmp_path / "templates"
+        shutil.copytree(ROOT / "templates" / "nginx", templates / "nginx")
+        conf = operator.prefix / "conf.d" / "deployer.conf"
+        gateway = gateways.make(conf_path=conf, templates_dir=templates, reload_command=operator.command("-s reload"),
+                                test_command=operator.command("-t -q"))
+        assert gateway.check() is None  # nothing written yet
+        route = Route("text-classify", 1, (upstreams[0].port,), path="/ai/text-classify/")
+        live = gateway.apply([route])
+        assert gateway.generation() == live and generation_of(conf.read_text()) == live
+        assert "http {" not in conf.read_text() and "pid " not in conf.read_text()
+        status, body = get(listen_port(gateway), "/ai/text-classify/x")
+        assert status == 200 and isinstance(body, dict) and body["port"] == upstreams[0].port
+        assert not (gateway.backend.live_file.parent / "nginx.pid").exists()  # no nginx of deployer's own
+
+        routes_template = templates / "nginx" / "routes.conf.j2"
+        routes_template.write_text(routes_template.read_text().replace("keepalive 16;", "keepalive 16;\nbogus;"))
+        text = conf.read_text()
+        with pytest.raises(GatewayRejected, match=r'^\[emerg\] unknown directive "bogus" in .*deployer\.conf:\d+$'):
+            gateway.apply([replace(route, upstreams=(upstreams[1].port,))])
+        assert conf.read_text() == text and gateway.generation() == live  # the file was put back
+        assert sorted(path.name for path in conf.parent.iterdir()) == ["deployer.conf"]  # no leftovers
+        assert gateway.check() is None
+    finally:
+        operator.stop()
+    with pytest.raises(GatewayUnavailable, match="does not answer on .*: is it running, and does its http"):
+        gateway.check()
