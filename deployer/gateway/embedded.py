@@ -30,7 +30,15 @@ from deployer.gateway.files import (
     read_text,
     write_atomic,
 )
-from deployer.gateway.nginx import NGINX_ENV, ErrorLog, find_nginx, nginx_message, run
+from deployer.gateway.nginx import (
+    ACCESS_LOG_MAX,
+    ERROR_LOG_MAX,
+    NGINX_ENV,
+    ErrorLog,
+    find_nginx,
+    nginx_message,
+    run,
+)
 from deployer.gateway.probe import generation_at, wait_until
 from deployer.gateway.render import ConfigRenderer, Rendered, generation_of, nginx_path
 from deployer.gateway.routes import RouteTable
@@ -41,9 +49,6 @@ TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _START_SECONDS = 15.0
 _ANSWER_SECONDS = 3.0
 _POLL_SECONDS = 0.05
-# Logs are rotated (renamed to .1, then USR1 makes nginx reopen) once past these sizes.
-ACCESS_LOG_MAX = 64 * 1024 * 1024
-ERROR_LOG_MAX = 8 * 1024 * 1024
 # A worker's title; one told to quit (by a reload) becomes "... is shutting down" and stops accepting.
 _WORKER = "nginx: worker process"
 

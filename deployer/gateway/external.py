@@ -8,13 +8,14 @@ Then ``[gateway] reload_command`` runs (e.g. ``systemctl reload nginx``).
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from pathlib import Path
 
 from deployer.errors import GatewayError, GatewayRejected, GatewayUnavailable
 from deployer.gateway.files import read_text, write_atomic
-from deployer.gateway.nginx import ErrorLog, find_nginx, nginx_message, run
+from deployer.gateway.nginx import ACCESS_LOG_MAX, ErrorLog, find_nginx, nginx_message, run
 from deployer.gateway.probe import generation_at
 from deployer.gateway.render import ConfigRenderer, Rendered, generation_of
 
@@ -59,7 +60,21 @@ class ExternalNginx:
         written = generation_of(text)
         if live != written:
             return f"nginx serves gateway generation {live} but {self._conf_path} holds {written or 'an edited file'}"
+        self._rotate_access_log()
         return None
+
+    def _rotate_access_log(self) -> None:
+        """The access log is in deployer's state dir, where the operator's logrotate does not look.
+
+        Renamed to ``.1`` past its size; the reload that follows makes nginx open the path anew.
+        """
+        try:
+            if self.access_log.stat().st_size <= ACCESS_LOG_MAX:
+                return
+        except FileNotFoundError:
+            return
+        os.replace(self.access_log, self.access_log.with_name(self.access_log.name + ".1"))
+        self.reload()
 
     def install(self, rendered: Rendered, previous: str | None) -> None:
         write_atomic(self._conf_path, rendered.text)

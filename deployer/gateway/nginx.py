@@ -19,6 +19,9 @@ from deployer.errors import GatewayUnavailable
 # nginx and the commands it runs start from a fixed environment, never the daemon's (its secrets).
 NGINX_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 _TIMEOUT = 60.0
+# Logs are rotated (renamed to .1, then nginx opens the path anew) once past these sizes.
+ACCESS_LOG_MAX = 64 * 1024 * 1024
+ERROR_LOG_MAX = 8 * 1024 * 1024
 _MAX_LINES = 3
 _PREFIX = re.compile(r"^(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |nginx: )?")
 _PID = re.compile(r"^(\[[a-z]+\]) \d+#\d+: (?:\*\d+ )?")

@@ -1,8 +1,9 @@
 """Traffic per service and revision, read from the gateway's JSON access log.
 
-Read incrementally from the last offset, like ``tail -F``: a renamed log is read to its end
-through the open handle, then the new file from its start; a file that shrank (truncated in
-place) is read again from the start. Memory stays bounded whatever the log holds: per
+Read incrementally from the last offset, like ``tail -F``: after a rename the new file is read
+from its start while the old one, still open, is read too until it has been quiet for a few
+seconds (nginx's workers reopen a moment late); a file that shrank (truncated in place) is
+read again from its start. Memory stays bounded whatever the log holds: per
 (service, revision) a request count, counts by status class and a fixed-bucket latency
 histogram; at most ``max_revisions`` revisions per service and ``max_services`` services
 (the least recently seen dropped); over-long and malformed lines skipped and counted.
@@ -16,7 +17,9 @@ import math
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +31,7 @@ CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 _REVISION = re.compile(r"[0-9]{1,18}")
 _CHUNK = 64 * 1024
+_RETIRED_QUIET_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,52 @@ class _Counts:
         self.latency_sum += seconds
 
 
+class _Follower:
+    """One open log file read line by line; a line is whole only once its newline is there."""
+
+    def __init__(self, handle: IO[bytes], max_line: int) -> None:
+        self.handle = handle
+        stat = os.fstat(handle.fileno())
+        self.inode = (stat.st_dev, stat.st_ino)
+        self.idle_since: float | None = None
+        self._max_line = max_line
+        self._partial = b""
+        self._skipping = False  # inside a line longer than max_line
+
+    def restart_if_shrunk(self) -> None:
+        if os.fstat(self.handle.fileno()).st_size < self.handle.tell():  # truncated in place (copytruncate)
+            self.handle.seek(0)
+            self._partial, self._skipping = b"", False
+
+    def lines(self, budget: int) -> Iterator[bytes | None]:
+        """Whole lines appended since the last call (None for each one too long to keep)."""
+        read = 0
+        while read < budget:
+            chunk = self.handle.read(_CHUNK)
+            if not chunk:
+                break
+            read += len(chunk)
+            yield from self._split(chunk)
+        self.idle_since = (self.idle_since or time.monotonic()) if read == 0 else None
+
+    def _split(self, chunk: bytes) -> Iterator[bytes | None]:
+        if self._skipping:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                return
+            chunk, self._skipping = chunk[newline + 1:], False
+        *lines, rest = (self._partial + chunk).split(b"\n")
+        yield from (line if len(line) <= self._max_line else None for line in lines)
+        if len(rest) > self._max_line:
+            self._partial, self._skipping = b"", True
+            yield None
+        else:
+            self._partial = rest
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 class TrafficReader:
     """Follows one access log; ``read()`` consumes what is new and returns the counts so far."""
 
@@ -108,14 +158,12 @@ class TrafficReader:
         # A restarted daemon need not count the old log again: start where the file ends now.
         self._skip_to = _position(path) if start_at_end else None
         self._stats: OrderedDict[str, OrderedDict[int | None, _Counts]] = OrderedDict()
-        self._handle: IO[bytes] | None = None
-        self._inode: tuple[int, int] | None = None
-        self._partial = b""
-        self._skipping = False  # inside a line longer than max_line_bytes
+        self._current: _Follower | None = None
+        self._retired: _Follower | None = None  # the file before a rotation, read until it stays quiet
         self._lock = threading.Lock()
 
     def read(self) -> tuple[RevisionTraffic, ...]:
-        """Consume new lines (at most ``max_read_bytes`` per call), then a copy of the counts."""
+        """Consume new lines (at most ``max_read_bytes`` per file and call), then a copy of the counts."""
         self.poll()
         return self.snapshot()
 
@@ -139,85 +187,67 @@ class TrafficReader:
 
     def close(self) -> None:
         with self._lock:
-            self._close()
+            for follower in (self._current, self._retired):
+                if follower is not None:
+                    follower.close()
+            self._current = self._retired = None
 
     # ------------------------------------------------------------ reading
 
     def _poll(self) -> int:
-        counted = 0
-        if self._handle is None and not self._open():
-            return 0
-        assert self._handle is not None
-        if self._shrunk():
-            self._handle.seek(0)
-            self._partial, self._skipping = b"", False
-        counted += self._drain()
-        if self._rotated():  # the old file is read to its end above; now the new one from its start
-            self._close()
-            if self._open():
-                counted += self._drain()
+        counted = self._drain_retired()
+        if self._current is None:
+            self._current = self._open()
+            if self._current is None:
+                return counted
+        self._current.restart_if_shrunk()
+        counted += self._count(self._current)
+        if self._rotated(self._current):
+            # nginx's workers reopen their log a moment after the rename: lines may still land in the
+            # old file, so it is read alongside the new one until it has been quiet for a while.
+            if self._retired is not None:
+                self._retired.close()
+            self._retired, self._current = self._current, self._open()
+            if self._current is not None:
+                counted += self._count(self._current)
         return counted
 
-    def _open(self) -> bool:
+    def _drain_retired(self) -> int:
+        retired = self._retired
+        if retired is None:
+            return 0
+        counted = self._count(retired)
+        if retired.idle_since is not None and time.monotonic() - retired.idle_since >= _RETIRED_QUIET_SECONDS:
+            retired.close()
+            self._retired = None
+        return counted
+
+    def _open(self) -> _Follower | None:
         try:
-            handle = self.path.open("rb")
+            follower = _Follower(self.path.open("rb"), self._max_line)
         except OSError:
-            return False
-        stat = os.fstat(handle.fileno())
-        self._handle, self._inode = handle, (stat.st_dev, stat.st_ino)
-        self._partial, self._skipping = b"", False
-        if self._skip_to is not None and self._skip_to[0] == self._inode:
-            handle.seek(min(self._skip_to[1], stat.st_size))
+            return None
+        if self._skip_to is not None and self._skip_to[0] == follower.inode:
+            follower.handle.seek(min(self._skip_to[1], os.fstat(follower.handle.fileno()).st_size))
         self._skip_to = None
-        return True
+        return follower
 
-    def _close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        self._handle = None
-
-    def _shrunk(self) -> bool:
-        assert self._handle is not None
-        return os.fstat(self._handle.fileno()).st_size < self._handle.tell()
-
-    def _rotated(self) -> bool:
+    def _rotated(self, follower: _Follower) -> bool:
         try:
             stat = self.path.stat()
         except OSError:
-            return False  # renamed and not yet recreated: keep the old handle
-        return (stat.st_dev, stat.st_ino) != self._inode
+            return False  # renamed and not yet recreated: keep reading the old file
+        return (stat.st_dev, stat.st_ino) != follower.inode
 
-    def _drain(self) -> int:
-        assert self._handle is not None
-        counted = budget = 0
-        while budget < self._max_read:
-            chunk = self._handle.read(_CHUNK)
-            if not chunk:
-                break
-            budget += len(chunk)
-            counted += self._feed(chunk)
-        return counted
-
-    def _feed(self, chunk: bytes) -> int:
-        if self._skipping:
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                return 0
-            chunk, self._skipping = chunk[newline + 1:], False
-        *lines, rest = (self._partial + chunk).split(b"\n")
-        if len(rest) > self._max_line:
-            self._partial, self._skipping = b"", True
-            self.malformed += 1
-        else:
-            self._partial = rest
-        return sum(self._line(line) for line in lines)
+    def _count(self, follower: _Follower) -> int:
+        return sum(self._line(line) for line in follower.lines(self._max_read))
 
     # ------------------------------------------------------------ counting
 
-    def _line(self, line: bytes) -> int:
-        parsed = _parse(line) if len(line) <= self._max_line else None
+    def _line(self, line: bytes | None) -> int:
+        parsed = _parse(line) if line is not None else None
         if parsed is None:
-            self.malformed += bool(line.strip())
+            self.malformed += line is None or bool(line.strip())
             return 0
         service, revision, status, seconds = parsed
         if not service:

@@ -466,5 +466,31 @@ def test_external_mode_writes_tests_and_reloads_the_operators_nginx(
         assert gateway.check() is None
     finally:
         operator.stop()
-    with pytest.raises(GatewayUnavailable, match="does not answer on .*: is it running, and does its http"):
+    with pytest.raises(GatewayUnavailable, match=r"does not answer on .*: is it running, and does its http"):
         gateway.check()
+
+
+def test_logs_past_their_size_are_rotated_and_the_reader_follows(
+        gateways: Gateways, upstreams: list[Upstream], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("deployer.gateway.embedded.ACCESS_LOG_MAX", 200)
+    gateway = gateways.make()
+    reader = TrafficReader(gateway.access_log)
+    gateway.apply([Route("text-classify", 1, (upstreams[0].port,), path="/ai/text-classify/")])
+    get(listen_port(gateway), "/ai/text-classify/x")
+    wait_for(lambda: reader.read(), 5, "the first request in the log")  # the reader holds the file open now
+    for _ in range(2):
+        get(listen_port(gateway), "/ai/text-classify/x")  # in the log, not read yet when it is renamed
+    assert gateway.check() is None  # rotates: access.log -> access.log.1, USR1 to the master
+    rotated = gateway.access_log.with_name("access.log.1")
+    assert rotated.exists()
+    wait_for(gateway.access_log.exists, 5, "nginx to open a new access log")
+    for _ in range(2):
+        get(listen_port(gateway), "/ai/text-classify/x")
+
+    def five() -> bool:
+        return sum(traffic.requests for traffic in reader.read()) == 5
+
+    # Workers reopen their log a moment after the master: the last lines may land in either file.
+    wait_for(five, 5, "the reader to count requests on both sides of the rotation")
+    assert len(rotated.read_text().splitlines()) >= 3
+    assert len(rotated.read_text().splitlines()) + len(gateway.access_log.read_text().splitlines()) == 5

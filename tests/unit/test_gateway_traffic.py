@@ -87,6 +87,22 @@ def test_rotation_by_rename_reads_the_old_file_to_its_end_then_the_new_one(tmp_p
     assert stats[("text-classify", 3)].requests == 2 and stats[("text-classify", 4)].requests == 2
 
 
+def test_lines_landing_in_the_old_file_after_a_rotation_still_count(tmp_path: Path) -> None:
+    # nginx's workers reopen their log a moment after the master: a late line goes to the renamed file.
+    log = tmp_path / "access.log"
+    reader = TrafficReader(log)
+    _write(log, _line())
+    assert reader.poll() == 1
+    os.replace(log, tmp_path / "access.log.1")
+    _write(log, _line(revision="4"))
+    assert reader.poll() == 1
+    _write(tmp_path / "access.log.1", _line())  # late, in the old file
+    _write(log, _line(revision="4"))
+    assert reader.poll() == 2
+    stats = _by_key(reader)
+    assert stats[("text-classify", 3)].requests == 2 and stats[("text-classify", 4)].requests == 2
+
+
 def test_a_truncated_log_is_read_again_from_its_start(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     reader = TrafficReader(log)
