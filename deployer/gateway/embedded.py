@@ -216,10 +216,10 @@ class EmbeddedNginx:
 
     def _rotate_logs(self, pid: int) -> None:
         rotated = False
-        for log, limit in ((self.paths.access_log, ACCESS_LOG_MAX), (self.paths.error_log, ERROR_LOG_MAX)):
+        for path, limit in ((self.paths.access_log, ACCESS_LOG_MAX), (self.paths.error_log, ERROR_LOG_MAX)):
             with contextlib.suppress(FileNotFoundError):
-                if log.stat().st_size > limit:
-                    os.replace(log, log.with_name(log.name + ".1"))
+                if path.stat().st_size > limit:
+                    os.replace(path, path.with_name(path.name + ".1"))
                     rotated = True
         if rotated:
             os.kill(pid, signal.SIGUSR1)  # the master reopens its logs
