@@ -104,8 +104,10 @@ class Gateways:
     made: list[NginxGateway] = field(default_factory=list)
 
     def make(self, state: str = "state", **values: object) -> NginxGateway:
+        if "nginx" not in values:  # a test of a missing nginx needs none
+            values["nginx"] = _nginx()
         config = GatewayConfig(state_dir=self.tmp_path / state, templates_dir=ROOT / "templates",
-                               listen=f"127.0.0.1:{free_port()}", nginx=_nginx(), drain=2.0)
+                               listen=f"127.0.0.1:{free_port()}", drain=2.0)
         gateway = build_gateway(replace(config, **values))  # type: ignore[arg-type]
         self.made.append(gateway)
         return gateway
