@@ -21,6 +21,7 @@ from deployer import logs
 from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
 from deployer.errors import ConfigError, DeployerError
+from deployer.gateway import GatewayConfig, NginxGateway, TrafficReader, build_gateway
 from deployer.gitea import GiteaClient, StatusReporter
 from deployer.hooks import HookRunner
 from deployer.metrics import Metrics
@@ -51,6 +52,7 @@ class Daemon:
     scheduler: Scheduler
     webhook: WebhookReceiver
     status: StatusReporter
+    gateway: NginxGateway | None
     app: Starlette
 
 
@@ -98,6 +100,7 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
     events = EventBus()
     events.subscribe(metrics.on_event)
     events.subscribe(status.on_event)
+    gateway = _gateway(settings, metrics)
     reconciler = assemble(
         store, runtimes,
         EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
@@ -106,9 +109,10 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
         ReconcilerConfig(state_dir=state_dir, port_bounds=settings.ports.bounds, default_runtime=settings.runtime,
                          prune=settings.reconcile.prune, port_grace=settings.ports.reuse_grace,
                          demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes,
-                                                settings.demo.timeout)),
+                                                settings.demo.timeout),
+                         slot_bounds=settings.ports.slot_bounds, drain=settings.gateway.drain),
         HostChecks(port_is_free=is_free, port_holder=holder),
-        hooks=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout), events=events,
+        hooks=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout), events=events, gateway=gateway,
     )
     _add_sources(reconciler, store, settings, config_dir or Path.cwd())
     last_errors: dict[str, str | None] = {}
@@ -121,12 +125,26 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
         routing=GiteaRouting(tuple(settings.gitea.allowed_owners), settings.gitea.repo_prefix,
                              settings.gitea.branch, settings.gitea.clone_base or settings.gitea.url),
     )
-    daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, status, app=Starlette())
+    daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, status, gateway,
+                    app=Starlette())
     deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, metrics=metrics,
-                   api_token=api_token,
-                   checks=_checks(daemon), gitea_url=settings.gitea.url)
+                   api_token=api_token, checks=_checks(daemon), gitea_url=settings.gitea.url,
+                   gateway_url=f"http://{settings.gateway.listen}" if gateway is not None else "")
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
+
+
+def _gateway(settings: Settings, metrics: Metrics) -> NginxGateway | None:
+    """deployer's nginx (or the operator's, in external mode) when ``[gateway] enabled``; its traffic in /metrics."""
+    options = settings.gateway
+    if not options.enabled:
+        return None
+    gateway = build_gateway(GatewayConfig(
+        state_dir=settings.paths.state_dir, templates_dir=templates_dir(settings), listen=options.listen,
+        nginx=options.nginx, drain=options.drain, conf_path=options.conf_path, reload_command=options.reload_command,
+        test_command=options.test_command))
+    metrics.observe_gateway(TrafficReader(gateway.access_log, start_at_end=True).read)
+    return gateway
 
 
 def _container_runtimes(settings: Settings) -> dict[str, Runtime]:
@@ -203,8 +221,16 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
                 runtime.check()
         return check
 
+    def gateway_answers() -> None:
+        # Asked, not repaired: a GET of /healthz must not restart nginx (the next pass does).
+        if daemon.gateway is not None and daemon.gateway.generation() is None:
+            raise RuntimeError(f"the gateway does not answer on {daemon.settings.gateway.listen}; "
+                               "the next pass restarts it (see <state>/gateway/error.log)")
+
     checks: dict[str, Callable[[], None]] = {"store": daemon.store.ping, "scheduler": scheduler_alive}
     checks.update({name: runtime_check(name, runtime) for name, runtime in daemon.runtimes.items()})
+    if daemon.gateway is not None:
+        checks["gateway"] = gateway_answers
     return checks
 
 

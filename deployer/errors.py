@@ -29,6 +29,7 @@ class Reason(StrEnum):
     PORT_CONFLICT = "PortConflict"
     SECRET_MISSING = "SecretMissing"
     RUNTIME_UNAVAILABLE = "RuntimeUnavailable"
+    GATEWAY_FAILED = "GatewayFailed"
     INTERRUPTED = "Interrupted"
     INTERNAL_ERROR = "InternalError"
 
@@ -104,3 +105,25 @@ class ApplyError(DeployerError):
 
 class PortConflict(StalledError):
     reason = Reason.PORT_CONFLICT
+
+
+class GatewayError(DeployerError):
+    """The gateway (nginx) did not take a route table; the previous one stays live."""
+
+    reason = Reason.GATEWAY_FAILED
+
+
+class GatewayUnavailable(GatewayError, TransientError):
+    """nginx is not installed, not running, or does not answer; retried later."""
+
+
+class GatewayRejected(GatewayError, StalledError):
+    """A route table refused before it went live (``nginx -t``, a clash, a value nginx syntax cannot hold).
+
+    ``str()`` is the reason (for ``nginx -t``, nginx's own message); ``services`` names the
+    services concerned, when the refusal is about particular ones.
+    """
+
+    def __init__(self, message: str, *, services: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.services = services

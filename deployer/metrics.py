@@ -1,16 +1,21 @@
 """Prometheus metrics: one registry per daemon, handed to whoever counts something.
 
 Counters for webhooks, attempts, drift corrections and rollbacks; histograms
-for attempt and pass durations; gauges for service up/healthy and queue depth.
+for attempt and pass durations; gauges for service up/healthy and queue depth;
+gateway traffic per service and revision, read from nginx's access log at scrape time.
 Label values are service and source names (bounded by the inventory).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from deployer.model.events import AttemptFinished, Event, PassFinished, ServiceObserved, ServiceRemoved
 from deployer.model.status import Outcome, Trigger
@@ -70,5 +75,74 @@ class Metrics:
             with contextlib.suppress(KeyError):  # never observed: nothing to remove
                 gauge.remove(service)
 
+    def observe_gateway(self, read: Callable[[], Iterable[RevisionTraffic]]) -> None:
+        """Gateway traffic from ``read`` (the access-log reader's ``read``), called at each scrape."""
+        self.registry.register(GatewayTrafficCollector(read))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RevisionTraffic(Protocol):
+    """What the gateway's access-log reader counts for one (service, revision)."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def revision(self) -> int | None: ...
+
+    @property
+    def codes(self) -> Mapping[str, int]: ...
+
+    @property
+    def bounds(self) -> Sequence[float]: ...
+
+    @property
+    def buckets(self) -> Sequence[int]: ...
+
+    @property
+    def latency_sum(self) -> float: ...
+
+
+class GatewayTrafficCollector(Collector):
+    """``deployer_gateway_requests_total{service,revision,code}`` and a latency histogram per service.
+
+    A collector rather than counters fed line by line: the reader already holds bounded totals
+    (capped revisions per service), so a scrape reports them as they are and a dropped revision
+    leaves /metrics instead of lingering. Status codes are classes ("2xx") to bound cardinality.
+    Totals restart from zero with the daemon, which Prometheus reads as a counter reset.
+    """
+
+    def __init__(self, read: Callable[[], Iterable[RevisionTraffic]]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # nothing to compute at registration; collect() reads the log
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("deployer_gateway_requests", "Requests through the gateway by service, "
+                                       "revision and status class", labels=["service", "revision", "code"])
+        latency = HistogramMetricFamily("deployer_gateway_request_duration_seconds",
+                                        "Request duration through the gateway (nginx request_time)", labels=["service"])
+        per_service: dict[str, tuple[list[float], list[int], float]] = {}
+        for traffic in self._read():
+            revision = "" if traffic.revision is None else str(traffic.revision)
+            for code, count in sorted(traffic.codes.items()):
+                requests.add_metric([traffic.service, revision, code], count)
+            empty = (list(traffic.bounds), [0] * len(traffic.buckets), 0.0)
+            bounds, buckets, total = per_service.get(traffic.service, empty)
+            summed = [a + b for a, b in zip(buckets, traffic.buckets, strict=True)]
+            per_service[traffic.service] = (bounds, summed, total + traffic.latency_sum)
+        for service, (bounds, buckets, total) in sorted(per_service.items()):
+            latency.add_metric([service], _cumulative(bounds, buckets), total)
+        yield requests
+        yield latency
+
+
+def _cumulative(bounds: Sequence[float], buckets: Sequence[int]) -> list[tuple[str, float]]:
+    running, result = 0, []
+    for bound, count in zip(bounds, buckets, strict=True):
+        running += count
+        result.append(("+Inf" if math.isinf(bound) else repr(float(bound)), float(running)))
+    return result

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -69,17 +69,34 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ServerSettings(Section):
-    listen: str = "127.0.0.1:8700"
-    public_url: str = ""
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT (got {value!r})")
+    return value
 
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"must be HOST:PORT (got {value!r})")
-        return value
+
+def _port_range(value: str) -> str:
+    first, sep, last = value.partition("-")
+    if not sep or not first.isdigit() or not last.isdigit():
+        raise ValueError(f"must be FIRST-LAST (got {value!r})")
+    if not 1024 <= int(first) <= int(last) <= 65535:
+        raise ValueError(f"must lie within 1024-65535 with FIRST <= LAST (got {value!r})")
+    return value
+
+
+def _bounds(value: str) -> tuple[int, int]:
+    first, _, last = value.partition("-")
+    return int(first), int(last)
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+PortRange = Annotated[str, AfterValidator(_port_range)]
+
+
+class ServerSettings(Section):
+    listen: HostPort = "127.0.0.1:8700"
+    public_url: str = ""
 
     @property
     def host(self) -> str:
@@ -122,23 +139,17 @@ class ReconcileSettings(Section):
 
 
 class PortSettings(Section):
-    range: str = "8800-8999"
+    range: PortRange = "8800-8999"
+    slot_range: PortRange = "9800-9999"  # blue/green slots, when the gateway is on
     reuse_grace: float = Field(default=600, ge=0)
-
-    @field_validator("range")
-    @classmethod
-    def _range(cls, value: str) -> str:
-        first, sep, last = value.partition("-")
-        if not sep or not first.isdigit() or not last.isdigit():
-            raise ValueError(f"must be FIRST-LAST (got {value!r})")
-        if not 1024 <= int(first) <= int(last) <= 65535:
-            raise ValueError(f"must lie within 1024-65535 with FIRST <= LAST (got {value!r})")
-        return value
 
     @property
     def bounds(self) -> tuple[int, int]:
-        first, _, last = self.range.partition("-")
-        return int(first), int(last)
+        return _bounds(self.range)
+
+    @property
+    def slot_bounds(self) -> tuple[int, int]:
+        return _bounds(self.slot_range)
 
 
 class SupervisorSettings(Section):
@@ -158,6 +169,22 @@ class DockerSettings(Section):
 
 class GatewaySettings(Section):
     enabled: bool = False
+    listen: HostPort = "127.0.0.1:8080"
+    drain: float = Field(default=10, ge=0, le=3600)  # seconds old workers / the old slot keep serving
+    nginx: str = Field(default="nginx", min_length=1)  # the binary: a path, or a name looked up on PATH
+    conf_path: OptionalPath = None  # external mode: the file the operator's nginx includes in http {}
+    reload_command: str = ""  # external mode, e.g. "systemctl reload nginx"
+    test_command: str = ""  # external mode; "" = "nginx -t -q" (the operator's default config)
+
+    @model_validator(mode="after")
+    def _external_needs_reload(self) -> GatewaySettings:
+        if self.conf_path is not None and not self.reload_command.strip():
+            raise ValueError("conf_path (external mode) needs reload_command, e.g. \"systemctl reload nginx\"")
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
 
 
 class ApiSettings(Section):
@@ -227,6 +254,27 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.paths.state_dir = self.paths.state_dir.expanduser().absolute()
+        return self
+
+    @model_validator(mode="after")
+    def _gateway_ports_apart(self) -> Settings:
+        """With the gateway on, its port, the services' ports and the slots' ports never meet.
+
+        Checked only then, so a config that never turns the gateway on keeps working as it did.
+        """
+        if not self.gateway.enabled:
+            return self
+        (first, last), (slot_first, slot_last) = self.ports.bounds, self.ports.slot_bounds
+        if slot_first <= last and first <= slot_last:
+            raise ValueError(f"[ports] slot_range {self.ports.slot_range} overlaps [ports] range {self.ports.range};"
+                             " they must not share a port")
+        port = self.gateway.port
+        for key, (low, high) in (("range", (first, last)), ("slot_range", (slot_first, slot_last))):
+            if low <= port <= high:
+                raise ValueError(f"[gateway] listen: port {port} lies inside [ports] {key} ({low}-{high}); "
+                                 "choose a port outside both port ranges")
+        if port == self.server.port:
+            raise ValueError(f"[gateway] listen: port {port} is [server] listen's port")
         return self
 
     # Derived values, so callers never rebuild them.
@@ -369,7 +417,7 @@ def _first_problem(exc: ValidationError, path: Path | None, origins: Mapping[tup
     """One line: where the value came from (variable or file), its key, what is wrong with it."""
     error = exc.errors()[0]
     loc = tuple(str(part) for part in error["loc"])
-    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else (loc[0] if loc else "")
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else (_section_or_key(loc[0]) if loc else "")
     variable = origins.get(loc[:2])
     origin = f"{variable}: " if variable else f"{path}: " if path else ""
     unknown = error["type"] == "extra_forbidden"
@@ -379,4 +427,10 @@ def _first_problem(exc: ValidationError, path: Path | None, origins: Mapping[tup
     hidden = unknown or "(got" in message or "secret" in where or "token" in where
     shown = "" if hidden or value is None or isinstance(value, dict | list) else f" (got {value!r})"
     hint = '; write it as JSON, e.g. ["acme"]' if variable and error["type"] == "list_type" else ""
-    return f"{origin}{where}: {message}{shown}{hint}"
+    # A check across sections (no single key) names its keys in the message itself.
+    return f"{origin}{where + ': ' if where else ''}{message}{shown}{hint}"
+
+
+def _section_or_key(name: str) -> str:
+    """A check of a whole section is located at ``[section]``; a top-level key by its name."""
+    return f"[{name}]" if name in SECTIONS else name

@@ -27,7 +27,7 @@ log = logging.getLogger("deployer.gitea")
 # Reasons where the deployer, not the commit, is at fault: Gitea shows "error", not "failure".
 _DEPLOYER_FAULTS = frozenset({
     Reason.RUNTIME_UNAVAILABLE.value, Reason.INTERNAL_ERROR.value,
-    Reason.SOURCE_FETCH_FAILED.value, Reason.INTERRUPTED.value,
+    Reason.SOURCE_FETCH_FAILED.value, Reason.INTERRUPTED.value, Reason.GATEWAY_FAILED.value,
 })
 
 

@@ -95,7 +95,25 @@ class DemoSpec(Strict):
 
 
 class GatewaySpec(Strict):
-    path: UrlPath
+    path: UrlPath = Field(description="prefix served on the gateway's listener; starts and ends with '/'")
+    strip_prefix: bool = Field(default=True, description="proxy /ai/x/foo as /foo (true) or keep the prefix")
+
+
+def _gateway_path(spec: GatewaySpec | None) -> GatewaySpec | None:
+    """A service's gateway path: a folder-like prefix nginx can match (checked on manifests only).
+
+    Kept off ``GatewaySpec`` itself so specs already stored in revisions stay readable.
+    """
+    if spec is None:
+        return spec
+    path = spec.path
+    if not (path.startswith("/") and path.endswith("/")):
+        raise ValueError(f"path must start and end with '/', e.g. /ai/text-classify/ (got {path!r})")
+    if "//" in path or "/./" in path or "/../" in path:
+        raise ValueError(f"path must not hold empty, '.' or '..' segments (got {path!r})")
+    if path.startswith("/.deployer/"):
+        raise ValueError(f"path /.deployer/ is reserved for the gateway itself (got {path!r})")
+    return spec
 
 
 class RolloutSpec(Strict):
@@ -137,8 +155,10 @@ class ServiceManifest(Strict):
     info: InfoSpec = Field(default_factory=InfoSpec)
     group: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     demo: list[DemoSpec] = Field(default_factory=list)
-    gateway: GatewaySpec | None = None
-    rollout: RolloutSpec | None = None
+    gateway: Annotated[GatewaySpec | None, AfterValidator(_gateway_path)] = None
+    rollout: RolloutSpec | None = Field(
+        default=None, description="How a new revision replaces the running one; default: blue-green when "
+                                  "the gateway is on, recreate otherwise.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     replicas: int = Field(default=1, ge=1, le=100)
     hooks: HooksSpec = Field(default_factory=HooksSpec)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
+from deployer.gateway import Route
 from deployer.health import HttpChecks, Probe
 from deployer.hooks import HookRunner
 from deployer.reconcile.demos import DemoRunner
@@ -24,7 +25,7 @@ from deployer.reconcile.observe import Observer
 from deployer.reconcile.passes import PassResult, Reconciler, Rooms
 from deployer.reconcile.resolve import ClaimedPorts, Resolver
 from deployer.reconcile.rollout import Rollout, RolloutParts
-from deployer.reconcile.routing import GatewayPort, Route, Router
+from deployer.reconcile.routing import GatewayPort, Router
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
 from deployer.runtimes.base import Runtime
 from deployer.secrets import SecretStore

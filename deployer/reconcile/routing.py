@@ -15,28 +15,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from deployer.gateway import Route
 from deployer.model.desired import DesiredService
 from deployer.store import Store
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Route:
-    """One service as the gateway serves it (the gateway package renders these into nginx config)."""
-
-    service: str
-    revision: int | None
-    upstreams: tuple[int, ...]  # loopback ports of the slot(s) to proxy to
-    port: int | None  # the sticky port nginx listens on
-    path: str | None  # the gateway path, e.g. /ai/text-classify/
-    strip_prefix: bool = True
-
-
 class GatewayPort(Protocol):
-    """What routing needs of the gateway (``deployer.gateway.Gateway``)."""
+    """What routing needs of the gateway (``deployer.gateway.Gateway``; tests give a recording one)."""
 
-    def check(self) -> None: ...
+    def check(self) -> str | None: ...
 
     def apply(self, routes: Sequence[Route]) -> str: ...
 
@@ -76,10 +65,13 @@ class Router:
             self._applied = tuple(routes)
             self._store.slots.set_active(service, target.slot)
 
-    def ensure(self) -> None:
-        """Each pass: the gateway runs (a dead embedded nginx is started again) and routes what the store says."""
-        self.gateway.check()
+    def ensure(self) -> str | None:
+        """Each pass: the gateway runs (a dead nginx is started again: drift, said) and routes what the store says."""
+        repaired = self.gateway.check()
+        if repaired:
+            log.warning("gateway: %s", repaired)
         self.sync()
+        return repaired
 
     def forget(self, service: str) -> None:
         """A removed service: its slots are released and its routes leave the gateway."""
@@ -115,7 +107,7 @@ class Router:
             gateway = desired.gateway if desired is not None else None
             routes.append(Route(service=name, revision=revision, upstreams=(target.port,), port=view.port,
                                 path=gateway.path if gateway is not None else None,
-                                strip_prefix=getattr(gateway, "strip_prefix", True)))
+                                strip_prefix=gateway.strip_prefix if gateway is not None else True))
         return routes
 
     def _desired(self, revision: int | None) -> DesiredService | None:

@@ -19,7 +19,8 @@ from deployer.store.engine import Database, StoreError
 from deployer.store.tables import OUTPUT_TAIL_CHARS, AttemptRow, RevisionRow, StepRow, utcnow
 
 # Failures that say nothing about the revision: the same spec is tried again.
-NOT_THE_REVISIONS_FAULT = (Reason.PORT_CONFLICT.value, Reason.RUNTIME_UNAVAILABLE.value, Reason.SECRET_MISSING.value)
+NOT_THE_REVISIONS_FAULT = (Reason.PORT_CONFLICT.value, Reason.RUNTIME_UNAVAILABLE.value, Reason.SECRET_MISSING.value,
+                           Reason.GATEWAY_FAILED.value)
 INTERRUPTED_MESSAGE = "deployer stopped before this attempt finished; the next reconcile tries again"
 
 

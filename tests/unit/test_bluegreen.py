@@ -28,8 +28,8 @@ class RecordingGateway:
         self.tables: list[tuple[Route, ...]] = []
         self.refuse = False
 
-    def check(self) -> None:
-        pass
+    def check(self) -> str | None:
+        return None
 
     def apply(self, routes: Sequence[Route]) -> str:
         if self.refuse:

@@ -1,0 +1,185 @@
+"""Blue/green through the real gateway: the daemon, its embedded nginx and supervisord, a service
+that takes 1.5 s to load its "model", and a request loop through the gateway path and through the
+service's sticky port that must see no failure while revisions change, fail, and nginx dies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import unavailable
+from tests.helpers import GitRepo, free_port, local_source, start_daemon, stop_supervisord, wait_for, write_config
+
+pytestmark = pytest.mark.timeout(300)
+
+SERVER = '''
+import json, os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VERSION = "{version}"
+time.sleep(1.5)  # loading the model: the port opens only after this
+{crash}
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = json.dumps({{"version": VERSION, "path": self.path}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+'''
+
+MANIFEST = """name: slow
+command: python server.py ${PORT}
+health: {path: /health, timeout: 20}
+gateway: {path: /ai/slow/}
+"""
+
+
+def nginx() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        unavailable("nginx not installed: apt-get install nginx (scripts/services.sh)")
+        raise AssertionError("unreachable")
+    return found
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    listen = free_port()
+    slots = 21000 + (listen % 400) * 10
+    repo = GitRepo.create(tmp_path / "repo.git", tmp_path / "work")
+    repo.commit({"service.yaml": MANIFEST, "server.py": SERVER.format(version="v1", crash="")}, "v1")
+    config, _ = write_config(tmp_path, sources=local_source("models"), extra=f"""
+[gateway]
+enabled = true
+listen = "127.0.0.1:{listen}"
+drain = 0.5
+nginx = "{nginx()}"
+""")
+    text = config.read_text().replace("[ports]\n", f'[ports]\nslot_range = "{slots}-{slots + 9}"\n')
+    config.write_text(text)
+    daemon = start_daemon(config, tmp_path / "state")
+    world = {"root": tmp_path, "repo": repo, "daemon": daemon, "gateway": f"http://127.0.0.1:{listen}"}
+    try:
+        yield world
+    finally:
+        world["daemon"].stop()
+        stop_supervisord(tmp_path / "state")
+        pid_file = tmp_path / "state" / "gateway" / "nginx.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGQUIT)
+
+
+class Loop:
+    """Requests through the gateway path and the sticky port, side by side, counting failures."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls, self.answers, self.failures, self.versions = urls, 0, [], set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Loop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            deadline = time.monotonic() + 240  # bounded, whatever happens to the test
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                for url in self.urls:
+                    try:
+                        response = client.get(url)
+                        if response.status_code == 200:
+                            self.answers += 1
+                            self.versions.add(response.json()["version"])
+                        else:
+                            self.failures.append(f"{url}: HTTP {response.status_code}")
+                    except httpx.HTTPError as exc:
+                        self.failures.append(f"{url}: {type(exc).__name__}")
+                time.sleep(0.02)
+
+
+def version(url: str) -> str | None:
+    try:
+        return str(httpx.get(url, timeout=2).json()["version"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+
+
+def settled(daemon: Any, sha: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        service = daemon.service("slow")
+        done = service and service["last_attempt"] and service["last_attempt"]["outcome"] != "running"
+        return service if done and service["desired_sha"] == sha else None
+
+    return wait_for(check, 90, f"the attempt for {sha[:7]} to end")
+
+
+def test_redeploys_and_a_failing_revision_lose_no_request(world: dict[str, Any]) -> None:
+    daemon, repo, gateway = world["daemon"], world["repo"], world["gateway"]
+    first = settled(daemon, repo.shas[-1])
+    assert first["last_attempt"]["outcome"] == "succeeded" and first["slot"] == "blue"
+    assert first["gateway_url"] == f"{gateway}/ai/slow/"
+    sticky = f"http://127.0.0.1:{first['port']}/predict"
+    assert version(f"{gateway}/ai/slow/predict") == "v1" and version(sticky) == "v1"
+    assert httpx.get(f"{gateway}/ai/slow/x", timeout=2).json()["path"] == "/x"  # the prefix is stripped
+
+    with Loop([f"{gateway}/ai/slow/predict", sticky]) as loop:
+        for number in (2, 3):
+            sha = repo.commit({"server.py": SERVER.format(version=f"v{number}", crash="")}, f"v{number}")
+            daemon.request_pass()
+            service = settled(daemon, sha)
+            assert service["last_attempt"]["outcome"] == "succeeded", service["last_attempt"]
+            wait_for(lambda n=number: version(sticky) == f"v{n}", 10, f"v{number} served")
+        steps = [step["name"] for step in daemon.service("slow")["attempts"][0]["steps"]]
+        assert steps[-3:] == ["health", "switch", "drain"]
+
+        broken = repo.commit({"server.py": SERVER.format(version="v4", crash="raise SystemExit('no model')")},
+                             "v4 cannot load its model")
+        daemon.request_pass()
+        failed = settled(daemon, broken)["last_attempt"]
+        assert failed["outcome"] == "rolled_back", failed
+        assert "kept serving" in failed["message"]
+        time.sleep(0.5)  # a little more traffic on the slot that kept serving
+    assert loop.failures == [] and loop.answers > 100, (loop.failures[:5], loop.answers)
+    assert loop.versions == {"v1", "v2", "v3"}
+    assert version(sticky) == "v3"
+    service = daemon.service("slow")
+    assert service["slot"] == "blue" and service["healthy"]  # v1 blue, v2 green, v3 blue; v4 never switched
+
+
+def test_nginx_killed_is_restarted_by_the_next_pass(world: dict[str, Any]) -> None:
+    daemon, gateway = world["daemon"], world["gateway"]
+    service = settled(daemon, world["repo"].shas[-1])
+    pid_file = world["root"] / "state" / "gateway" / "nginx.pid"
+    killed = int(pid_file.read_text())
+    os.kill(killed, signal.SIGKILL)
+    daemon.request_pass()
+    wait_for(lambda: "restarted" in daemon.log(), 30, "the pass to notice and restart nginx")
+    assert int(pid_file.read_text()) != killed  # a new master, not the orphaned workers, serves
+    wait_for(lambda: version(f"{gateway}/ai/slow/health") == "v1", 30, "the gateway answering")
+    assert version(f"http://127.0.0.1:{service['port']}/health") == "v1"
+    assert daemon.get("/healthz").status_code == 200
