@@ -32,6 +32,7 @@ time.sleep(1.5)  # loading the model: the port opens only after this
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall behind a proxy
 
     def do_GET(self):
         body = json.dumps({{"version": VERSION, "path": self.path}}).encode()
@@ -132,7 +133,8 @@ def version(url: str) -> str | None:
 def settled(daemon: Any, sha: str) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         service = daemon.service("slow")
-        done = service and service["last_attempt"] and service["last_attempt"]["outcome"] != "running"
+        attempt = service["last_attempt"] if service else None
+        done = attempt and attempt["revision"] == service["desired_revision"] and attempt["outcome"] != "running"
         return service if done and service["desired_sha"] == sha else None
 
     return wait_for(check, 90, f"the attempt for {sha[:7]} to end")
