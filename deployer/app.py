@@ -100,7 +100,7 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
     events = EventBus()
     events.subscribe(metrics.on_event)
     events.subscribe(status.on_event)
-    gateway = _gateway(settings, metrics)
+    gateway, traffic = _gateway(settings, metrics)
     reconciler = assemble(
         store, runtimes,
         EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
@@ -129,22 +129,24 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
                     app=Starlette())
     deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, metrics=metrics,
                    api_token=api_token, checks=_checks(daemon), gitea_url=settings.gitea.url,
-                   gateway_url=f"http://{settings.gateway.listen}" if gateway is not None else "")
+                   gateway_url=f"http://{settings.gateway.listen}" if gateway is not None else "",
+                   traffic=traffic.read if traffic is not None else None)
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
 
 
-def _gateway(settings: Settings, metrics: Metrics) -> NginxGateway | None:
+def _gateway(settings: Settings, metrics: Metrics) -> tuple[NginxGateway | None, TrafficReader | None]:
     """deployer's nginx (or the operator's, in external mode) when ``[gateway] enabled``; its traffic in /metrics."""
     options = settings.gateway
     if not options.enabled:
-        return None
+        return None, None
     gateway = build_gateway(GatewayConfig(
         state_dir=settings.paths.state_dir, templates_dir=templates_dir(settings), listen=options.listen,
         nginx=options.nginx, drain=options.drain, conf_path=options.conf_path, reload_command=options.reload_command,
         test_command=options.test_command))
-    metrics.observe_gateway(TrafficReader(gateway.access_log, start_at_end=True).read)
-    return gateway
+    traffic = TrafficReader(gateway.access_log, start_at_end=True)
+    metrics.observe_gateway(traffic.read)
+    return gateway, traffic
 
 
 def _container_runtimes(settings: Settings) -> dict[str, Runtime]:

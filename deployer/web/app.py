@@ -8,7 +8,7 @@ An error's type picks its status (``errors``): ``NotFound`` is 404 wherever it i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
@@ -23,6 +23,7 @@ from deployer.web.api import Api
 from deployer.web.errors import handlers
 from deployer.web.monitoring import Monitoring
 from deployer.web.pages import Pages
+from deployer.web.presenters import RevisionTraffic
 from deployer.web.showcase import Showcase
 from deployer.web.webhook import WebhookReceiver
 
@@ -39,6 +40,7 @@ class WebDeps:
     refresh_seconds: int = 10
     gitea_url: str = ""  # commits of sources that are Gitea repositories link to it
     gateway_url: str = ""  # the gateway's base URL when it is on: /api/services gives each path's URL
+    traffic: Callable[[], Iterable[RevisionTraffic]] | None = None  # what the gateway counted, when it is on
 
 
 def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None
@@ -46,7 +48,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
     demos = deps.reconciler.rooms.demos
     showcase = Showcase(deps.store, demos.state_dir, demos.limits)
     pages = Pages(deps.store, deps.reconciler, showcase, refresh_seconds=deps.refresh_seconds,
-                  gitea_url=deps.gitea_url)
+                  gitea_url=deps.gitea_url, traffic=deps.traffic)
     api = Api(deps.store, deps.reconciler, deps.queue, api_token=deps.api_token, gateway_url=deps.gateway_url)
     monitoring = Monitoring(deps.checks, deps.metrics)
     return Starlette(routes=[

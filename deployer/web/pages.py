@@ -9,6 +9,7 @@ Content-Security-Policy; what a template shows is computed in ``presenters`` and
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from deployer.errors import NotFound
 from deployer.reconcile import Reconciler
 from deployer.store import Store
 from deployer.web.presenters import (
+    RevisionTraffic,
     Tone,
     commit_links,
     commit_statuses,
@@ -30,6 +32,7 @@ from deployer.web.presenters import (
     page_environment,
     service_detail,
     status_tone,
+    traffic_of,
 )
 from deployer.web.showcase import Showcase
 
@@ -45,8 +48,10 @@ class Pages:
     """The page routes; each reads the store in a worker thread, then renders."""
 
     def __init__(self, store: Store, reconciler: Reconciler, showcase: Showcase, *,
-                 refresh_seconds: int, gitea_url: str) -> None:
+                 refresh_seconds: int, gitea_url: str,
+                 traffic: Callable[[], Iterable[RevisionTraffic]] | None = None) -> None:
         self.store = store
+        self.traffic = traffic
         self.reconciler = reconciler
         self.showcase = showcase
         self.refresh_seconds = refresh_seconds
@@ -81,7 +86,8 @@ class Pages:
                 "overrides": detail.overrides, "condition": condition(detail.service),
                 "snapshot": self.reconciler.snapshot(name),
                 "statuses": commit_statuses(detail.attempts, detail.revisions), "sources": self.store.sources.all(),
-                "demo_revision": shown, "demos": demos, "group": self._group_of(name)}
+                "demo_revision": shown, "demos": demos, "group": self._group_of(name),
+                "traffic": traffic_of(name, self.traffic()) if self.traffic is not None else []}
 
     def _group_of(self, name: str) -> tuple[str, list[str]] | None:
         return next(((group, members) for group, members in self.store.views.groups().items() if name in members), None)

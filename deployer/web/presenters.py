@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -157,6 +158,40 @@ def service_detail(store: Store, name: str) -> ServiceDetail | None:
     timeline = [(revision, spec_diff(older.spec if older else None, revision.spec))
                 for revision, older in zip(revisions, [*revisions[1:], None], strict=True)]
     return ServiceDetail(view, timeline, store.history.attempts(name, 20), store.overrides.history(name, 20))
+
+
+# -- traffic through the gateway ------------------------------------------
+
+
+class RevisionTraffic(Protocol):
+    """What the gateway's access log says one revision served (``deployer.gateway.RevisionTraffic``)."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def revision(self) -> int | None: ...
+
+    @property
+    def requests(self) -> int: ...
+
+    @property
+    def errors_4xx(self) -> int: ...
+
+    @property
+    def errors_5xx(self) -> int: ...
+
+    @property
+    def p50(self) -> float | None: ...
+
+    @property
+    def p95(self) -> float | None: ...
+
+
+def traffic_of(service: str, counted: Iterable[RevisionTraffic], *, revisions: int = 2) -> list[RevisionTraffic]:
+    """The service's newest revisions as the gateway counted them: this one beside the one before."""
+    mine = [row for row in counted if row.service == service]
+    return sorted(mine, key=lambda row: row.revision or 0, reverse=True)[:revisions]
 
 
 # -- commits --------------------------------------------------------------
