@@ -118,7 +118,6 @@ def _gateway_path(spec: GatewaySpec | None) -> GatewaySpec | None:
 
 class RolloutSpec(Strict):
     strategy: Literal["blue-green", "recreate"] = Field(
-        default="blue-green",
         description="behind the gateway: blue-green starts the new revision beside the old one and switches when "
                     "it passed its gate (no failed request); recreate stops the old one first (a model that fits "
                     "the GPU only once). Without the gateway every service is recreated.")
