@@ -92,13 +92,15 @@ class Rollout:
         running = desired
         previous = self._store.views.service(desired.name)
         try:
+            how = ""
             if verify_only:
                 self._verify(desired, revision.id, attempt)
             else:
-                self._roll_out(desired, revision.id, attempt, prefix="")
+                how = self._roll_out(desired, revision.id, attempt, prefix="")
             self._store.services.set_running(desired.name, revision.id)
             outcome, reason = Outcome.SUCCEEDED, _success_reason(trigger)
             message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
+            message += f" ({how})" if how else ""
             if verify_only:
                 message += " (verified after an interrupted deploy)"
         except NotSwitched as exc:
@@ -160,7 +162,9 @@ class Rollout:
         return self._parts.runtimes.get(name)
 
     def behind_gateway(self, desired: DesiredService) -> bool:
-        return self._parts.router is not None and desired.runtime in SLOTTED_RUNTIMES
+        """Slots only while the gateway works: with nginx missing or broken, services still deploy (recreated)."""
+        router = self._parts.router
+        return router is not None and router.available and desired.runtime in SLOTTED_RUNTIMES
 
     def placement(self, desired: DesiredService) -> Placement:
         """Where ``desired`` would start now (and where the service serves from)."""
@@ -187,12 +191,14 @@ class Rollout:
     def _runtime(self, desired: DesiredService) -> Runtime:
         return self._parts.runtimes[desired.runtime]
 
-    def _roll_out(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> None:
+    def _roll_out(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> str:
+        """Roll ``desired`` out; returns how it went for people: the strategy, and how long nothing served."""
         runtime = self._runtime(desired)
         place = self.placement(desired)
         deployment = self._prepare(desired, revision, attempt, prefix, place)
         try:
             self._hooks(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
+            stopped = time.monotonic()  # recreate: from here the old process is gone until the gate passes
             with self._steps.step(attempt, f"{prefix}apply") as step:
                 runtime.apply(deployment)
                 step.output = f"{deployment.name} on port {deployment.port}" if place.slot else ""
@@ -203,6 +209,7 @@ class Rollout:
                     self._discard(runtime, deployment.name)  # only the new slot: the serving one is untouched
                     raise NotSwitched(exc) from exc
                 raise
+            unavailable = time.monotonic() - stopped
             if place.slot is not None:
                 self._switch(deployment, runtime, place, attempt, prefix)
             else:
@@ -212,6 +219,9 @@ class Rollout:
             if not prefix:  # the operator's on-failure hook runs once, for the revision that failed
                 self._global_hook(deployment, attempt, "on-failure", best_effort=True)
             raise
+        if place.blue_green:
+            return "blue-green: the old slot served until the switch"
+        return f"recreate: unavailable for about {unavailable:.1f}s while the new process started"
 
     def _switch(self, deployment: Deployment, runtime: Runtime, place: Placement, attempt: int, prefix: str) -> None:
         """Route the service to the new slot, then drain and stop the old one (and a pre-gateway process)."""

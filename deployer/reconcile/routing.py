@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from deployer.gateway import Route
+from deployer.gateway import GatewayUnavailable, Route
 from deployer.model.desired import DesiredService
 from deployer.store import Store
 
@@ -49,6 +49,7 @@ class Router:
         self._is_free = is_free
         self.drain = drain
         self._applied: tuple[Route, ...] | None = None
+        self.available = True  # false while the gateway cannot be had (nginx missing, not starting)
         self._guard = threading.Lock()  # one route table change at a time (passes of two sources)
 
     def slot_ports(self, service: str) -> dict[str, int]:
@@ -66,8 +67,17 @@ class Router:
             self._store.slots.set_active(service, target.slot)
 
     def ensure(self) -> str | None:
-        """Each pass: the gateway runs (a dead nginx is started again: drift, said) and routes what the store says."""
-        repaired = self.gateway.check()
+        """Each pass: the gateway runs (a dead nginx is started again: drift, said) and routes what the store says.
+
+        While it cannot be had (``GatewayUnavailable``: nginx missing or not starting), ``available``
+        is false: services then deploy on their own ports, and move behind it once it is back.
+        """
+        try:
+            repaired = self.gateway.check()
+        except GatewayUnavailable:
+            self.available = False
+            raise
+        self.available = True
         if repaired:
             log.warning("gateway: %s", repaired)
         self.sync()

@@ -173,6 +173,7 @@ def test_redeploys_and_a_failing_revision_lose_no_request(world: dict[str, Any])
     assert service["slot"] == "blue" and service["healthy"]  # v1 blue, v2 green, v3 blue; v4 never switched
     page = daemon.get("/services/slow").text
     assert "Traffic through the gateway" in page and f"rev {service['running_revision']}" in page
+    assert "via the gateway · slot blue" in page
     metrics = daemon.get("/metrics").text
     assert f'deployer_gateway_requests_total{{code="2xx",revision="{service["running_revision"]}",service="slow"}}' \
         in metrics

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, GatewayUnavailable
 from deployer.hooks import HookRunner
 from deployer.model.status import Trigger
 from deployer.reconcile import HostChecks, ReconcilerConfig, Route, SourceSpec, assemble
@@ -27,8 +27,11 @@ class RecordingGateway:
     def __init__(self) -> None:
         self.tables: list[tuple[Route, ...]] = []
         self.refuse = False
+        self.missing = False
 
     def check(self) -> str | None:
+        if self.missing:
+            raise GatewayUnavailable("nginx not found: apt-get install nginx")
         return None
 
     def apply(self, routes: Sequence[Route]) -> str:
@@ -158,3 +161,16 @@ def test_a_crash_between_switch_and_cleanup_converges_to_one_serving_slot(world:
     runtime.services["clf--green"] = runtime.services["clf--blue"]
     assert run(world) == {"clf": "noop"}
     assert set(runtime.services) == {"clf--blue"} and store.slots.active("clf") == "blue"
+
+
+def test_without_nginx_services_still_deploy_and_move_behind_it_when_it_is_back(world: dict[str, Any]) -> None:
+    store, runtime, gateway = world["store"], world["runtime"], world["gateway"]
+    gateway.missing = True
+    commit(world, "v1")
+    assert run(world) == {"clf": "succeeded"}
+    assert set(runtime.services) == {"clf"} and store.slots.active("clf") is None  # on its own port
+    assert "recreate: unavailable for about" in store.history.attempts("clf", 1)[0].message
+    gateway.missing = False
+    assert run(world) == {"clf": "succeeded"}  # moving behind the gateway
+    assert set(runtime.services) == {"clf--blue"} and store.slots.active("clf") == "blue"
+    assert "blue-green: the old slot served until the switch" in store.history.attempts("clf", 1)[0].message
