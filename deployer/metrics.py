@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -19,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from deployer.model.events import AttemptFinished, Event, PassFinished, ServiceObserved, ServiceRemoved
 from deployer.model.status import Outcome, Trigger
+from deployer.model.traffic import RevisionTraffic
 
 _DURATIONS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
 _PASSES = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -81,28 +81,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class RevisionTraffic(Protocol):
-    """What the gateway's access-log reader counts for one (service, revision)."""
-
-    @property
-    def service(self) -> str: ...
-
-    @property
-    def revision(self) -> int | None: ...
-
-    @property
-    def codes(self) -> Mapping[str, int]: ...
-
-    @property
-    def bounds(self) -> Sequence[float]: ...
-
-    @property
-    def buckets(self) -> Sequence[int]: ...
-
-    @property
-    def latency_sum(self) -> float: ...
 
 
 class GatewayTrafficCollector(Collector):

@@ -7,27 +7,18 @@ every change of the gateway across threads and processes.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from deployer import host
+from deployer.host import alive, children, flock, holds_file, parent_pid, processes_named, read_pid
 
-def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Write beside ``path`` as ``.NAME.*.tmp`` (never matched by ``*.conf``), then rename over it."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+__all__ = ["alive", "children", "cmdline", "flock", "holds_file", "parent_pid", "processes_named", "read_pid",
+           "read_text", "write_atomic"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """nginx's config: readable by its workers (they run as nobody)."""
+    host.write_atomic(path, text, mode=0o644)
 
 
 def read_text(path: Path) -> str | None:
@@ -37,72 +28,6 @@ def read_text(path: Path) -> str | None:
         return None
 
 
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie counts as gone (nobody may ever reap a daemon's master)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z"
-
-
-def parent_pid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def cmdline(pid: int) -> str:
     """The command line as one string (nginx rewrites its own into "nginx: master process …")."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return " ".join(part.decode("utf-8", errors="replace") for part in raw.split(b"\0") if part)
-
-
-def holds_file(pid: int, path: Path) -> bool:
-    """Whether ``pid`` has ``path`` open (an nginx worker holds its master's error log)."""
-    target = str(path)
-    try:
-        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return False
-    for descriptor in descriptors:
-        try:
-            if os.readlink(descriptor) == target:
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def children(pid: int) -> list[int]:
-    return [int(entry.name) for entry in Path("/proc").iterdir()
-            if entry.name.isdigit() and parent_pid(int(entry.name)) == pid]
-
-
-def processes_named(prefix: str) -> Iterator[int]:
-    """Pids whose command line starts with ``prefix``."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and cmdline(int(entry.name)).startswith(prefix):
-            yield int(entry.name)
-
-
-@contextmanager
-def flock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path``; each call opens its own handle, so threads exclude each other too."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return " ".join(host.cmdline(pid))

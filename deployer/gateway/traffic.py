@@ -24,61 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-# Upper bounds (seconds) of the latency buckets; the last one catches everything slower.
-LATENCY_BOUNDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                                     math.inf)
+from deployer.model.traffic import LATENCY_BOUNDS, RevisionTraffic
+
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 _REVISION = re.compile(r"[0-9]{1,18}")
 _CHUNK = 64 * 1024
 _RETIRED_QUIET_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class RevisionTraffic:
-    """What one revision of one service served, as counted from the access log."""
-
-    service: str
-    revision: int | None
-    requests: int
-    codes: dict[str, int]  # "2xx" -> count
-    buckets: tuple[int, ...]  # requests per latency bucket (not cumulative), by LATENCY_BOUNDS
-    latency_sum: float
-    bounds: tuple[float, ...] = LATENCY_BOUNDS
-
-    @property
-    def errors_4xx(self) -> int:
-        return self.codes.get("4xx", 0)
-
-    @property
-    def errors_5xx(self) -> int:
-        return self.codes.get("5xx", 0)
-
-    @property
-    def p50(self) -> float | None:
-        return quantile(self.buckets, 0.5)
-
-    @property
-    def p95(self) -> float | None:
-        return quantile(self.buckets, 0.95)
-
-
-def quantile(buckets: tuple[int, ...] | list[int], q: float) -> float | None:
-    """The ``q`` quantile, interpolated inside its bucket (as Prometheus' histogram_quantile does)."""
-    total = sum(buckets)
-    if total == 0:
-        return None
-    rank = q * total
-    cumulative = 0
-    for index, count in enumerate(buckets):
-        if count and cumulative + count >= rank:
-            upper = LATENCY_BOUNDS[index]
-            lower = LATENCY_BOUNDS[index - 1] if index else 0.0
-            if math.isinf(upper):
-                return lower  # slower than the last bound: that bound is all we know
-            return lower + (upper - lower) * (rank - cumulative) / count
-        cumulative += count
-    return LATENCY_BOUNDS[-2]
 
 
 @dataclass

@@ -405,6 +405,7 @@ class Reconciler:
                 old.remove(desired.name)
         log.info("%s: %s%s", desired.name, action.describe(), " (drift)" if trigger is Trigger.DRIFT else "",
                  extra={"service": desired.name, "revision": revision.id})
+        self._unverified.discard(desired.name)  # a full deploy gates it: no separate check after it
         return self.rooms.rollout.deploy(desired, revision, trigger).value
 
     @contextmanager

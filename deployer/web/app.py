@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from deployer.metrics import Metrics
+from deployer.model.traffic import RevisionTraffic
 from deployer.reconcile import Reconciler
 from deployer.scheduler import WorkQueue
 from deployer.store import Store
@@ -23,7 +24,6 @@ from deployer.web.api import Api
 from deployer.web.errors import handlers
 from deployer.web.monitoring import Monitoring
 from deployer.web.pages import Pages
-from deployer.web.presenters import RevisionTraffic
 from deployer.web.showcase import Showcase
 from deployer.web.webhook import WebhookReceiver
 

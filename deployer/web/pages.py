@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from deployer.errors import NotFound
+from deployer.model.traffic import RevisionTraffic
 from deployer.reconcile import Reconciler
 from deployer.store import Store
 from deployer.web.presenters import (
-    RevisionTraffic,
     Tone,
     commit_links,
     commit_statuses,

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -32,6 +31,7 @@ from deployer.model.status import (
     RevisionView,
     ServiceView,
 )
+from deployer.model.traffic import RevisionTraffic
 from deployer.safety import is_sha_prefix
 from deployer.store import NEVER_OBSERVED, SourceRecord, Store
 
@@ -161,31 +161,6 @@ def service_detail(store: Store, name: str) -> ServiceDetail | None:
 
 
 # -- traffic through the gateway ------------------------------------------
-
-
-class RevisionTraffic(Protocol):
-    """What the gateway's access log says one revision served (``deployer.gateway.RevisionTraffic``)."""
-
-    @property
-    def service(self) -> str: ...
-
-    @property
-    def revision(self) -> int | None: ...
-
-    @property
-    def requests(self) -> int: ...
-
-    @property
-    def errors_4xx(self) -> int: ...
-
-    @property
-    def errors_5xx(self) -> int: ...
-
-    @property
-    def p50(self) -> float | None: ...
-
-    @property
-    def p95(self) -> float | None: ...
 
 
 def traffic_of(service: str, counted: Iterable[RevisionTraffic], *, revisions: int = 2) -> list[RevisionTraffic]:

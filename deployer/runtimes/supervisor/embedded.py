@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.errors import ApplyError, RuntimeUnavailable
-from deployer.runtimes.supervisor.files import alive, cmdline, flock, read_pid, supervisord_conf, write_atomic
+from deployer.host import alive, cmdline, flock, read_pid
+from deployer.runtimes.supervisor.files import supervisord_conf, write_atomic
 from deployer.runtimes.supervisor.program import SYSTEM_PATH
 from deployer.runtimes.supervisor.rpc import SupervisorRpc
 

@@ -6,14 +6,11 @@ hand edit shows as drift; they are written atomically under a name the include g
 
 from __future__ import annotations
 
-import fcntl
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployer import host
 from deployer.errors import ConfigError
 from deployer.runtimes.supervisor.program import (
     ProgramHeader,
@@ -85,18 +82,8 @@ def read_program_file(path: Path) -> ProgramFile | None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` under a name the ``*.conf`` include glob never matches, then rename."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o600)  # a program file holds the service's secrets in its environment
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """A program file holds the service's secrets in its environment: root's eyes only."""
+    host.write_atomic(path, text, mode=0o600)
 
 
 def read_tail(path: Path, max_bytes: int) -> str:
@@ -128,40 +115,6 @@ def conf_path(path: Path) -> str:
     if any(char.isspace() or char in ";#" or ord(char) < 32 for char in text):
         raise ConfigError(f"supervisor path {text!r} must not contain whitespace, ';' or '#'")
     return text.replace("%", "%%")
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie counts as gone (our parent may never reap it)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z"
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode("utf-8", errors="replace") for part in raw.split(b"\0") if part]
-
-
-@contextmanager
-def flock(path: Path) -> Iterator[None]:
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _SUPERVISORD_CONF = """\

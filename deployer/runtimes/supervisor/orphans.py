@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from deployer.runtimes.supervisor.files import alive
+from deployer.host import alive
 
 log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.05
