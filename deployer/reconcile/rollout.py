@@ -98,6 +98,7 @@ class Rollout:
             else:
                 how = self._roll_out(desired, revision.id, attempt, prefix="")
             self._store.services.set_running(desired.name, revision.id)
+            self._route_swarm(desired)
             outcome, reason = Outcome.SUCCEEDED, _success_reason(trigger)
             message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
             message += f" ({how})" if how else ""
@@ -250,6 +251,16 @@ class Rollout:
                 for instance in old:
                     runtime.remove(instance)
                 step.output = f"drained {router.drain:g}s, stopped {', '.join(old)}"
+
+    def _route_swarm(self, desired: DesiredService) -> None:
+        """A swarm service with a gateway path: the gateway routes it to its published port (not slotted)."""
+        router = self._parts.router
+        if router is None or not router.available or desired.runtime != "swarm" or desired.gateway is None:
+            return
+        try:
+            router.sync(force=True)
+        except DeployerError as exc:  # the service itself is deployed; its route follows at the next change
+            log.warning("%s: the gateway did not take its route: %s", desired.name, exc)
 
     def _leave_slots(self, name: str, runtime: Runtime) -> None:
         """The gateway was turned off: the service now serves on its own port; its slots go."""

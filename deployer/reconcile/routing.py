@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from deployer.gateway import GatewayUnavailable, Route
 from deployer.model.desired import DesiredService
+from deployer.model.status import ServiceView
 from deployer.store import Store
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,23 @@ class Router:
             routes.append(Route(service=name, revision=revision, upstreams=(target.port,), port=view.port,
                                 path=gateway.path if gateway is not None else None,
                                 strip_prefix=gateway.strip_prefix if gateway is not None else True))
+        routes.extend(self._swarm_routes(views.values(), set(targets)))
+        return routes
+
+    def _swarm_routes(self, views: Iterable[ServiceView], slotted: set[str]) -> list[Route]:
+        """Swarm services keep their own start-first update; the gateway routes their path to the published port.
+
+        Swarm publishes the sticky port itself (host mode), so nginx serves only the path.
+        """
+        routes = []
+        for view in views:
+            if view.runtime != "swarm" or view.name in slotted or view.port is None or not view.gateway_path:
+                continue
+            desired = self._desired(view.running_revision)
+            if desired is None or desired.gateway is None:
+                continue
+            routes.append(Route(service=view.name, revision=view.running_revision, upstreams=(view.port,), port=None,
+                                path=desired.gateway.path, strip_prefix=desired.gateway.strip_prefix))
         return routes
 
     def _desired(self, revision: int | None) -> DesiredService | None:

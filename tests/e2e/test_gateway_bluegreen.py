@@ -5,6 +5,7 @@ service's sticky port that must see no failure while revisions change, fail, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -63,31 +64,42 @@ def nginx() -> str:
     return found
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def make_world(tmp_path: Path, files: dict[str, str | bytes | None], *, drain: float = 0.5,
+               extra: str = "") -> dict[str, Any]:
     listen = free_port()
     slots = 21000 + (listen % 400) * 10
     repo = GitRepo.create(tmp_path / "repo.git", tmp_path / "work")
-    repo.commit({"service.yaml": MANIFEST, "server.py": SERVER.format(version="v1", crash="")}, "v1")
+    repo.commit(files, "v1")
     config, _ = write_config(tmp_path, sources=local_source("models"), extra=f"""
 [gateway]
 enabled = true
 listen = "127.0.0.1:{listen}"
-drain = 0.5
+drain = {drain}
 nginx = "{nginx()}"
-""")
+{extra}""")
     text = config.read_text().replace("[ports]\n", f'[ports]\nslot_range = "{slots}-{slots + 9}"\n')
     config.write_text(text)
     daemon = start_daemon(config, tmp_path / "state")
-    world = {"root": tmp_path, "repo": repo, "daemon": daemon, "gateway": f"http://127.0.0.1:{listen}"}
+    return {"root": tmp_path, "repo": repo, "daemon": daemon, "gateway": f"http://127.0.0.1:{listen}",
+            "config": config}
+
+
+def tear_down(world: dict[str, Any]) -> None:
+    world["daemon"].stop()
+    stop_supervisord(world["root"] / "state")
+    pid_file = world["root"] / "state" / "gateway" / "nginx.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGQUIT)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    world = make_world(tmp_path, {"service.yaml": MANIFEST, "server.py": SERVER.format(version="v1", crash="")})
     try:
         yield world
     finally:
-        world["daemon"].stop()
-        stop_supervisord(tmp_path / "state")
-        pid_file = tmp_path / "state" / "gateway" / "nginx.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGQUIT)
+        tear_down(world)
 
 
 class Loop:
@@ -130,9 +142,9 @@ def version(url: str) -> str | None:
         return None
 
 
-def settled(daemon: Any, sha: str) -> dict[str, Any]:
+def settled(daemon: Any, sha: str, name: str = "slow") -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
-        service = daemon.service("slow")
+        service = daemon.service(name)
         attempt = service["last_attempt"] if service else None
         done = attempt and attempt["revision"] == service["desired_revision"] and attempt["outcome"] != "running"
         return service if done and service["desired_sha"] == sha else None
@@ -191,3 +203,76 @@ def test_nginx_killed_is_restarted_by_the_next_pass(world: dict[str, Any]) -> No
     wait_for(lambda: version(f"{gateway}/ai/slow/health") == "v1", 30, "the gateway answering")
     assert version(f"http://127.0.0.1:{service['port']}/health") == "v1"
     assert daemon.get("/healthz").status_code == 200
+
+
+def test_deployer_killed_while_the_old_slot_drains_converges_to_one_routed_slot(tmp_path: Path) -> None:
+    world = make_world(tmp_path, {"service.yaml": MANIFEST, "server.py": SERVER.format(version="v1", crash="")},
+                       drain=4)
+    try:
+        daemon, repo, gateway = world["daemon"], world["repo"], world["gateway"]
+        first = settled(daemon, repo.shas[-1])
+        path = f"{gateway}/ai/slow/predict"
+        with Loop([path, f"http://127.0.0.1:{first['port']}/predict"]) as loop:
+            repo.commit({"server.py": SERVER.format(version="v2", crash="")}, "v2")
+            daemon.request_pass()
+
+            def draining() -> bool:
+                attempt = (daemon.service("slow") or {}).get("attempts", [{}])[0]
+                return attempt.get("outcome") == "running" and \
+                    [step["name"] for step in attempt.get("steps", [])][-1:] == ["switch"]
+
+            wait_for(draining, 60, "the switch done and the old slot draining", interval=0.05)
+            daemon.process.send_signal(signal.SIGKILL)
+            daemon.process.wait(10)
+            assert version(path) == "v2"  # the switch was confirmed live before the drain began
+            world["daemon"] = daemon = start_daemon(world["config"], tmp_path / "state")
+
+            def one_slot() -> dict[str, Any] | None:
+                service = daemon.service("slow")
+                programs = sorted(path.name for path in (tmp_path / "state" / "supervisor" / "programs").glob("*.conf"))
+                return service if service and service["healthy"] and programs == ["slow--green.conf"] else None
+
+            service = wait_for(one_slot, 60, "one slot left, routed and healthy")
+        assert loop.failures == [] and loop.answers > 50, (loop.failures[:5], loop.answers)
+        assert service["slot"] == "green" and version(path) == "v2"
+        assert any(attempt["outcome"] == "interrupted" for attempt in service["attempts"])
+    finally:
+        tear_down(world)
+
+
+DOCKERFILE = """FROM scratch
+COPY busybox /bin/busybox
+COPY www /www
+CMD ["/bin/busybox", "sh", "-c", "/bin/busybox sleep 1; exec /bin/busybox httpd -f -p \\"$PORT\\" -h /www"]
+"""
+
+
+def test_a_container_behind_the_gateway_is_replaced_blue_green(tmp_path: Path, docker_api: Any) -> None:
+    manifest = "name: boxed\nruntime: docker\nhealth: {path: /health, timeout: 20}\ngateway: {path: /ai/boxed/}\n"
+    files: dict[str, str | bytes | None] = {
+        "service.yaml": manifest, "Dockerfile": DOCKERFILE, "busybox": Path("/bin/busybox").read_bytes(),
+        "www/health": "ok\n", "www/predict": '{"version": "v1"}\n'}
+    world = make_world(tmp_path, files, extra="[docker]\nenabled = true\n")
+    try:
+        daemon, repo, gateway = world["daemon"], world["repo"], world["gateway"]
+        (repo.work / "busybox").chmod(0o755)
+        repo.commit({}, "busybox is executable")
+        daemon.request_pass()
+        wait_for(lambda: (s := daemon.service("boxed")) and s["healthy"] and s["slot"] and s, 120, "boxed served")
+        path = f"{gateway}/ai/boxed/predict"
+        with Loop([path]) as loop:
+            for number in (2, 3):
+                sha = repo.commit({"www/predict": f'{{"version": "v{number}"}}\n'}, f"v{number}")
+                daemon.request_pass()
+                assert settled(daemon, sha, name="boxed")["last_attempt"]["outcome"] == "succeeded"
+        assert loop.failures == [] and loop.versions == {"v1", "v2", "v3"}, (loop.failures[:5], loop.versions)
+        names = sorted(c["Names"][0] for c in docker_api.containers(filters={"label": "deployer.managed=true"})
+                       if c["Names"][0].startswith("/boxed"))
+        assert names == ["/boxed--blue"]  # v1 blue, v2 green, v3 blue: the old slot's container is gone
+    finally:
+        tear_down(world)
+        for container in docker_api.containers(all=True, filters={"label": "deployer.managed=true"}):
+            if container["Names"][0].startswith("/boxed"):
+                docker_api.remove_container(container["Id"], force=True)
+        for image in docker_api.images(name="deployer/boxed"):
+            docker_api.remove_image(image["Id"], force=True)

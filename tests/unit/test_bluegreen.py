@@ -174,3 +174,21 @@ def test_without_nginx_services_still_deploy_and_move_behind_it_when_it_is_back(
     assert run(world) == {"clf": "succeeded"}  # moving behind the gateway
     assert set(runtime.services) == {"clf--blue"} and store.slots.active("clf") == "blue"
     assert "blue-green: the old slot served until the switch" in store.history.attempts("clf", 1)[0].message
+
+
+def test_a_swarm_service_keeps_its_own_update_and_is_routed_by_path(world: dict[str, Any], tmp_path: Any) -> None:
+    store, gateway, swarm = world["store"], world["gateway"], MemoryRuntime("swarm")
+    config = ReconcilerConfig(state_dir=tmp_path / "state", port_bounds=(9100, 9199), slot_bounds=(9800, 9899),
+                              drain=0.0)
+    gate = world["gate"]
+    reconciler = assemble(store, {"supervisor": world["runtime"], "swarm": swarm},
+                          FakeBuilder(tmp_path / "env"), SecretStore(tmp_path / "secrets"), config,  # type: ignore[arg-type]
+                          HostChecks(port_is_free=lambda _: True, wait_healthy=gate.wait, probe=gate.probe),
+                          gateway=gateway)
+    reconciler.add_source(SourceSpec("repo", str(world["repo"].bare), "main"))
+    text = manifest({"name": "replicated"}) + "    runtime: swarm\n    gateway: {path: /ai/replicated/}\n"
+    world["repo"].commit({"service.yaml": text, "app.py": "print(1)\n"}, "a swarm service")
+    assert reconciler.reconcile_source("repo", trigger=Trigger.WEBHOOK).outcomes == {"replicated": "succeeded"}
+    assert set(swarm.services) == {"replicated"} and store.slots.active("replicated") is None  # no slots
+    route = next(route for route in gateway.tables[-1] if route.service == "replicated")
+    assert (route.upstreams, route.port, route.path) == ((store.ports.of("replicated"),), None, "/ai/replicated/")
