@@ -189,6 +189,11 @@ class Reconciler:
             raise UnknownService(name, where="on a runtime of this host")
         return self.rooms.secrets.mask(runtime.logs(name, max_bytes))
 
+    def gateway_problem(self) -> str | None:
+        """What the page says about the gateway: down (and why), or a dead nginx restarted (drift)."""
+        router = self.rooms.rollout.router
+        return router.problem if router is not None else None
+
     def snapshot(self, name: str) -> SnapshotView | None:
         """Log tail and ``/info`` for the pages: read now unless read moments ago."""
         return self.rooms.observer.snapshot(name)

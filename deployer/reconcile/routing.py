@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,6 +52,7 @@ class Router:
         self.drain = drain
         self._applied: tuple[Route, ...] | None = None
         self.available = True  # false while the gateway cannot be had (nginx missing, not starting)
+        self.problem: str | None = None  # what the page says about the gateway (down, or repaired: drift)
         self._guard = threading.Lock()  # one route table change at a time (passes of two sources)
 
     def slot_ports(self, service: str) -> dict[str, int]:
@@ -75,12 +77,16 @@ class Router:
         """
         try:
             repaired = self.gateway.check()
-        except GatewayUnavailable:
+        except GatewayUnavailable as exc:
             self.available = False
+            self.problem = f"down: {exc}; services deploy on their own ports until it is back"
             raise
         self.available = True
         if repaired:
             log.warning("gateway: %s", repaired)
+            self.problem = f"drift healed at {time.strftime('%H:%M:%S')}: {repaired}"
+        elif self.problem and self.problem.startswith("down"):
+            self.problem = None
         self.sync()
         return repaired
 

@@ -68,6 +68,7 @@ class Pages:
                 "failing": [row for row in rows if row.condition.tone is Tone.BAD],
                 "drifting": [row for row in rows if row.condition.tone is Tone.WARN],
                 "source_errors": sorted(self.reconciler.sources.errors().items()),
+                "gateway_problem": self.reconciler.gateway_problem(),
                 "groups": self.store.views.groups()}
 
     async def service(self, request: Request) -> Response:

@@ -203,6 +203,7 @@ def test_nginx_killed_is_restarted_by_the_next_pass(world: dict[str, Any]) -> No
     wait_for(lambda: version(f"{gateway}/ai/slow/health") == "v1", 30, "the gateway answering")
     assert version(f"http://127.0.0.1:{service['port']}/health") == "v1"
     assert daemon.get("/healthz").status_code == 200
+    assert "drift healed" in daemon.get("/").text  # the page says the gateway was repaired
 
 
 def test_deployer_killed_while_the_old_slot_drains_converges_to_one_routed_slot(tmp_path: Path) -> None:

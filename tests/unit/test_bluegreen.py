@@ -170,10 +170,12 @@ def test_without_nginx_services_still_deploy_and_move_behind_it_when_it_is_back(
     assert run(world) == {"clf": "succeeded"}
     assert set(runtime.services) == {"clf"} and store.slots.active("clf") is None  # on its own port
     assert "recreate: unavailable for about" in store.history.attempts("clf", 1)[0].message
+    assert world["reconciler"].gateway_problem().startswith("down: nginx not found")  # what the page says
     gateway.missing = False
     assert run(world) == {"clf": "succeeded"}  # moving behind the gateway
     assert set(runtime.services) == {"clf--blue"} and store.slots.active("clf") == "blue"
     assert "blue-green: the old slot served until the switch" in store.history.attempts("clf", 1)[0].message
+    assert world["reconciler"].gateway_problem() is None
 
 
 def test_a_swarm_service_keeps_its_own_update_and_is_routed_by_path(world: dict[str, Any], tmp_path: Any) -> None:
