@@ -39,12 +39,14 @@ if [ "$quick" = 1 ]; then
   bench 400 bench/webhook_burst.py --rate 100 --seconds 5 --repos 10
   bench 600 bench/reconcile_scale.py --quick --no-daemon-check --py-spy "$spy"
   bench 300 bench/drift.py --runs 2
+  bench 600 bench/zero_downtime.py --redeploys 3 --failing 1 --boot 2
 else
   bench 420 bench/push_to_healthy.py --runs 7
   bench 420 bench/env_build.py --rounds 5
   bench 600 bench/webhook_burst.py --py-spy "$spy"
   bench 900 bench/reconcile_scale.py --py-spy "$spy"
   bench 420 bench/drift.py --runs 4
+  bench 1200 bench/zero_downtime.py
 fi
 
 echo
