@@ -23,6 +23,7 @@ from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, Steps
 from deployer.reconcile.observe import Observer
 from deployer.reconcile.passes import PassResult, Reconciler, Rooms
+from deployer.reconcile.record import Recorder
 from deployer.reconcile.resolve import ClaimedPorts, Resolver
 from deployer.reconcile.rollout import Rollout, RolloutParts
 from deployer.reconcile.routing import GatewayPort, Router
@@ -80,6 +81,6 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
         ports=ClaimedPorts(store, config.port_bounds, is_free=host.port_is_free, holder=host.port_holder,
                            grace=config.port_grace),
         observer=observer, rollout=Rollout(store, parts, gate, observer, events), demos=demos, secrets=secrets,
-        events=events,
+        events=events, recorder=Recorder(store, sources, events),
     )
     return Reconciler(store, rooms, prune=config.prune)

@@ -1,4 +1,4 @@
-"""The gate a revision passes before it serves: healthy, ``/info`` as the manifest expects, demos answered.
+"""The gate a revision passes before it serves (healthy, ``/info`` as expected, demos answered), and its steps.
 
 Everything is asked of the instance being rolled out, on the port it listens on (its slot's
 port behind the gateway), and recorded as steps. A runtime that already knows the process died
@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from deployer.demo import DemoFailed, check_info
 from deployer.errors import DeployerError
 from deployer.health import HttpChecks
+from deployer.hooks import HookRunner, hook_output
 from deployer.model.actual import ServiceState
 from deployer.model.deployment import Deployment
 from deployer.reconcile.demos import DemoRunner
@@ -47,6 +48,39 @@ class Steps:
             self._store.history.add_step(attempt, name, time.monotonic() - started, False, step.output or str(exc))
             raise
         self._store.history.add_step(attempt, name, time.monotonic() - started, True, step.output)
+
+
+class HookSteps:
+    """The service's own lifecycle hooks and the operator's global ones, each a recorded step."""
+
+    def __init__(self, hooks: HookRunner, steps: Steps) -> None:
+        self._hooks = hooks
+        self._steps = steps
+
+    def run(self, deployment: Deployment, attempt: int, prefix: str, event: str, own: str | None) -> None:
+        """The operator's global hook for ``event``, then the service's own."""
+        self.global_hook(deployment, attempt, event, step=f"{prefix}{event}")
+        if own is None:
+            return
+        with self._steps.step(attempt, f"{prefix}{event.replace('-', '_')}") as step:
+            try:
+                step.output = self._hooks.service_hook(deployment, own, event).output
+            except DeployerError as exc:
+                step.output = f"{exc}\n{hook_output(exc)}".strip()
+                raise
+
+    def global_hook(self, deployment: Deployment, attempt: int, event: str, *, step: str = "",
+                    best_effort: bool = False) -> None:
+        if self._hooks.global_dir is None or not (self._hooks.global_dir / event).is_file():
+            return
+        with self._steps.step(attempt, step or f"global-{event}") as record:
+            try:
+                ran = self._hooks.global_hook(deployment, event)
+                record.output = ran.output if ran else ""
+            except DeployerError as exc:
+                record.output = f"{exc}\n{hook_output(exc)}".strip()
+                if not best_effort:
+                    raise
 
 
 class Gate:

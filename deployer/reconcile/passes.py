@@ -19,13 +19,14 @@ from deployer.demo import DemoResult
 from deployer.errors import DeployerError, Reason, SourceError, StalledError, UnknownService
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.desired import DesiredService
-from deployer.model.events import CommitRefused, PassFinished
+from deployer.model.events import PassFinished
 from deployer.model.plan import Action, ActionKind, Plan
 from deployer.model.status import Outcome, RevisionView, SnapshotView, Trigger
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.observe import Listing, Observer, by_service, health_url
 from deployer.reconcile.planning import PassInputs, PassPlan, hold_failed, plan_pass
+from deployer.reconcile.record import Recorder
 from deployer.reconcile.resolve import MANIFEST, ClaimedPorts, KnownPorts, Resolution, Resolver
 from deployer.reconcile.rollout import Rollout
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
@@ -80,6 +81,7 @@ class Rooms:
     demos: DemoRunner
     secrets: SecretStore
     events: EventBus
+    recorder: Recorder
 
 
 class Reconciler:
@@ -91,7 +93,6 @@ class Reconciler:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._recorded: dict[str, _Recorded] = {}  # source -> last clean resolution
-        self._refused: dict[str, str] = {}  # source or service -> failure already recorded
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
         self._unverified = {view.name for view in store.views.services()
                             if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
@@ -150,7 +151,7 @@ class Reconciler:
             return result
         for service, error in sorted(recorded.resolution.errors.items()):
             with self._lock(service):
-                self._record_resolution_error(service, error, trigger)
+                self.rooms.recorder.service_problem(service, error, trigger)
             result.outcomes[service] = "stalled"
         current = self._plan(name, recorded, trigger)
         result.plan = current.planned.plan
@@ -226,65 +227,15 @@ class Reconciler:
         try:
             resolution = self.rooms.resolver.resolve(source, sha, self.rooms.ports)
         except StalledError as exc:
-            self._refuse_commit(source.name, sha, exc, trigger)
+            self.rooms.recorder.refused_commit(source.name, sha, exc, trigger)
             return None
         except SourceError as exc:
             self.sources.set_error(source.name, str(exc))
             return None
-        self._refused.pop(source.name, None)
-        recorded = _Recorded(resolution, self._record(resolution))
+        recorded = _Recorded(resolution, self.rooms.recorder.revisions(source.name, resolution))
         if not resolution.errors:
             self._recorded[source.name] = recorded
-        self._prune_checkouts(source.name, sha)
         return recorded
-
-    def _record(self, resolution: Resolution) -> dict[str, RevisionView]:
-        """A revision per resolved service (the same spec is not recorded twice), and it becomes the desired one."""
-        author = resolution.commit.author if resolution.commit is not None else ""
-        message = resolution.commit.message if resolution.commit is not None else ""
-        revisions = {}
-        for name, desired in resolution.desired.items():
-            revision = self.store.history.add_revision(desired, author=author, message=message,
-                                                       manifest_text=resolution.text)
-            self.store.services.set_desired(name, revision.id)
-            revisions[name] = revision
-        return revisions
-
-    def _refuse_commit(self, source: str, sha: str, exc: DeployerError, trigger: Trigger) -> None:
-        """A broken manifest is recorded once per commit against every service of the source."""
-        self.sources.set_error(source, str(exc))
-        if self._refused.get(source) == sha:
-            return
-        self._refused[source] = sha
-        log.warning("source %s at %s: %s; the running revisions keep serving", source, sha[:7], exc)
-        for service in sorted(self.store.services.inventory(source)):
-            attempt = self.store.history.start_attempt(service, None, trigger)
-            self.store.history.finish_attempt(attempt, Outcome.FAILED, exc.reason.value,
-                                              f"{exc} (commit {sha[:7]}); the previous revision keeps serving")
-            self.rooms.events.publish(CommitRefused(service, source, sha, exc.reason.value, str(exc)))
-
-    def _record_resolution_error(self, service: str, error: DeployerError, trigger: Trigger) -> None:
-        key = f"{service}:{error}"
-        if self._refused.get(service) == key:
-            return
-        self._refused[service] = key
-        attempt = self.store.history.start_attempt(service, None, trigger)
-        self.store.history.finish_attempt(attempt, Outcome.FAILED, error.reason.value,
-                                          f"{error}; the previous revision keeps serving")
-
-    def _prune_checkouts(self, source: str, head: str) -> None:
-        """A new head was recorded: drop checkouts nothing needs (running, last good and recent ones stay)."""
-        keep = {head}
-        for view in self.store.views.services():
-            if view.source != source:
-                continue
-            keep.update(sha for sha in (view.running_sha, view.desired_sha) if sha)
-            good = self.store.history.last_good_revision(view.name)
-            if good is not None:
-                keep.add(good.sha)
-        removed = self.sources.prune_checkouts(source, head, keep)
-        if removed:
-            log.info("source %s: removed %d old checkout(s)", source, len(removed))
 
     # -- planning --------------------------------------------------------------------------
 
@@ -397,7 +348,7 @@ class Reconciler:
         try:
             self.rooms.secrets.resolve(desired.secrets, service=desired.name)
         except DeployerError as exc:  # waiting for an operator, not a bad revision
-            self._record_resolution_error(desired.name, exc, trigger)
+            self.rooms.recorder.service_problem(desired.name, exc, trigger)
             return "waiting"
         running = self.store.views.service(desired.name)
         if running is not None and running.running_revision == revision.id:

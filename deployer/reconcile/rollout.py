@@ -18,13 +18,13 @@ from pathlib import Path
 
 from deployer.build import EnvBuilder
 from deployer.errors import BuildError, DeployerError, Reason
-from deployer.hooks import HookRunner, hook_output
+from deployer.hooks import HookRunner
 from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import AttemptFinished, AttemptStarted
 from deployer.model.status import Outcome, RevisionView, Trigger
 from deployer.reconcile.events import EventBus
-from deployer.reconcile.gate import Gate, Steps
+from deployer.reconcile.gate import Gate, HookSteps, Steps
 from deployer.reconcile.observe import Observer
 from deployer.reconcile.resolve import SERVICE_HOST, argv, service_dir
 from deployer.reconcile.routing import Router, Target
@@ -75,6 +75,7 @@ class Rollout:
         self._observer = observer
         self._events = events
         self._steps = Steps(store)
+        self._hook_steps = HookSteps(parts.hooks, self._steps)
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class Rollout:
         place = self.placement(desired)
         deployment = self._prepare(desired, revision, attempt, prefix, place)
         try:
-            self._hooks(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
+            self._hook_steps.run(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
             stopped = time.monotonic()  # recreate: from here the old process is gone until the gate passes
             with self._steps.step(attempt, f"{prefix}apply") as step:
                 runtime.apply(deployment)
@@ -215,10 +216,10 @@ class Rollout:
                 self._switch(deployment, runtime, place, attempt, prefix)
             else:
                 self._leave_slots(desired.name, runtime)
-            self._hooks(deployment, attempt, prefix, "post-deploy", desired.hooks.post_deploy)
+            self._hook_steps.run(deployment, attempt, prefix, "post-deploy", desired.hooks.post_deploy)
         except DeployerError:
             if not prefix:  # the operator's on-failure hook runs once, for the revision that failed
-                self._global_hook(deployment, attempt, "on-failure", best_effort=True)
+                self._hook_steps.global_hook(deployment, attempt, "on-failure", best_effort=True)
             raise
         if place.blue_green:
             return "blue-green: the old slot served until the switch"
@@ -308,32 +309,6 @@ class Rollout:
                 raise
             step.output = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
         return replace(deployment, env_dir=built.env_dir)
-
-    def _hooks(self, deployment: Deployment, attempt: int, prefix: str, event: str, own: str | None) -> None:
-        """The operator's global hook for ``event``, then the service's own, each a recorded step."""
-        self._global_hook(deployment, attempt, event, step=f"{prefix}{event}")
-        if own is None:
-            return
-        with self._steps.step(attempt, f"{prefix}{event.replace('-', '_')}") as step:
-            try:
-                step.output = self._parts.hooks.service_hook(deployment, own, event).output
-            except DeployerError as exc:
-                step.output = f"{exc}\n{hook_output(exc)}".strip()
-                raise
-
-    def _global_hook(self, deployment: Deployment, attempt: int, event: str, *, step: str = "",
-                     best_effort: bool = False) -> None:
-        hooks = self._parts.hooks
-        if hooks.global_dir is None or not (hooks.global_dir / event).is_file():
-            return
-        with self._steps.step(attempt, step or f"global-{event}") as record:
-            try:
-                ran = hooks.global_hook(deployment, event)
-                record.output = ran.output if ran else ""
-            except DeployerError as exc:
-                record.output = f"{exc}\n{hook_output(exc)}".strip()
-                if not best_effort:
-                    raise
 
     def _roll_back(self, name: str, failed_revision: int, attempt: int) -> RevisionView | None:
         """Put the last good revision back; return it, or None when there is none or it fails too."""
