@@ -2,6 +2,8 @@
 
 Standard library ``socket`` only (no http.server, so a few MB per process): one request at a
 time, HTTP/1.0, connection closed after each answer. Run as ``python -I -S tiny.py --port N``.
+``/info`` says how many ``/health`` requests it answered: the bench counts the daemon's probes
+from the services' side, without reaching into the daemon.
 """
 
 import os
@@ -17,6 +19,7 @@ def main() -> None:
     server.bind(("127.0.0.1", port))
     server.listen(64)
     print(f"tiny listening on {port}", flush=True)
+    health_hits = 0
     while True:
         conn, _ = server.accept()
         try:
@@ -24,9 +27,10 @@ def main() -> None:
             request = conn.recv(4096)
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
             if path.startswith(b"/health"):
+                health_hits += 1
                 status, body = b"200 OK", b'{"status": "ok"}'
             elif path.startswith(b"/info"):
-                status, body = b"200 OK", b'{"name": "tiny", "port": %d}' % port
+                status, body = b"200 OK", b'{"name": "tiny", "port": %d, "health_hits": %d}' % (port, health_hits)
             else:
                 status, body = b"404 Not Found", b'{"error": "not found"}'
             conn.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "

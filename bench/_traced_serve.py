@@ -66,20 +66,24 @@ def _methods(cls: type, prefix: str, names: list[str] | None = None) -> None:
 
 
 def install() -> None:
-    from deployer import health, reconcile
+    from deployer import health
     from deployer.build import EnvBuilder
     from deployer.gitea import StatusReporter
     from deployer.reconcile import Reconciler
+    from deployer.reconcile import resolve as resolve_module
+    from deployer.reconcile.demos import DemoRunner
+    from deployer.reconcile.observe import Observer
+    from deployer.reconcile.resolve import Resolver
+    from deployer.reconcile.rollout import Gate, Rollout
     from deployer.runtimes.docker import DockerRuntime, ImageBuilder, SwarmRuntime
     from deployer.runtimes.supervisor import SupervisorRuntime
     from deployer.runtimes.supervisor import runtime as supervisor_runtime
     from deployer.runtimes.supervisor.rpc import SupervisorRpc
     from deployer.source import GitSource
-    from deployer.store import Store
     from deployer.web.webhook import WebhookReceiver
 
     _methods(GitSource, "git")
-    _methods(Store, "store")
+    _trace_store_parts()
     _methods(EnvBuilder, "build", ["ensure"])
     _methods(StatusReporter, "status", ["report"])
     _methods(SupervisorRuntime, "sup", ["check", "observe", "apply", "stop", "start", "logs",
@@ -88,9 +92,16 @@ def install() -> None:
                                        "_replace", "_start", "_settle", "_discard", "_stop"])
     _methods(ImageBuilder, "images", ["ensure", "prune", "exists", "recipe"])
     _methods(SwarmRuntime, "swarm", ["check", "observe", "apply", "build", "logs"])
-    _methods(Reconciler, "rec", ["reconcile_source", "deploy", "_prepare", "_gate", "_resolution", "_plan",
-                                 "_observe_health", "_snapshot", "run_demos", "_load", "_resolve",
-                                 "_observe_checked", "_apply", "_execute_isolated", "_roll_out"])
+    # The reconciler's rooms: the pass, one service's rollout, its gate, observation, resolution, demos.
+    _methods(Reconciler, "rec", ["reconcile_source", "deploy", "_recorded_commit", "_plan", "_probe_unknown",
+                                 "_execute_isolated", "_apply", "_leave"])
+    _methods(Rollout, "rollout", ["deploy", "remove", "_roll_out", "_prepare", "_hooks", "_roll_back",
+                                  "_observe_after"])
+    _methods(Gate, "gate", ["check"])
+    _methods(Observer, "observe", ["list", "record", "probe_due", "probe_unknown", "snapshot", "capture",
+                                   "running_desired"])
+    _methods(Resolver, "resolve", ["resolve"])
+    _methods(DemoRunner, "demos", ["run"])
     _methods(WebhookReceiver, "webhook", ["_route"])
     _trace_engine_calls()
     rpc = SupervisorRpc
@@ -98,13 +109,32 @@ def install() -> None:
     # Patched in the module that calls them: the runtime looks these names up in its own globals.
     supervisor_runtime.render_program = _wrap(supervisor_runtime.render_program, "render.program")  # type: ignore[attr-defined]
     supervisor_runtime.check_program = _wrap(supervisor_runtime.check_program, "render.check")  # type: ignore[attr-defined]
-    reconcile.load_manifest_file = _wrap(reconcile.load_manifest_file, "loader.manifest")  # type: ignore[attr-defined]
-    # The health gate and probe are bound as keyword defaults of Reconciler.__init__.
-    # wait_healthy looks ``probe`` up in its module, so patching the module traces each probe of the gate.
-    health.probe = _wrap(health.probe, "health.probe")  # type: ignore[attr-defined]
-    defaults = Reconciler.__init__.__kwdefaults__ or {}
-    defaults["health_gate"] = _wrap(health.wait_healthy, "health.gate")
-    defaults["health_probe"] = health.probe
+    resolve_module.load_manifest_with_text = _wrap(resolve_module.load_manifest_with_text,  # type: ignore[attr-defined]
+                                                   "loader.manifest")
+    # Every HTTP call to a service goes through one HttpChecks; the rooms bind its methods when the
+    # daemon is built (after this), so wrapping the class traces the gate, each probe and /info.
+    _methods(health.HttpChecks, "health", ["probe", "fetch_info"])
+    checks = health.HttpChecks
+    checks.wait_healthy = _wrap(checks.wait_healthy, "health.gate")  # type: ignore[method-assign]
+
+
+def _trace_store_parts() -> None:
+    """``store.<part>.<method>`` spans: each part the Store holds, wrapped when the Store is built."""
+    from deployer.store import Store
+
+    built = Store.__init__
+
+    @functools.wraps(built)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        built(self, *args, **kwargs)
+        for part_name, part in vars(self).items():
+            if part_name == "db":
+                continue
+            for name, member in vars(type(part)).items():
+                if inspect.isfunction(member) and not name.startswith("_"):
+                    setattr(part, name, _wrap(getattr(part, name), f"store.{part_name}.{name}"))
+
+    Store.__init__ = init  # type: ignore[method-assign]
 
 
 class _TracedApi:
@@ -132,7 +162,8 @@ def what_if(names: str) -> None:
     Never the default: a benchmark run with any of these says WHAT-IF in its title.
     """
     patches = {"stop-process": _stop_process, "inline-route": _inline_route, "audit-batch": _audit_batch,
-               "switch-interval": _switch_interval}
+               "switch-interval": _switch_interval, "no-passes": _no_passes, "no-audit": _no_audit,
+               "no-port-scan": _no_port_scan}
     for name in names.split(","):
         if name not in patches:
             raise SystemExit(f"unknown BENCH_WHATIF {name!r} (known: {', '.join(patches)})")
@@ -199,6 +230,37 @@ def _audit_batch() -> None:
                 return
 
     webhook._AuditWriter._run = run  # type: ignore[attr-defined]
+
+
+def _no_passes() -> None:
+    """Isolation, not a proposal: while the file ``$BENCH_NO_PASSES_FLAG`` exists, requested passes are
+    dropped (nothing is fetched or deployed), so the figures show webhook ingestion alone, without the
+    reconcile work it causes competing for the CPU. The bench creates the file after its setup deploys."""
+    from deployer import app
+
+    flag = Path(os.environ.get("BENCH_NO_PASSES_FLAG") or "/nonexistent/bench-no-passes")
+    real = app._run_pass  # type: ignore[attr-defined]
+
+    def run_pass(reconciler: Any, request: Any, last_errors: Any) -> None:
+        if not flag.exists():
+            real(reconciler, request, last_errors)
+
+    app._run_pass = run_pass  # type: ignore[attr-defined]
+
+
+def _no_audit() -> None:
+    """Isolation, not a proposal: delivery audit rows are dropped instead of written (no ORM insert)."""
+    from deployer.web import webhook
+
+    webhook._AuditWriter._write = lambda self, rows: None  # type: ignore[attr-defined]
+
+
+def _no_port_scan() -> None:
+    """Isolation, not a proposal: the supervisor runtime's listing never looks for who holds the port of a
+    service that is not running (``port_holders``: a psutil scan of every socket of every process)."""
+    from deployer.runtimes.supervisor import runtime as supervisor_runtime
+
+    supervisor_runtime.port_holders = lambda *args, **kwargs: []  # type: ignore[attr-defined]
 
 
 def _switch_interval() -> None:

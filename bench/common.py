@@ -355,6 +355,40 @@ def rss_mb(pid: int) -> tuple[float, float]:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU time of a process and all its descendants, live or already reaped (their time then counts in
+    the parent's cutime/cstime), so the difference of two readings is what the tree used in between."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+
+    def total(one: int) -> float:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        own = sum(int(value) for value in fields[11:15]) / _CLK_TCK  # utime stime cutime cstime
+        return own + sum(total(child) for child in children.get(one, []))
+
+    return total(pid)
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, summed over CPUs (from /proc/stat)."""
+    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values) - idle) / _CLK_TCK, sum(values) / _CLK_TCK
+
+
 def process_start_monotonic(pid: int) -> float:
     """When ``pid`` was started, on ``time.monotonic``'s clock (10 ms resolution)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -674,7 +708,8 @@ class PySpy:
                 self._process.kill()
                 self._process.wait(10)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, only: str | None = None) -> dict[str, Any]:
+        """Samples by category; ``only``: just the stacks with a frame naming it (e.g. ``reconcile_source``)."""
         if not self.path or not self.out.exists():
             return {}
         categories: dict[str, int] = {}
@@ -686,6 +721,8 @@ class PySpy:
                 continue
             count = int(count_text)
             frames = stack.split(";")
+            if only is not None and not any(only in frame for frame in frames[1:]):
+                continue
             thread = frames[0].split(": ", 1)[-1].rstrip("0123456789-_ ") or "main"
             total += count
             threads[thread] = threads.get(thread, 0) + count
@@ -693,7 +730,7 @@ class PySpy:
                          if any(marker in frame for frame in frames[1:] for marker in markers)), "other Python")
             categories[name] = categories.get(name, 0) + count
         share = {key: round(value / total, 3) for key, value in sorted(categories.items(), key=lambda i: -i[1])}
-        return {"samples": total, "rate": self.rate, "gil_only": self.gil, "share": share,
+        return {"samples": total, "only": only, "rate": self.rate, "gil_only": self.gil, "share": share,
                 "threads": dict(sorted(threads.items(), key=lambda i: -i[1])), "raw": str(self.out.relative_to(ROOT))}
 
 

@@ -13,7 +13,7 @@ as deployer's is) until /health answers.
 Target: at most one reconcile interval plus that boot time. The tracer splits each heal into
 detection (removal -> the pass that notices) and repair (that pass -> healthy).
 
-Run: ``.venv/bin/python bench/drift.py [--interval 5 --runs 4]``.
+Run: ``.venv/bin/python bench/drift.py [--interval 5 --runs 4] [--docker off]`` (off: Supervisor only).
 """
 
 from __future__ import annotations
@@ -123,14 +123,16 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="the daemon's [reconcile] interval, seconds")
     parser.add_argument("--runs", type=int, default=4, help="removals per runtime")
     parser.add_argument("--seed", type=int, default=7, help="for the random phase of each removal")
+    parser.add_argument("--docker", choices=["on", "off"], default="on",
+                        help="off: the Supervisor service only (no image, container or Docker call of the bench's)")
     parser.add_argument("--timeout", type=float, default=420, help="hard limit for the whole script, seconds")
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    kinds = ("supervisor", "docker") if args.docker == "on" else ("supervisor",)
     report = Report("drift", "5. Drift healing: removed by hand -> healthy again",
-                    params={"interval": args.interval, "runs": args.runs, "seed": args.seed})
+                    params={"interval": args.interval, "runs": args.runs, "seed": args.seed, "kinds": kinds})
     with Cleanup(args.timeout) as cleanup:
         root = cleanup.tempdir("drift")
-        api, base = base_image(cleanup)
         prefix = f"drift{secrets.token_hex(2)}"
         names = {"supervisor": f"{prefix}-proc", "docker": f"{prefix}-box"}
         proc = GitRepo.create(root / "gitea" / OWNER / "proc.git", root / "work-proc")
@@ -138,13 +140,18 @@ def main() -> int:
         files["service.yaml"] = (EXAMPLE / "service.yaml").read_text().replace("name: text-classify",
                                                                                  f"name: {names['supervisor']}")
         shas = {"proc": proc.commit(files, "example service")}
-        box = GitRepo.create(root / "gitea" / OWNER / "box.git", root / "work-box")
-        shas["box"] = box.commit({
-            "Dockerfile": f"FROM {base}\nCOPY www /www\n", "www/health": '{"status": "ok"}\n',
-            "service.yaml": f"name: {names['docker']}\nruntime: docker\n"
-                            "command: /bin/busybox httpd -f -p ${PORT} -h /www\nhealth: {path: /health, timeout: 30}\n",
-        }, "busybox service")
-        cleanup.add("remove the bench containers and images", _remove_docker, api, names["docker"])
+        api: Any = None
+        if "docker" in kinds:
+            api, base = base_image(cleanup)
+            box = GitRepo.create(root / "gitea" / OWNER / "box.git", root / "work-box")
+            shas["box"] = box.commit({
+                "Dockerfile": f"FROM {base}\nCOPY www /www\n", "www/health": '{"status": "ok"}\n',
+                "service.yaml": f"name: {names['docker']}\nruntime: docker\n"
+                                "command: /bin/busybox httpd -f -p ${PORT} -h /www\n"
+                                "health: {path: /health, timeout: 30}\n",
+            }, "busybox service")
+            cleanup.add("remove the bench containers and images", _remove_docker, api, names["docker"])
+        names = {kind: names[kind] for kind in kinds}
         window = free_window(14200, 12)
         config = write_config(root / "deployer.toml", listen_port=free_port(), state_dir=root / "state",
                               port_first=window, port_count=10, interval=args.interval,
@@ -157,12 +164,12 @@ def main() -> int:
                     for kind, name in names.items()}
         ports = {kind: int(service["port"]) for kind, service in services.items()}
         checkout = next((root / "state" / "checkouts" / f"{OWNER}/proc").iterdir())
-        image = _image_of(api, names["docker"])
+        image = _image_of(api, names["docker"]) if "docker" in kinds else ""
 
         samples: dict[str, list[dict[str, Any]]] = {"supervisor": [], "docker": []}
         boots: dict[str, list[float]] = {"supervisor": [], "docker": []}
         for index in range(args.runs):
-            for kind in (("supervisor", "docker") if index % 2 == 0 else ("docker", "supervisor")):
+            for kind in (kinds if index % 2 == 0 else tuple(reversed(kinds))):
                 name = names[kind]
                 before = int((daemon.service(name) or {})["attempts"][0]["id"])
                 time.sleep(rng.uniform(0, args.interval))  # a random phase of the reconcile timer
@@ -177,7 +184,8 @@ def main() -> int:
                 log(f"{kind} run {index + 1}: healthy again after {sample['total']:.2f} s "
                     f"(detected after {sample.get('detect', float('nan')):.2f} s)")
             boots["supervisor"].append(boot_supervisor(window + 11, checkout))
-            boots["docker"].append(boot_docker(api, image, window + 10))
+            if "docker" in kinds:
+                boots["docker"].append(boot_docker(api, image, window + 10))
         _report(report, samples, boots, args.interval)
         report.samples = {"runs": samples, "boot": boots}
     report.finish()
@@ -213,7 +221,7 @@ def category(label: str) -> str:
 def _repair_spans(daemon: DaemonProc, removed: float, healthy: float) -> tuple[list[Any], list[Any]] | None:
     spans = daemon.spans()
     passes = [s for s in spans if s["n"] == "rec.reconcile_source" and s["t1"] >= removed]
-    deploys = sorted((s for s in spans if s["n"] == "rec.deploy" and removed <= s["t0"] <= healthy),
+    deploys = sorted((s for s in spans if s["n"] == "rollout.deploy" and removed <= s["t0"] <= healthy),
                      key=lambda s: s["t0"])
     if not deploys or not any(s["th"] == deploys[0]["th"] and s["t0"] <= deploys[0]["t0"] <= s["t1"] for s in passes):
         return None
@@ -238,6 +246,8 @@ def _remove_docker(api: Any, name: str) -> None:
 def _report(report: Report, samples: dict[str, list[dict[str, Any]]], boots: dict[str, list[float]],
             interval: float) -> None:
     for kind in ("supervisor", "docker"):
+        if not samples[kind]:
+            continue
         totals = [s["total"] for s in samples[kind]]
         boot = median(boots[kind])
         target = interval + boot

@@ -144,7 +144,8 @@ def category(label: str) -> str:
         return f"supervisord RPC {rest}"
     return {"git": "git", "store": "store (SQLite)", "status": "commit status", "render": "render+check program",
             "health": "health probe", "build": "env cache lookup", "loader": "manifest load",
-            "docker": "docker engine calls", "swarm": "swarm engine calls"}.get(kind, f"own code in {label}")
+            "docker": "docker engine calls", "swarm": "swarm engine calls",
+            "dockerapi": "docker engine calls"}.get(kind, f"own code in {label}")
 
 
 def deployer_run(daemon: DaemonProc, port: int, before: str, sha: str, build: int) -> dict[str, Any]:

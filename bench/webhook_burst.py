@@ -38,18 +38,21 @@ from bench.common import (
     DaemonProc,
     PySpy,
     Report,
+    cpu_seconds,
     fast_import_commits,
     find_py_spy,
     free_port,
     free_window,
     http_get,
     log,
+    machine_cpu,
     profile_note,
     quantile,
     set_ref,
     signed_push,
     start_daemon,
     terminate,
+    tree_cpu,
     wait_for,
     write_config,
 )
@@ -76,6 +79,7 @@ class Burst:
     statuses: dict[str, int] = field(default_factory=dict)
     late_starts: int = 0  # requests that left more than 5 ms after their scheduled time
     duration: float = 0.0
+    timeline: list[tuple[float, float]] = field(default_factory=list)  # (sent, seconds after the start; latency)
 
 
 def make_repos(root: Path, count: int, commits: int) -> list[Repo]:
@@ -133,9 +137,10 @@ async def _burst(port: int, plan: list[tuple[Path, str, bytes]], rate: float, ti
             result.late_starts += 1
         set_ref(bare, "main", sha)  # the push lands in the repository, then Gitea sends the webhook
         tasks.append(asyncio.create_task(_send(port, request, timeout)))
-    for status, latency in await asyncio.gather(*tasks):
+    for index, (status, latency) in enumerate(await asyncio.gather(*tasks)):
         result.statuses[status] = result.statuses.get(status, 0) + 1
         result.latencies.append(latency)
+        result.timeline.append((round(index / rate, 4), round(latency, 5)))
     result.duration = time.monotonic() - started
     return result
 
@@ -169,8 +174,10 @@ def main() -> int:
                         help="sample the daemon during the burst with py-spy, GIL holders only (optional)")
     parser.add_argument("--what-if", default=None, metavar="NAME[,NAME]",
                         help="run the daemon with proposed changes patched in by bench/_traced_serve.py: "
-                             "inline-route, audit-batch, switch-interval (the figures are then NOT deployer's as "
-                             "committed)")
+                             "switch-interval; or isolations: no-passes (passes dropped: ingestion alone), "
+                             "no-audit (audit rows dropped), no-port-scan (no psutil scan for port holders); "
+                             "inline-route and audit-batch are adopted since (the figures are then NOT deployer's "
+                             "as committed)")
     parser.add_argument("--timeout", type=float, default=600, help="hard limit for the whole script, seconds")
     args = parser.parse_args()
     py_spy = find_py_spy(args.py_spy)
@@ -191,14 +198,16 @@ def main() -> int:
         config = write_config(root / "deployer.toml", listen_port=free_port(), state_dir=root / "state",
                               port_first=window, port_count=args.repos + 10,
                               extra=f'[gitea]\nclone_base = "file://{root / "gitea"}"\nallowed_owners = ["{OWNER}"]\n')
-        daemon = start_daemon(cleanup, config, root / "state", env={"DEPLOYER_WEBHOOK_SECRET": SECRET},
-                              what_if=args.what_if)
+        no_passes = root / "no-passes.flag"  # the no-passes isolation drops passes once this exists
+        daemon = start_daemon(cleanup, config, root / "state", what_if=args.what_if,
+                              env={"DEPLOYER_WEBHOOK_SECRET": SECRET, "BENCH_NO_PASSES_FLAG": str(no_passes)})
         db = root / "state" / "deployer.db"
         log("first deploy of every repository (setup, not measured)")
         for repo in repos:
             status, _ = daemon.post("/hooks/gitea", *signed_push(OWNER, repo.name, "0" * 40, repo.first, SECRET))
             assert status == 202, status
         wait_for(lambda: converged(daemon, {r.name: r.first for r in repos}), 300, "every first deploy", 0.5)
+        no_passes.touch()
 
         plan: list[tuple[Path, str, bytes]] = []
         heads = {r.name: r.first for r in burst_repos}
@@ -227,11 +236,19 @@ def main() -> int:
         attempts_before = db_count(db, "SELECT max(id) FROM attempts")
         deliveries_before = db_count(db, "SELECT max(id) FROM deliveries")
         log(f"deployer burst: {total} requests at {args.rate:g}/s across {args.repos} repositories")
+        cpu0 = _cpu_now(daemon)
         with PySpy(py_spy, daemon.process.pid, "webhook_burst-daemon", gil=True) as spy:
             measured = burst(daemon.port, plan, args.rate)
         burst_end = time.monotonic()
+        cpu1 = _cpu_now(daemon)
+        cpu = {key: cpu1[key] - cpu0[key] for key in cpu0}
+        cpu.update(machine_busy=cpu["machine_busy"] / max(cpu.pop("machine_total"), 1e-9),
+                   daemon_children_s=cpu.pop("daemon_tree_s") - cpu["daemon_cpu_s"], seconds=measured.duration)
         final = {r.name: heads[r.name] for r in burst_repos}
+        deploying = "no-passes" not in (args.what_if or "")  # that isolation deploys nothing: nothing to wait for
         try:
+            if not deploying:
+                raise TimeoutError("no passes run")
             wait_for(lambda: converged(daemon, final), 300, "every repository at its last pushed commit", 0.5)
             settle = time.monotonic() - burst_end
         except TimeoutError:
@@ -245,6 +262,12 @@ def main() -> int:
         slow = sum(1 for latency in measured.latencies if latency > 1.0)
         acked = sum(n for status, n in measured.statuses.items() if status == "202")
 
+        if not deploying:
+            _report_ingestion_only(report, measured, baseline)
+            report.notes.append(_cpu_note(cpu))
+            report.samples["cpu"] = cpu
+            report.finish()
+            return 0
         log(f"coalescing: {COALESCE_PUSHES} pushes to {coalesce_repo.name} within 1 s")
         before = coalesce_repo.first
         coalesce_plan = []
@@ -284,6 +307,7 @@ def main() -> int:
                    met=coalesce_deploys <= 2 and coalesce_errors == 0,
                    note=f"baseline: one deploy per push (not run). Last commit healthy {coalesce_settle:.1f} s "
                         f"after the last push; {coalesce_errors} errors")
+        report.notes.append(_cpu_note(cpu))
         report.notes.append(f"sent {total} in {measured.duration:.1f} s ({measured.late_starts} left >5 ms late); "
                             f"baseline {baseline.duration:.1f} s ({baseline.late_starts} late); "
                             f"statuses deployer {measured.statuses}, baseline {baseline.statuses}")
@@ -291,11 +315,52 @@ def main() -> int:
             report.notes.append(profile_note("daemon during the burst, GIL holders", spy.summary()))
         report.samples = {"profile": spy.summary(), "deployer_ms": sorted(ms), "baseline_ms": sorted(base_ms),
                           "statuses": measured.statuses, "baseline_statuses": baseline.statuses,
+                          "timeline": measured.timeline, "cpu": cpu,
                           "settle_s": settle, "coalesce": {"deploys": coalesce_deploys,
                                                            "statuses": coalesced.statuses,
                                                            "settle_s": coalesce_settle}}
     report.finish()
     return 0
+
+
+def _cpu_now(daemon: DaemonProc) -> dict[str, float]:
+    """CPU seconds so far: the machine's, the daemon's own threads, its child processes (git, hooks), the
+    services (the embedded supervisord's tree) and this bench process (the sender)."""
+    import os
+
+    busy, total = machine_cpu()
+    own = os.times()
+    pid_file = daemon.state_dir / "supervisor" / "supervisord.pid"
+    supervisord = int(pid_file.read_text().strip()) if pid_file.exists() else None
+    return {"machine_busy": busy, "machine_total": total, "daemon_cpu_s": cpu_seconds(daemon.process.pid),
+            "daemon_tree_s": tree_cpu(daemon.process.pid),
+            "services_s": tree_cpu(supervisord) if supervisord is not None else 0.0,
+            "bench_s": own.user + own.system}
+
+
+def _cpu_note(cpu: dict[str, float]) -> str:
+    return (f"CPU during the {cpu['seconds']:.1f} s burst: the machine's CPUs were {cpu['machine_busy'] * 100:.0f}% "
+            f"busy (all processes, /proc/stat); CPU seconds used by the daemon's own threads "
+            f"{cpu['daemon_cpu_s']:.1f}, its child processes (git) {cpu['daemon_children_s']:.1f}, the services "
+            f"(supervisord and its programs: booting the redeployed ones) {cpu['services_s']:.1f}, this bench's "
+            f"sender {cpu['bench_s']:.1f}")
+
+
+def _report_ingestion_only(report: Report, measured: Burst, baseline: Burst) -> None:
+    """The ``no-passes`` isolation: acknowledgements only (nothing was deployed, nothing to converge)."""
+    ms = [x * 1000 for x in measured.latencies]
+    base_ms = [x * 1000 for x in baseline.latencies]
+    p99 = quantile(ms, 0.99)
+    report.add("ack latency p50", quantile(ms, 0.5), quantile(base_ms, 0.5), "ms")
+    report.add("ack latency p99", p99, quantile(base_ms, 0.99), "ms", target=f"< {P99_TARGET * 1000:.0f} ms",
+               met=p99 < P99_TARGET * 1000)
+    report.add("ack latency max", max(ms), max(base_ms), "ms")
+    errors = sum(n for status, n in measured.statuses.items() if not status.startswith("2"))
+    report.add("errors (non-2xx, > 5 s Gitea timeout, resets)", errors, None, "", target="0", met=errors == 0)
+    report.notes.append("no-passes: requested passes were dropped, so these are the acknowledgements without the "
+                        "reconcile work a burst causes; lost pushes and coalescing are not measured")
+    report.samples = {"deployer_ms": sorted(ms), "baseline_ms": sorted(base_ms), "statuses": measured.statuses,
+                      "timeline": measured.timeline}
 
 
 if __name__ == "__main__":
