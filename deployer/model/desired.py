@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from deployer.model.manifest import (
     DemoSpec,
@@ -35,6 +36,7 @@ _ADDED_LATER = frozenset({"rollout"})
 
 class DesiredService(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _spec_hash: str | None = PrivateAttr(default=None)
 
     name: str
     source: str
@@ -67,7 +69,16 @@ class DesiredService(BaseModel):
 
     @property
     def spec_hash(self) -> str:
-        return spec_hash(self.spec())
+        # Computed once per instance (a spec never changes: the model is frozen); a pass asks it
+        # several times for each of hundreds of services.
+        if self._spec_hash is None:
+            self._spec_hash = spec_hash(self.spec())
+        return self._spec_hash
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> DesiredService:
+        copied = super().model_copy(update=update, deep=deep)
+        copied._spec_hash = None  # a copy with changes is another spec
+        return copied
 
     @property
     def short_hash(self) -> str:

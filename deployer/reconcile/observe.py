@@ -139,7 +139,10 @@ class Observer:
     def _write(self, name: str, observed: tuple[object, ...], fresh: bool) -> None:
         now = time.monotonic()
         last = self._written.get(name)
-        if not fresh and last is not None and last[0] == observed and now - last[1] < CONFIRM_EVERY:
+        # Each service's confirmation comes at its own point of the minute: written together at start,
+        # they would otherwise all come due in the same pass, every minute.
+        due = CONFIRM_EVERY + zlib.crc32(name.encode()) % int(CONFIRM_EVERY)
+        if not fresh and last is not None and last[0] == observed and now - last[1] < due:
             return
         state, healthy, detail, running = observed
         self._store.observations.record(name, str(state), bool(healthy), str(detail))
