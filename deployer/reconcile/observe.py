@@ -65,6 +65,7 @@ class Observer:
         self._guard = threading.Lock()
         self._watched: dict[str, _Watched] = {}
         self._written: dict[str, tuple[tuple[object, ...], float]] = {}  # name -> (what, when) last written
+        self._pids: dict[str, int | None] = {}  # name -> the process last seen: a new one is probed at once
 
     # -- listings ------------------------------------------------------------
 
@@ -98,7 +99,12 @@ class Observer:
             desired = self.running_desired(name)  # probe what runs, on its own health path
         probe: Probe | None = None
         if running and desired is not None:
-            probe = self._watch(name, health_url(desired, port), fresh=fresh)
+            # A process that is not the one probed last (restarted: by its runtime, or a new supervisord)
+            # has not answered yet as far as anyone knows: its health is asked now, not taken from before.
+            restarted = seen is not None and self._pids.get(name, seen.pid) != seen.pid
+            probe = self._watch(name, health_url(desired, port), fresh=fresh or restarted)
+        if seen is not None:
+            self._pids[name] = seen.pid
         healthy = probe.ok if probe is not None else False
         detail = probe.detail if probe is not None else (seen.detail if seen is not None else "")
         same_spec = desired is not None and seen is not None and seen.spec_hash == desired.spec_hash

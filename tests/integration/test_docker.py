@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -117,7 +118,10 @@ def test_same_build_context_reuses_the_image(runtime: DockerRuntime, folder: Ser
 
 def test_template_dockerfile(runtime: DockerRuntime, service_folder: ServiceFolder, docker_api: Any) -> None:
     folder = service_folder
-    folder.write("tpl", dockerfile=None, files={"www/health": "ok\n", "requirements.txt": "nothing==1\n"})
+    # A requirements file of this run's own: the engine's build cache (kept across runs on one machine)
+    # must not answer the install step from an earlier run.
+    requirements = f"nothing==1  # {uuid.uuid4().hex}\n"
+    folder.write("tpl", dockerfile=None, files={"www/health": "ok\n", "requirements.txt": requirements})
     command = "httpd -f -p ${PORT} -h /srv/service/www"
     deployment = folder.deployment(1, command=command, requirements="requirements.txt")
     built = runtime.build(deployment)
