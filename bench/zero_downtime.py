@@ -91,6 +91,7 @@ class Loop:
     failures: int = 0
     outage: float = 0.0  # seconds during which the last request of every URL failed
     latency: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # "url: what" -> count
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -101,9 +102,13 @@ class Loop:
                 for url in self.urls:
                     began = time.monotonic()
                     try:
-                        ok = client.get(url).status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
+                        status = client.get(url).status_code
+                        ok, what = status == 200, f"HTTP {status}"
+                    except httpx.HTTPError as exc:
+                        ok, what = False, type(exc).__name__
+                    if not ok:
+                        key = f"{url.split('/')[2]}: {what}"
+                        self.errors[key] = self.errors.get(key, 0) + 1
                     sent += 1
                     if ok:
                         self.answers += 1
@@ -186,6 +191,7 @@ def one_strategy(strategy: str, args: argparse.Namespace, cleanup: Cleanup, root
     slot_port = _slot_port(daemon)
     hop = _hop(path, f"http://127.0.0.1:{slot_port}/predict") if slot_port else {}
     return {"answers": loop.answers, "failures": loop.failures, "outage": loop.outage, "outcomes": outcomes,
+            "errors": loop.errors,
             "sent": loop.answers + loop.failures, "hop": hop}
 
 
@@ -246,6 +252,7 @@ def main() -> None:
         report.add("latency p50 through the gateway (vs the slot's port)", hop["gateway_50"], hop["direct_50"], "ms")
         report.add("latency p99 through the gateway (vs the slot's port)", hop["gateway_99"], hop["direct_99"], "ms")
     report.notes.append(f"outcomes blue-green: {green['outcomes']}; recreate: {recreate['outcomes']}")
+    report.notes.append(f"failures blue-green: {green['errors'] or 'none'}")
     report.finish()
 
 

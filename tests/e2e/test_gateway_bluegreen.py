@@ -119,7 +119,10 @@ class Loop:
         self._thread.join(10)
 
     def _run(self) -> None:
-        with httpx.Client(trust_env=False, timeout=5) as client:
+        # A new connection per request: an idle keep-alive connection that nginx closes at a reload, just
+        # as a request is sent on it, is a client-side race (clients retry such idempotent requests);
+        # what this loop must prove is that no request the gateway accepted is lost.
+        with httpx.Client(trust_env=False, timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             deadline = time.monotonic() + 240  # bounded, whatever happens to the test
             while not self._stop.is_set() and time.monotonic() < deadline:
                 for url in self.urls:
