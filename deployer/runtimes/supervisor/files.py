@@ -86,6 +86,14 @@ def write_atomic(path: Path, text: str) -> None:
     host.write_atomic(path, text, mode=0o600)
 
 
+def restore(path: Path, previous: str | None) -> None:
+    """Put a program file back as it was (``None``: it did not exist)."""
+    if previous is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, previous)
+
+
 def read_tail(path: Path, max_bytes: int) -> str:
     try:
         with path.open("rb") as handle:

@@ -26,6 +26,7 @@ from deployer.runtimes.supervisor.files import (
     read_program_file,
     read_program_files,
     read_tail,
+    restore,
     write_atomic,
 )
 from deployer.runtimes.supervisor.orphans import Orphan, PortHolder, ProgramProcess, port_holders, reap
@@ -158,7 +159,7 @@ class SupervisorRuntime:
         try:
             added = self._reload()[0]
         except Exception:
-            self._restore(path, previous)  # the header must keep describing what is loaded
+            restore(path, previous)  # the header must keep describing what is loaded
             raise
         if name not in added:
             self._unload(name)
@@ -323,12 +324,6 @@ class SupervisorRuntime:
             folder.mkdir(parents=True, exist_ok=True)
             if folder.is_relative_to(self.home):  # ours: program files and logs are for root's eyes only
                 folder.chmod(0o700)
-
-    def _restore(self, path: Path, previous: str | None) -> None:
-        if previous is None:
-            path.unlink(missing_ok=True)
-        else:
-            write_atomic(path, previous)
 
     def _call(self, method: str, *args: Any, ok: Collection[int] = (), timeout: float | None = None) -> Any:
         return self.rpc.call(method, *args, ok=ok, timeout=timeout)
