@@ -46,10 +46,11 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     proxies = {key: dead for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                                       "all_proxy")}
     daemon = start_daemon(config, tmp_path / "state", env={**proxies, "NO_PROXY": "", "no_proxy": ""})
+    world = {"root": tmp_path, "repo": repo, "daemon": daemon}
     try:
-        yield {"root": tmp_path, "repo": repo, "daemon": daemon}
+        yield world
     finally:
-        daemon.stop()
+        world["daemon"].stop()  # the test starts a second daemon: that one is stopped
         stop_supervisord(tmp_path / "state")
 
 
