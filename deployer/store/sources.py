@@ -32,19 +32,6 @@ class SourceRecord:
 
 
 @dataclass(frozen=True)
-class DeliveryView:
-    id: int
-    delivery_id: str
-    event: str
-    repository: str
-    ref: str
-    after: str
-    result: DeliveryResult
-    detail: str
-    received_at: datetime
-
-
-@dataclass(frozen=True)
 class Delivery:
     """One audit row to write."""
 
@@ -55,6 +42,14 @@ class Delivery:
     after: str
     result: DeliveryResult
     detail: str
+
+
+@dataclass(frozen=True)
+class DeliveryView(Delivery):
+    """One audit row as recorded: the delivery, its row id and when it arrived."""
+
+    id: int
+    received_at: datetime
 
 
 class Sources:
