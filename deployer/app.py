@@ -110,7 +110,8 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
                          prune=settings.reconcile.prune, port_grace=settings.ports.reuse_grace,
                          demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes,
                                                 settings.demo.timeout),
-                         slot_bounds=settings.ports.slot_bounds, drain=settings.gateway.drain),
+                         slot_bounds=settings.ports.slot_bounds, drain=settings.gateway.drain,
+                         parallel=settings.reconcile.parallel, builds=settings.reconcile.builds),
         HostChecks(port_is_free=is_free, port_holder=holder),
         hooks=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout), events=events, gateway=gateway,
     )

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -85,8 +86,9 @@ class Rooms:
 
 
 class Reconciler:
-    def __init__(self, store: Store, rooms: Rooms, *, prune: bool = True) -> None:
+    def __init__(self, store: Store, rooms: Rooms, *, prune: bool = True, parallel: int = 4) -> None:
         self.store = store
+        self.parallel = parallel  # changes of one source carried out at once
         self.rooms = rooms
         self.sources = rooms.sources
         self.prune = prune
@@ -156,8 +158,7 @@ class Reconciler:
         current = self._plan(name, recorded, trigger)
         result.plan = current.planned.plan
         self._probe_unknown(current)
-        for action in current.planned.plan.actions:
-            result.outcomes[action.service] = self._execute_isolated(action, current)
+        result.outcomes.update(self._execute_all(current))
         return result
 
     def preview(self, *, fetch: bool = False) -> list[tuple[str, Action]]:
@@ -296,6 +297,22 @@ class Reconciler:
         self.rooms.observer.probe_unknown(steady)
 
     # -- execution ------------------------------------------------------------------------
+
+    def _execute_all(self, current: _Pass) -> dict[str, str]:
+        """Every action of the pass: the steady ones here, the changes side by side (at most
+        ``parallel``), so one service's slow gate holds none of its siblings."""
+        actions = current.planned.plan.actions
+        changes = [action for action in actions if action.changes]
+        outcomes = {action.service: self._execute_isolated(action, current)
+                    for action in actions if not action.changes}
+        if len(changes) <= 1 or self.parallel <= 1:
+            outcomes.update((action.service, self._execute_isolated(action, current)) for action in changes)
+            return outcomes
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(changes)),
+                                thread_name_prefix=f"{threading.current_thread().name}-deploy") as pool:
+            futures = {action.service: pool.submit(self._execute_isolated, action, current) for action in changes}
+        outcomes.update((service, future.result()) for service, future in futures.items())
+        return outcomes
 
     def _execute_isolated(self, action: Action, current: _Pass) -> str:
         with self._lock(action.service):
