@@ -33,7 +33,7 @@ from deployer.reconcile.rollout import Rollout
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
 from deployer.secrets import SecretStore
 from deployer.source import GitSource
-from deployer.store import Store
+from deployer.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class Reconciler:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._recorded: dict[str, _Recorded] = {}  # source -> last clean resolution
+        self._unfetched: set[str] = set()  # sources whose last fetch failed
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
         self._unverified = {view.name for view in store.views.services()
                             if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
@@ -131,19 +132,28 @@ class Reconciler:
         started = time.monotonic()
         try:
             return self._reconcile_source(name, trigger=trigger, fetch=fetch)
+        except StoreError as exc:  # the database is down or its disk full: say so, retry next pass
+            self.sources.set_error(name, f"cannot record this source's pass: {exc}")
+            return PassResult(source=name, error=str(exc))
         finally:
             self.rooms.events.publish(PassFinished(name, time.monotonic() - started))
 
     def _reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool) -> PassResult:
         result = PassResult(source=name)
         source = self.sources.get(name)
+        # A fetch that failed (remote down, disk full) is tried again by every pass, not only at the next poll.
+        fetch = fetch or name in self._unfetched
         try:
             result.sha = _head(source, fetch)
         except SourceError as exc:
             result.error = str(exc)
+            if self.sources.errors().get(name) != result.error:  # once, not every pass
+                log.warning("source %s: %s; retrying at the next pass", name, exc)
             self.sources.set_error(name, result.error)
-            log.warning("source %s: %s; retrying at the next poll", name, exc)
+            if fetch:
+                self._unfetched.add(name)
             return result
+        self._unfetched.discard(name)
         self.sources.clear_error(name)
         self.store.sources.set_head(name, result.sha)
         self._ensure_gateway()
