@@ -94,7 +94,7 @@ def test_hanging_gates_hold_neither_their_siblings_nor_other_sources(world: dict
     repos["slow-b"].commit({"service.yaml": manifest(service("steady-b", greeting="v1"),
                                                      service("hang-b", greeting="x", healthy=False))}, "hang b")
     assert daemon.request_pass("t").status_code == 202  # as a push's webhook would: fetch every source
-    wait_for(lambda: attempt_running(daemon, "hang-a") and attempt_running(daemon, "hang-b") or None, 60,
+    wait_for(lambda: (attempt_running(daemon, "hang-a") and attempt_running(daemon, "hang-b")) or None, 60,
              "both hanging gates to be under way")
 
     # The sibling of a hanging gate deploys while that gate waits.
