@@ -8,7 +8,6 @@ one entry is kept beside the others, so one broken service never hides the rest.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -148,11 +147,12 @@ def _desired(source: GitSource, sha: str, entry: ServiceManifest, checkout: Path
 
 
 def _requirements(folder: Path, named: str | None) -> tuple[str | None, str | None]:
-    """Which dependency file the service uses (the build's one rule), and a hash of the file."""
+    """Which dependency file the service uses (the build's one rule), and a hash of the files that
+    decide its environment (that file, its lock, ``.python-version``): a new lock is a new revision."""
     try:
         chosen = resolve_requirements(folder, named)
     except BuildError as exc:
         raise StalledError(str(exc), reason=Reason.MANIFEST_INVALID) from None
-    if not chosen.origin:
+    if not chosen.files:
         return None, None
-    return chosen.origin, hashlib.sha256((folder / chosen.origin).read_bytes()).hexdigest()
+    return chosen.origin or None, chosen.digest(folder)
