@@ -88,6 +88,8 @@ class EnvBuilder:
         interpreter = self._interpreters.choose(spec.python, service_dir)
         key = self.key_for(spec, service_dir)
         summary = f"{spec.describe()}; Python {interpreter.release} ({interpreter.path})"
+        if spec.python is not None:
+            summary += f" for {spec.python.spec} in {spec.python.origin}"
         link = self.root / key[:_DIR_KEY_CHARS]
         if link.is_dir():
             return BuildResult(link, key, True, time.monotonic() - started, summary=summary)
