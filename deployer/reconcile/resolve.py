@@ -8,6 +8,7 @@ one entry is kept beside the others, so one broken service never hides the rest.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -152,7 +153,10 @@ def _requirements(folder: Path, named: str | None) -> tuple[str | None, str | No
     try:
         chosen = resolve_requirements(folder, named)
     except BuildError as exc:
-        raise StalledError(str(exc), reason=Reason.MANIFEST_INVALID) from None
+        # Dependencies deployer cannot read fail the revision's build step, which names the file and
+        # the format (the previous revision keeps serving); the hash is the problem, without the checkout.
+        problem = str(exc).replace(str(folder), "")
+        return named, hashlib.sha256(problem.encode()).hexdigest()
     if not chosen.files:
         return None, None
     return chosen.origin or None, chosen.digest(folder)
