@@ -444,6 +444,9 @@ def test_pep621_dependencies_win_over_poetry_tables_and_locks_decide_the_revisio
         '[tool.poetry.dependencies]\ntinydep = {develop = true}\n')
     plain = resolve_requirements(folder, None)
     assert (plain.kind, plain.args, plain.files) == ("pyproject", ("tinydep>=1",), ("pyproject.toml",))
+    (folder / "pdm.lock").write_text("# a PDM lock\n")
+    assert "pdm.lock is not read" in resolve_requirements(folder, None).describe()  # said, not silently ignored
+    (folder / "pdm.lock").unlink()
     (folder / "uv.lock").write_text("version = 1\n")
     (folder / ".python-version").write_text("3.11\n")
     locked = resolve_requirements(folder, None)
