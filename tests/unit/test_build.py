@@ -455,3 +455,17 @@ def test_pep621_dependencies_win_over_poetry_tables_and_locks_decide_the_revisio
     before = locked.digest(folder)
     (folder / "uv.lock").write_text("version = 1\n# relocked\n")
     assert resolve_requirements(folder, None).digest(folder) != before
+
+
+def test_a_pyproject_without_dependencies_still_says_which_python(tmp_path: Path) -> None:
+    folder = tmp_path / "svc"
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text('[project]\nname = "x"\nrequires-python = ">=3.9"\n[tool.ruff]\n')
+    (folder / "requirements.txt").write_text("tinydep\n")
+    chosen = resolve_requirements(folder, None)
+    assert (chosen.kind, chosen.origin, chosen.files) == ("requirements", "requirements.txt",
+                                                          ("pyproject.toml", "requirements.txt"))
+    assert chosen.python is not None and chosen.python.spec == ">=3.9"
+    (folder / "requirements.txt").unlink()
+    bare = resolve_requirements(folder, None)
+    assert (bare.kind, bare.python) == ("none", chosen.python)
