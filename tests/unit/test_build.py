@@ -424,6 +424,14 @@ def test_dependencies_in_a_format_deployer_cannot_read_are_a_named_error(
         resolve_requirements(folder, named)
 
 
+def test_tool_settings_in_setup_cfg_are_not_dependencies(tmp_path: Path) -> None:
+    (tmp_path / "setup.cfg").write_text("[flake8]\nmax-line-length = 100\n")
+    assert resolve_requirements(tmp_path, None).kind == "none"
+    (tmp_path / "setup.cfg").write_text("[options]\ninstall_requires =\n    requests\n")
+    with pytest.raises(BuildError, match=r"setup\.cfg: dependencies are declared in setuptools' setup\.cfg"):
+        resolve_requirements(tmp_path, None)
+
+
 def test_dynamic_dependencies_read_from_requirements_files(tmp_path: Path) -> None:
     folder = tmp_path / "svc"
     folder.mkdir()
