@@ -86,7 +86,7 @@ class EnvBuilder:
         started = time.monotonic()
         spec = resolve_requirements(service_dir, requirements)
         interpreter = self._interpreters.choose(spec.python, service_dir)
-        key = self.key_for(spec, service_dir)
+        key = _key(spec, interpreter)
         summary = f"{spec.describe()}; Python {interpreter.release} ({interpreter.path})"
         if spec.python is not None:
             summary += f" for {spec.python.spec} in {spec.python.origin}"
@@ -101,9 +101,8 @@ class EnvBuilder:
         return BuildResult(link, key, False, time.monotonic() - started, tail, summary)
 
     def key_for(self, spec: Requirements, service_dir: Path = Path(".")) -> str:
-        interpreter = self._interpreters.choose(spec.python, service_dir)
-        material = json.dumps([spec.kind, spec.content, interpreter.path, interpreter.version], separators=(",", ":"))
-        return hashlib.sha256(material.encode()).hexdigest()
+        """The cache key of ``spec``'s environment (with the interpreter it would be made from)."""
+        return _key(spec, self._interpreters.choose(spec.python, service_dir))
 
     def interpreter(self) -> tuple[str, str]:
         """(real path, ``sys.version``) of the configured interpreter; asked once."""
@@ -180,6 +179,11 @@ class EnvBuilder:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _key(spec: Requirements, interpreter: Interpreter) -> str:
+    material = json.dumps([spec.kind, spec.content, interpreter.path, interpreter.version], separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _find_uv() -> str | None:
