@@ -311,7 +311,8 @@ class Rollout:
             except BuildError as exc:
                 step.output = f"{exc}\n{exc.output}".strip()
                 raise
-            step.output = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
+            done = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
+            step.output = f"{built.summary}\n{done}"
         return replace(deployment, env_dir=built.env_dir)
 
     def _roll_back(self, name: str, failed_revision: int, attempt: int) -> RevisionView | None:
