@@ -230,20 +230,21 @@ class Rollout:
         router, service = self._parts.router, deployment.service
         assert router is not None and place.slot is not None and place.port is not None
         plain = runtime.inspect(service)  # the service as it ran before the gateway: holds the sticky port
+        handover = _Handover(runtime, service) if plain is not None else None
         with self._steps.step(attempt, f"{prefix}switch") as step:
-            if plain is not None:
-                runtime.stop(service)  # the handover: nginx takes the sticky port over at the reload
             try:
-                router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired))
+                router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired),
+                              handover=handover)
             except DeployerError as exc:
-                if plain is not None:
+                if handover is not None and handover.stopped is not None:
                     runtime.start(service)
                 if place.blue_green:
                     self._discard(runtime, deployment.name)
                     raise NotSwitched(exc) from exc
                 raise
             step.output = (f"{service}: routed to {place.slot} (port {place.port})"
-                           + (f", was {place.serving}" if place.serving and place.serving != place.slot else ""))
+                           + (f", was {place.serving}" if place.serving and place.serving != place.slot else "")
+                           + (handover.said() if handover is not None else ""))
         old = [instance_name(service, place.serving)] if place.serving and place.serving != place.slot else []
         old += [service] if plain is not None else []
         if old:
@@ -348,6 +349,30 @@ class Rollout:
     def _revision_desired(self, revision: int) -> DesiredService | None:
         found = self._store.history.get_revision(revision)
         return DesiredService.model_validate(found.spec) if found is not None else None
+
+
+class _Handover:
+    """A service moving behind the gateway: its own process leaves the sticky port for nginx.
+
+    Called by the gateway once everything else is ready (the slot gated, the inner nginx routing
+    to it, the new config tested), right before nginx reloads to bind the port; the time from the
+    stop to the confirmed reload is the one window in which the sticky port does not answer.
+    """
+
+    def __init__(self, runtime: Runtime, service: str) -> None:
+        self._runtime = runtime
+        self._service = service
+        self.stopped: float | None = None
+
+    def __call__(self) -> None:
+        self.stopped = time.monotonic()
+        self._runtime.stop(self._service)
+
+    def said(self) -> str:
+        if self.stopped is None:
+            return ""
+        return (f"; port taken over from {self._service}'s own process: "
+                f"{time.monotonic() - self.stopped:.2f}s from its stop to nginx answering there")
 
 
 def _success_reason(trigger: Trigger) -> str:

@@ -201,9 +201,16 @@ def test_routes_by_path_with_and_without_the_prefix_and_by_sticky_port(
     assert master_pid(gateway) == pid
 
 
-def test_switching_upstreams_under_a_steady_request_loop_loses_nothing(
+def workers(gateway: NginxGateway) -> set[int]:
+    """The client-facing master's worker processes (a reload replaces them all)."""
+    master = master_pid(gateway)
+    return {pid for pid in our_nginx_processes(gateway) if pid != master and parent(pid) == master}
+
+
+def test_switching_upstreams_under_a_keep_alive_request_loop_loses_nothing_and_reloads_no_client_facing_worker(
         gateways: Gateways, upstreams: list[Upstream]) -> None:
     gateway = gateways.make()
+    assert gateway.inner is not None
     first, second = upstreams
     sticky = free_port()
     port = listen_port(gateway)
@@ -211,23 +218,32 @@ def test_switching_upstreams_under_a_steady_request_loop_loses_nothing(
     def table(*ports: int, revision: int) -> list[Route]:
         return [Route("text-classify", revision, ports, port=sticky, path="/ai/text-classify/")]
 
-    generations = [gateway.apply(table(first.port, revision=1))]
+    edge = gateway.apply(table(first.port, revision=1))
+    inner = [gateway.inner.generation()]
+    facing = workers(gateway)
     answers: list[int] = []
     failures: list[str] = []
     done = threading.Event()
 
     def loop() -> None:
-        for index in range(300):
-            target = (port, "/ai/text-classify/predict") if index % 2 else (sticky, "/predict")
+        # One keep-alive connection per port, reused for every request (as httpx, browsers and SDKs do).
+        connections = {target: http.client.HTTPConnection("127.0.0.1", target, timeout=5) for target in (port, sticky)}
+        for index in range(400):
+            target, path = (port, "/ai/text-classify/predict") if index % 2 else (sticky, "/predict")
             try:
-                status, body = get(*target)
-                if status == 200 and isinstance(body, dict):
-                    answers.append(int(str(body["port"])))
+                connections[target].request("GET", path)
+                response = connections[target].getresponse()
+                body = json.loads(response.read())
+                if response.status == 200 and response.getheader("X-Deployer-Revision") is None:
+                    answers.append(int(body["port"]))
                 else:
-                    failures.append(f"{status} {body}")
-            except OSError as exc:
+                    failures.append(f"{response.status} {body}")
+            except (OSError, http.client.HTTPException) as exc:
                 failures.append(repr(exc))
-            time.sleep(0.01)
+                connections[target].close()
+            time.sleep(0.005)
+        for connection in connections.values():
+            connection.close()
         done.set()
 
     worker = threading.Thread(target=loop)
@@ -236,14 +252,15 @@ def test_switching_upstreams_under_a_steady_request_loop_loses_nothing(
     steps = [(first.port, second.port), (second.port,), (second.port, first.port), (first.port,), (second.port,),
              (first.port,)]
     for revision, ports in enumerate(steps, start=2):
-        time.sleep(0.3)
-        generations.append(gateway.apply(table(*ports, revision=revision)))
-        assert gateway.generation() == generations[-1]
+        time.sleep(0.2)
+        assert gateway.apply(table(*ports, revision=revision)) == edge
+        inner.append(gateway.inner.generation())
     worker.join(60)
     assert done.is_set()
     assert failures == []
-    assert len(answers) == 300 and {first.port, second.port} <= set(answers)
-    assert len(set(generations)) == len(generations)  # every change made a new generation
+    assert len(answers) == 400 and {first.port, second.port} <= set(answers)
+    assert len(set(inner)) == len(inner)  # every switch made a new generation of the inner nginx ...
+    assert gateway.generation() == edge and workers(gateway) == facing  # ... and never reloaded the facing one
     # After the last switch, new requests reach only the last table's upstream.
     assert {get(sticky, "/x")[1]["port"] for _ in range(10)} == {first.port}  # type: ignore[index]
 
@@ -260,7 +277,8 @@ def test_a_config_nginx_t_rejects_leaves_the_previous_one_live(
     live = gateway.apply([route])
     live_text = gateway.backend.live_file.read_text()
     routes_template = templates / "nginx" / "routes.conf.j2"
-    routes_template.write_text(routes_template.read_text().replace("keepalive 16;", "keepalive 16;\nbogus_directive;"))
+    routes_template.write_text(routes_template.read_text().replace("proxy_connect_timeout 2s;",
+                                                                 "proxy_connect_timeout 2s;\nbogus_directive;"))
     with pytest.raises(GatewayRejected) as caught:
         gateway.apply([replace(route, upstreams=(upstreams[1].port,))])
     assert str(caught.value).startswith('[emerg] unknown directive "bogus_directive" in ')
