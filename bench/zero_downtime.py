@@ -221,9 +221,8 @@ def _hop(through: str, direct: str, count: int = 400) -> dict[str, float]:
 
 def _stop_nginx(state_dir: Path) -> None:
     """The embedded nginx outlives the daemon by design: the bench stops it itself."""
-    pid_file = state_dir / "gateway" / "nginx.pid"
-    if pid_file.exists():
-        with contextlib.suppress(ValueError, ProcessLookupError):
+    for pid_file in (state_dir / "gateway" / "nginx.pid", state_dir / "gateway" / "inner" / "nginx.pid"):
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text()), signal.SIGQUIT)
 
 

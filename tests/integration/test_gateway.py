@@ -349,6 +349,26 @@ def test_a_killed_nginx_is_restarted_by_the_next_check_and_a_second_gateway_adop
     assert master_pid(twin) == new and gateway.generation() == twin.generation()
 
 
+def test_a_killed_inner_nginx_is_restarted_with_its_sockets_and_routes_again(
+        gateways: Gateways, upstreams: list[Upstream]) -> None:
+    gateway = gateways.make()
+    assert gateway.inner is not None
+    route = Route("text-classify", 1, (upstreams[0].port,), port=free_port(), path="/ai/text-classify/")
+    gateway.apply([route])
+    inner = gateway.inner.generation()
+    pid_file = gateway.backend.live_file.parent / "inner" / "nginx.pid"
+    old = int(pid_file.read_text())
+    os.kill(old, signal.SIGKILL)  # its socket files stay behind: a new master must not trip on them
+    wait_for(lambda: not Path(f"/proc/{old}").exists() or "Z" in Path(f"/proc/{old}/stat").read_text().split()[2],
+             5, "the master to die")
+    note = gateway.check()
+    assert note is not None and f"(pid {old}) exited; restarted it" in note
+    assert int(pid_file.read_text()) != old and gateway.inner.generation() == inner
+    for port, path in ((listen_port(gateway), "/ai/text-classify/x"), (route.port, "/x")):
+        status, body = get(port or 0, path)
+        assert status == 200 and isinstance(body, dict) and body["port"] == upstreams[0].port
+
+
 def test_applies_from_two_threads_are_serialised(gateways: Gateways, upstreams: list[Upstream]) -> None:
     gateway = gateways.make()
     gateway.check()
