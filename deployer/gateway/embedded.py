@@ -102,7 +102,8 @@ class EmbeddedNginx:
     """Start, adopt, test, reload, rotate and stop deployer's own nginx master."""
 
     def __init__(self, paths: NginxPaths, renderer: ConfigRenderer, *, nginx: str,
-                 probe: Callable[[], str | None], where: str) -> None:
+                 probe: Callable[[], str | None], where: str, name: str = "the gateway's nginx") -> None:
+        self.name = name  # in what it says: "the gateway's nginx", "the gateway's inner nginx"
         self.paths = paths
         self.renderer = renderer
         self.errors = ErrorLog(paths.error_log)
@@ -141,10 +142,10 @@ class EmbeddedNginx:
         except GatewayUnavailable as exc:
             if dead is not None:
                 raise GatewayUnavailable(
-                    f"the gateway's nginx (pid {dead}) exited; restarting it failed: {exc}") from None
+                    f"{self.name} (pid {dead}) exited; restarting it failed: {exc}") from None
             raise
         if dead is not None:
-            return f"the gateway's nginx (pid {dead}) exited; restarted it (pid {self.live_pid()})"
+            return f"{self.name} (pid {dead}) exited; restarted it (pid {self.live_pid()})"
         if reaped:
             pids = ", ".join(map(str, reaped))
             return f"left-over nginx processes of the gateway (pids {pids}) stopped; started nginx"
@@ -176,7 +177,7 @@ class EmbeddedNginx:
         """HUP to the adopted master (what ``nginx -s reload`` sends, without re-reading the config first)."""
         pid = self.live_pid()
         if pid is None:
-            raise GatewayUnavailable("the gateway's nginx is not running; it is started by the next check")
+            raise GatewayUnavailable(f"{self.name} is not running; it is started by the next check")
         self._old_workers = [child for child in children(pid) if cmdline(child) == _WORKER]
         os.kill(pid, signal.SIGHUP)
 
@@ -238,8 +239,8 @@ class EmbeddedNginx:
         # apply rewrites it (and that apply's confirmation is the proof), so this is a warning only.
         if not wait_until(lambda: self.generation() == generation, timeout=_ANSWER_SECONDS,
                           given_up=lambda: generation is None):
-            log.warning("the gateway's nginx (pid %s) started but does not answer generation %s on %s yet; "
-                        "the next apply rewrites its config", self.live_pid(), generation, self.where)
+            log.warning("%s (pid %s) started but does not answer generation %s on %s yet; "
+                        "the next apply rewrites its config", self.name, self.live_pid(), generation, self.where)
 
     def _rotate_logs(self, pid: int) -> None:
         rotated = False

@@ -160,6 +160,10 @@ class NginxGateway:
         """The generation nginx answers on ``[gateway] listen`` now (None: not answering)."""
         return generation_at(self._host, self._port)
 
+    def inner_answers(self) -> bool:
+        """Whether the inner nginx answers its marker (always true with one tier)."""
+        return self.inner is None or self.inner.generation() is not None
+
     def url(self, route: Route) -> str | None:
         """Where people reach a path route through the gateway (for ``/api/services``' ``gateway_url``)."""
         if route.path is None:
@@ -275,7 +279,8 @@ def build_gateway(config: GatewayConfig) -> NginxGateway:
     control = str(inner_paths.control_socket)
     inner_values = {**inner_paths.template_values(config.drain), "sockets": "sockets"}
     inner = EmbeddedNginx(inner_paths, ConfigRenderer(config.templates_dir, "inner.conf.j2", inner_values),
-                          nginx=config.nginx, probe=lambda: generation_on_socket(control), where=control)
+                          nginx=config.nginx, probe=lambda: generation_on_socket(control), where=control,
+                          name="the gateway's inner nginx")
     # Socket paths are relative to each master's folder (its working directory): short, and reachable by
     # workers running as nobody whatever the folders above the state dir allow.
     edge = EmbeddedNginx(paths, ConfigRenderer(config.templates_dir, "nginx.conf.j2",
