@@ -10,7 +10,9 @@ Every step is recorded; every attempt ends with a recorded outcome on every path
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -23,6 +25,7 @@ from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import AttemptFinished, AttemptStarted
 from deployer.model.status import Outcome, RevisionView, Trigger
+from deployer.ports import is_free
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, HookSteps, Steps
 from deployer.reconcile.observe import Observer
@@ -36,6 +39,7 @@ from deployer.store import Store
 log = logging.getLogger(__name__)
 
 SLOTTED_RUNTIMES = ("supervisor", "docker")  # swarm keeps its own start-first update
+_HANDOVER_POLL_SECONDS = 0.002
 
 
 class NotSwitched(DeployerError):
@@ -230,13 +234,18 @@ class Rollout:
         router, service = self._parts.router, deployment.service
         assert router is not None and place.slot is not None and place.port is not None
         plain = runtime.inspect(service)  # the service as it ran before the gateway: holds the sticky port
-        handover = _Handover(runtime, service) if plain is not None else None
+        handover = _Handover(runtime, service, deployment.desired.port) if plain is not None else None
         with self._steps.step(attempt, f"{prefix}switch") as step:
             try:
                 router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired),
                               handover=handover)
+                if handover is not None:
+                    handover.answered = time.monotonic()
+                    handover.finish()
             except DeployerError as exc:
                 if handover is not None and handover.stopped is not None:
+                    with contextlib.suppress(DeployerError):
+                        handover.finish()
                     runtime.start(service)
                 if place.blue_green:
                     self._discard(runtime, deployment.name)
@@ -355,24 +364,52 @@ class _Handover:
     """A service moving behind the gateway: its own process leaves the sticky port for nginx.
 
     Called by the gateway once everything else is ready (the slot gated, the inner nginx routing
-    to it, the new config tested), right before nginx reloads to bind the port; the time from the
-    stop to the confirmed reload is the one window in which the sticky port does not answer.
+    to it, the new config tested), right before nginx reloads to bind the port. The stop runs on
+    its own thread and the call returns as soon as the port can be bound: the runtime's own
+    bookkeeping of the stop (supervisord noticing the exit and answering) goes on during the
+    reload instead of before it, and ``finish`` waits for it. From the stop to the confirmed
+    reload is the one window in which the sticky port does not answer.
     """
 
-    def __init__(self, runtime: Runtime, service: str) -> None:
+    def __init__(self, runtime: Runtime, service: str, port: int) -> None:
         self._runtime = runtime
         self._service = service
+        self._port = port
         self.stopped: float | None = None
+        self._freed: float | None = None
+        self.answered: float | None = None  # the gateway confirmed nginx serves the port
+        self._stopping: threading.Thread | None = None
+        self._error: DeployerError | None = None
 
     def __call__(self) -> None:
         self.stopped = time.monotonic()
-        self._runtime.stop(self._service)
+        self._stopping = threading.Thread(target=self._stop, name=f"handover-{self._service}", daemon=True)
+        self._stopping.start()
+        while self._stopping.is_alive() and not is_free(self._port):
+            time.sleep(_HANDOVER_POLL_SECONDS)
+        self._freed = time.monotonic()
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> None:
+        """The stop done (whatever happened to the switch); its error, if any, raised."""
+        if self._stopping is not None:
+            self._stopping.join()
+        if self._error is not None:
+            raise self._error
 
     def said(self) -> str:
-        if self.stopped is None:
+        if self.stopped is None or self._freed is None or self.answered is None:
             return ""
-        return (f"; port taken over from {self._service}'s own process: "
-                f"{time.monotonic() - self.stopped:.2f}s from its stop to nginx answering there")
+        return (f"; port {self._port} taken over from {self._service}'s own process: free "
+                f"{self._freed - self.stopped:.2f}s after its stop, nginx answering there "
+                f"{self.answered - self.stopped:.2f}s after it")
+
+    def _stop(self) -> None:
+        try:
+            self._runtime.stop(self._service)
+        except DeployerError as exc:
+            self._error = exc
 
 
 def _success_reason(trigger: Trigger) -> str:

@@ -283,7 +283,7 @@ def test_turning_the_gateway_on_moves_a_running_service_behind_it_with_one_short
             stop.set()
             caller.join(10)
         switch = next(step for step in service["attempts"][0]["steps"] if step["name"] == "switch")
-        assert "port taken over from slow's own process" in switch["output"], switch
+        assert f"port {plain['port']} taken over from slow's own process: free " in switch["output"], switch
         # The sticky port is nginx's now (it answers the marker), proxying to the slot; the old program is gone.
         assert httpx.get(f"http://127.0.0.1:{plain['port']}/.deployer/generation", timeout=2).status_code == 200
         assert version(sticky) == "v1" and service["gateway_url"] == f"{world['gateway']}/ai/slow/"
