@@ -231,6 +231,9 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
         if daemon.gateway is not None and daemon.gateway.generation() is None:
             raise RuntimeError(f"the gateway does not answer on {daemon.settings.gateway.listen}; "
                                "the next pass restarts it (see <state>/gateway/error.log)")
+        if daemon.gateway is not None and not daemon.gateway.inner_answers():
+            raise RuntimeError("the gateway's inner nginx does not answer; the next pass restarts it "
+                               "(see <state>/gateway/inner/error.log)")
 
     def state_dir_space() -> None:
         state_dir = daemon.settings.paths.state_dir

@@ -10,6 +10,7 @@ Every step is recorded; every attempt ends with a recorded outcome on every path
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import AttemptFinished, AttemptStarted
 from deployer.model.status import Outcome, RevisionView, Trigger
+from deployer.ports import is_free
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, HookSteps, Steps
 from deployer.reconcile.observe import Observer
@@ -37,6 +39,7 @@ from deployer.store import Store
 log = logging.getLogger(__name__)
 
 SLOTTED_RUNTIMES = ("supervisor", "docker")  # swarm keeps its own start-first update
+_HANDOVER_POLL_SECONDS = 0.002
 
 
 class NotSwitched(DeployerError):
@@ -234,20 +237,26 @@ class Rollout:
         router, service = self._parts.router, deployment.service
         assert router is not None and place.slot is not None and place.port is not None
         plain = runtime.inspect(service)  # the service as it ran before the gateway: holds the sticky port
+        handover = _Handover(runtime, service, deployment.desired.port) if plain is not None else None
         with self._steps.step(attempt, f"{prefix}switch") as step:
-            if plain is not None:
-                runtime.stop(service)  # the handover: nginx takes the sticky port over at the reload
             try:
-                router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired))
+                router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired),
+                              handover=handover)
+                if handover is not None:
+                    handover.answered = time.monotonic()
+                    handover.finish()
             except DeployerError as exc:
-                if plain is not None:
+                if handover is not None and handover.stopped is not None:
+                    with contextlib.suppress(DeployerError):
+                        handover.finish()
                     runtime.start(service)
                 if place.blue_green:
                     self._discard(runtime, deployment.name)
                     raise NotSwitched(exc) from exc
                 raise
             step.output = (f"{service}: routed to {place.slot} (port {place.port})"
-                           + (f", was {place.serving}" if place.serving and place.serving != place.slot else ""))
+                           + (f", was {place.serving}" if place.serving and place.serving != place.slot else "")
+                           + (handover.said() if handover is not None else ""))
         old = [instance_name(service, place.serving)] if place.serving and place.serving != place.slot else []
         old += [service] if plain is not None else []
         if old:
@@ -353,6 +362,58 @@ class Rollout:
     def _revision_desired(self, revision: int) -> DesiredService | None:
         found = self._store.history.get_revision(revision)
         return DesiredService.model_validate(found.spec) if found is not None else None
+
+
+class _Handover:
+    """A service moving behind the gateway: its own process leaves the sticky port for nginx.
+
+    Called by the gateway once everything else is ready (the slot gated, the inner nginx routing
+    to it, the new config tested), right before nginx reloads to bind the port. The stop runs on
+    its own thread and the call returns as soon as the port can be bound: the runtime's own
+    bookkeeping of the stop (supervisord noticing the exit and answering) goes on during the
+    reload instead of before it, and ``finish`` waits for it. From the stop to the confirmed
+    reload is the one window in which the sticky port does not answer.
+    """
+
+    def __init__(self, runtime: Runtime, service: str, port: int) -> None:
+        self._runtime = runtime
+        self._service = service
+        self._port = port
+        self.stopped: float | None = None
+        self._freed: float | None = None
+        self.answered: float | None = None  # the gateway confirmed nginx serves the port
+        self._stopping: threading.Thread | None = None
+        self._error: DeployerError | None = None
+
+    def __call__(self) -> None:
+        self.stopped = time.monotonic()
+        self._stopping = threading.Thread(target=self._stop, name=f"handover-{self._service}", daemon=True)
+        self._stopping.start()
+        while self._stopping.is_alive() and not is_free(self._port):
+            time.sleep(_HANDOVER_POLL_SECONDS)
+        self._freed = time.monotonic()
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> None:
+        """The stop done (whatever happened to the switch); its error, if any, raised."""
+        if self._stopping is not None:
+            self._stopping.join()
+        if self._error is not None:
+            raise self._error
+
+    def said(self) -> str:
+        if self.stopped is None or self._freed is None or self.answered is None:
+            return ""
+        return (f"; port {self._port} taken over from {self._service}'s own process: free "
+                f"{self._freed - self.stopped:.2f}s after its stop, nginx answering there "
+                f"{self.answered - self.stopped:.2f}s after it")
+
+    def _stop(self) -> None:
+        try:
+            self._runtime.stop(self._service)
+        except DeployerError as exc:
+            self._error = exc
 
 
 def _success_reason(trigger: Trigger) -> str:
