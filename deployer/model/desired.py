@@ -80,6 +80,11 @@ class DesiredService(BaseModel):
         copied._spec_hash = None  # a copy with changes is another spec
         return copied
 
+    def secret_names(self) -> tuple[str, ...]:
+        """Every secret a deploy needs: the environment's, the demos' headers' and the files' (in that order)."""
+        names = [*self.secrets, *(name for demo in self.demo for name in demo.secret_names())]
+        return tuple(dict.fromkeys(names))
+
     @property
     def short_hash(self) -> str:
         return self.spec_hash[:12]

@@ -346,7 +346,7 @@ class Reconciler:
     def _apply(self, desired: DesiredService, action: Action, current: _Pass) -> str:
         revision, trigger = current.planned.revisions[desired.name], current.trigger
         try:
-            self.rooms.secrets.resolve(desired.secrets, service=desired.name)
+            self.rooms.secrets.resolve(desired.secret_names(), service=desired.name)
         except DeployerError as exc:  # waiting for an operator, not a bad revision
             self.rooms.recorder.service_problem(desired.name, exc, trigger)
             return "waiting"
