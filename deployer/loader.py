@@ -85,6 +85,8 @@ _SERVICE_FIELD_HELP = {
     "replicas": "Number of replicas (swarm).",
     "hooks": "Lifecycle hooks, relative to the service folder.",
     "docker": "Dockerfile and build arguments for the docker and swarm runtimes.",
+    "files": "Files put in the service folder before start, mode 0600: a secret's value ({path: .env, secret: "
+             "DOTENV}) or a repository file ({path: config/app.toml, from: conf/prod.toml}).",
 }
 
 
@@ -666,6 +668,9 @@ def _referenced_files(service: ServiceManifest) -> Iterator[tuple[Loc, str]]:
             yield ("hooks", key), value
     if service.docker.dockerfile is not None:
         yield ("docker", "dockerfile"), service.docker.dockerfile
+    for index, entry in enumerate(service.files):
+        if entry.from_ is not None:
+            yield ("files", index, "from"), entry.from_
 
 
 def _check_file(root: Path, in_repo: Path, relative: str, loc: Loc, doc: _Doc, problems: _Problems) -> None:

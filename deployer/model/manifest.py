@@ -240,6 +240,28 @@ class DockerSpec(Strict):
     build_args: dict[EnvKey, EnvValue] = Field(default_factory=dict)
 
 
+class FileSpec(Strict):
+    """A file deployer puts in the service folder before start: a secret's content or a repository file.
+
+    ``path`` is relative to the service folder; ``from`` too. Written with mode 0600.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
+    path: RelPath = Field(description="where the file goes, relative to the service folder")
+    secret: Annotated[str, Field(pattern=ENV_KEY_PATTERN)] | None = Field(
+        default=None, description="the file's content is this secret's value, byte for byte")
+    from_: RelPath | None = Field(default=None, alias="from",
+                                  description="the file's content is this repository file (relative to the "
+                                              "service folder)")
+
+    @model_validator(mode="after")
+    def _one_content(self) -> FileSpec:
+        if (self.secret is None) == (self.from_ is None):
+            raise ValueError("give exactly one of 'secret' (a secret's value) or 'from' (a repository file)")
+        return self
+
+
 class ServiceManifest(Strict):
     """One service as written in ``service.yaml``."""
 
@@ -263,6 +285,7 @@ class ServiceManifest(Strict):
     replicas: int = Field(default=1, ge=1, le=100)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
+    files: list[FileSpec] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -288,6 +311,35 @@ class ServiceManifest(Strict):
         if reserved:
             raise ValueError(f"{', '.join(reserved)} is set by deployer and cannot be overridden")
         return value
+
+
+    @field_validator("files")
+    @classmethod
+    def _files_apart(cls, files: list[FileSpec], info: ValidationInfo) -> list[FileSpec]:
+        """A ``files:`` path never replaces a file deployer itself reads (that would run or show its content)."""
+        targets = [entry.path for entry in files]
+        twice = sorted({path for path in targets if targets.count(path) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} is given twice")
+        read = {path: why for why, path in _read_paths(info.data)}
+        for entry in files:
+            if entry.path in read:
+                raise ValueError(f"{entry.path} is the {read[entry.path]}; a file of 'files:' must not replace it")
+            if entry.from_ in targets:
+                raise ValueError(f"{entry.path} is made from {entry.from_}, which 'files:' writes itself")
+        return files
+
+
+def _read_paths(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """Files deployer reads from a service folder, and what each one is (from the fields validated so far)."""
+    hooks, docker = fields.get("hooks", HooksSpec()), fields.get("docker", DockerSpec())
+    paths = [("requirements file", fields.get("requirements")), ("requirements file", "requirements.txt"),
+             ("requirements file", "pyproject.toml"), ("pre_deploy hook", hooks.pre_deploy),
+             ("post_deploy hook", hooks.post_deploy), ("Dockerfile", docker.dockerfile or "Dockerfile")]
+    paths += [(f"input of demo {demo.name}", demo.input or demo.file) for demo in fields.get("demo", [])]
+    if PurePosixPath(fields.get("path", ".")) == PurePosixPath("."):
+        paths.append(("manifest", "service.yaml"))
+    return [(why, str(PurePosixPath(path))) for why, path in paths if path]
 
 
 class ManifestFile(Strict):

@@ -77,7 +77,8 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router)
     rooms = Rooms(
         sources=sources,
-        resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds),
+        resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds,
+                          secrets=secrets),
         ports=ClaimedPorts(store, config.port_bounds, is_free=host.port_is_free, holder=host.port_holder,
                            grace=config.port_grace),
         observer=observer, rollout=Rollout(store, parts, gate, observer, events), demos=demos, secrets=secrets,

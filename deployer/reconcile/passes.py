@@ -222,7 +222,8 @@ class Reconciler:
 
     def _recorded_commit(self, source: GitSource, sha: str, trigger: Trigger) -> _Recorded | None:
         cached = self._recorded.get(source.name)
-        if cached is not None and cached.resolution.sha == sha:
+        if cached is not None and cached.resolution.sha == sha and \
+                not self.rooms.resolver.files_changed(source, cached.resolution):
             return cached
         try:
             resolution = self.rooms.resolver.resolve(source, sha, self.rooms.ports)
