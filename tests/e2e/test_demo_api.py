@@ -71,6 +71,7 @@ demo:
     input: demo/review.json
     headers: {token: {secret: MODEL_TOKEN}}
     json: {label: positive, scores.0: {min: 0.5}}
+  - {name: heartbeat, method: GET, path: /info, json: {ok: true}}
 """
 
 
@@ -115,6 +116,7 @@ def test_a_demo_with_a_path_and_a_secret_header_catches_a_model_that_answers_500
     assert good["outcome"] == "succeeded", good
     steps = {step["name"]: step for step in good["steps"]}
     assert steps["demo"]["ok"] and "review: HTTP 200" in steps["demo"]["output"]
+    assert "heartbeat: HTTP 200" in steps["demo"]["output"]
     assert ".env (mode 0600) from secret DOTENV" in steps["files"]["output"]
     v1 = daemon.service("classifier")["running_revision"]
 
@@ -143,6 +145,7 @@ def test_a_demo_with_a_path_and_a_secret_header_catches_a_model_that_answers_500
 
     seen = {path: daemon.get(path).text for path in ("/", "/services/classifier", "/api/services/classifier",
                                                      "/api/services/classifier/demos", "/showcase")}
+    assert daemon.get("/services/classifier").status_code == 200  # a demo with no input shows too
     seen["daemon log"] = daemon.log()
     for where, text in seen.items():
         assert MODEL_TOKEN not in text, f"the token is in {where}"
