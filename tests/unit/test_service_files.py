@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from deployer.errors import ManifestError, Reason
+from deployer.errors import ManifestError, Reason, StalledError
 from deployer.loader import load_manifest, load_manifest_file
 from deployer.model.status import Trigger
+from deployer.reconcile.resolve import Resolver
 from deployer.safety import UnsafePath, write_inside
+from deployer.secrets import SecretStore
 from deployer.store import Store
 from tests.helpers import GitRepo
 from tests.memory_runtime import MemoryRuntime
@@ -161,3 +163,22 @@ def test_specs_without_files_keep_their_hash(world: dict[str, Any]) -> None:
     run(world)
     spec = world["store"].history.revisions("solo")[0].spec
     assert "files" not in spec and "files_hash" not in spec
+
+
+def test_a_from_link_leading_out_is_refused_and_never_read(tmp_path: Path) -> None:
+    (tmp_path / "leak").symlink_to("/etc/passwd")
+    (tmp_path / "service.yaml").write_text("name: a\ncommand: x\nfiles: [{path: conf, from: leak}]\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest_file(tmp_path / "service.yaml")
+    assert "files[0].from: 'leak' leads outside the repository" in str(caught.value)
+    assert "root:" not in str(caught.value)
+
+
+def test_swarm_services_cannot_use_files(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    resolver = Resolver(store, ["swarm"], default_runtime="swarm", port_bounds=(9000, 9100),
+                        secrets=SecretStore(tmp_path / "secrets"))
+    entry = load_manifest("name: a\nruntime: swarm\nfiles: [{path: .env, secret: DOTENV}]\n").services[0]
+    with pytest.raises(StalledError, match="'files' is not supported by runtime swarm"):
+        resolver._check(entry, "repo")
