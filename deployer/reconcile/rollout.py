@@ -292,13 +292,14 @@ class Rollout:
             workdir = service_dir(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
         secret_env = self._parts.secrets.resolve(desired.secrets, service=desired.name)
-        runtime = self._runtime(desired)
-        files = self._files(desired, workdir, attempt, prefix, into_checkout=not isinstance(runtime, BuildsImages))
+        files = self._files(desired, workdir, attempt, prefix,
+                            into_checkout=not isinstance(self._runtime(desired), BuildsImages))
         port = place.port if place.port is not None else desired.port
         environment = {**desired.env, "PORT": str(port), "HOST": SERVICE_HOST}
         deployment = Deployment(desired=desired, revision=revision, workdir=workdir, argv=argv(desired.command, port),
                                 environment=environment, secret_env=secret_env, slot=place.slot,
                                 slot_port=place.port, files=files)
+        runtime = self._runtime(desired)
         with self._steps.step(attempt, f"{prefix}build") as step:
             try:
                 if isinstance(runtime, BuildsImages):
