@@ -83,6 +83,9 @@ class SecretStore:
         folders = [self.directory / service] if _SERVICE.match(service) else []
         for folder in (*folders, self.directory):
             found = _read(folder / name)
+            if found is not None and len(found) > MAX_SECRET_BYTES:
+                raise SecretMissing(f"{service}: secret {name} is larger than {MAX_SECRET_BYTES // 1024} KiB "
+                                    f"({folder / name}); it is not used")
             if found is not None:
                 return found
         return None
@@ -114,6 +117,8 @@ class SecretStore:
         values = []
         for path in _secret_files(self.directory):
             raw = _read(path)
+            if raw is not None and len(raw) > MAX_SECRET_BYTES:
+                continue  # refused when used, so never delivered
             try:
                 text = raw.decode("utf-8").rstrip("\r\n") if raw is not None else ""
             except UnicodeDecodeError:
@@ -142,7 +147,7 @@ def _secret_files(directory: Path) -> list[Path]:
 def _read(path: Path) -> bytes | None:
     try:
         with path.open("rb") as handle:
-            return handle.read(MAX_SECRET_BYTES)
+            return handle.read(MAX_SECRET_BYTES + 1)  # one past the cap: too large shows
     except OSError:
         return None
 

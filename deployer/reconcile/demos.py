@@ -22,7 +22,7 @@ from deployer.model.manifest import DemoSpec, SecretRef
 from deployer.reconcile.resolve import SERVICE_HOST, service_dir
 from deployer.reconcile.sources import SourceRegistry
 from deployer.safety import UnsafePath, contained
-from deployer.secrets import MASK, MIN_LENGTH, SecretStore
+from deployer.secrets import MASK, MIN_LENGTH, SecretMissing, SecretStore
 from deployer.store import Store
 
 DEMO_DIR = "demo"
@@ -65,7 +65,11 @@ class DemoRunner:
         headers, missing = {}, []
         for header, value in spec.headers.items():
             if isinstance(value, SecretRef):
-                found = self._secrets.value(value.secret, service=service)
+                try:
+                    found = self._secrets.value(value.secret, service=service)
+                except SecretMissing as exc:
+                    missing.append(f"header {header}: {exc}")
+                    continue
                 if found is None or len(found) < MIN_LENGTH:
                     missing.append(f"header {header}: secret {value.secret} is not set (or too short)")
                     continue

@@ -71,3 +71,11 @@ def test_redact_hides_quoted_values_but_not_apostrophes() -> None:
     assert redact("can't find command 'uvicorn'") == "can't find command '<hidden>'"
     assert redact("File contains parsing errors: 'KEY=\"s3cr3t\"'") == "File contains parsing errors: '<hidden>'"
     assert redact("it doesn't parse") == "it doesn't parse"
+
+
+def test_a_secret_too_large_is_refused_not_cut(tmp_path: Path) -> None:
+    put(tmp_path / "BIG", "x" * (64 * 1024 + 10))
+    with pytest.raises(SecretMissing, match="secret BIG is larger than 64 KiB"):
+        SecretStore(tmp_path).resolve(["BIG"], service="svc")
+    with pytest.raises(SecretMissing):
+        SecretStore(tmp_path).content("BIG", service="svc")
