@@ -61,11 +61,12 @@ class SupervisorRpc:
         self.timeout = timeout
 
     def call(self, method: str, *args: Any, ok: Collection[int] = (), timeout: float | None = None) -> Any:
-        """``supervisor.<method>(*args)``; faults in ``ok`` return None, others raise a deployer error."""
+        """``supervisor.<method>(*args)`` (or ``namespace.method``, dotted); faults in ``ok`` return
+        None, others raise a deployer error."""
         limit = self.timeout if timeout is None else timeout
         transport = _TimedTransport(self.socket_path, limit)
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        function: Callable[..., Any] = getattr(proxy.supervisor, method)
+        function: Callable[..., Any] = getattr(proxy, method if "." in method else f"supervisor.{method}")
         try:
             return function(*args)
         except xmlrpc.client.Fault as fault:
