@@ -334,7 +334,8 @@ def _read_paths(fields: dict[str, Any]) -> list[tuple[str, str]]:
     """Files deployer reads from a service folder, and what each one is (from the fields validated so far)."""
     hooks, docker = fields.get("hooks", HooksSpec()), fields.get("docker", DockerSpec())
     paths = [("requirements file", fields.get("requirements")), ("requirements file", "requirements.txt"),
-             ("requirements file", "pyproject.toml"), ("pre_deploy hook", hooks.pre_deploy),
+             ("requirements file", "pyproject.toml"), ("lock file", "uv.lock"), ("lock file", "poetry.lock"),
+             ("Python version file", ".python-version"), ("pre_deploy hook", hooks.pre_deploy),
              ("post_deploy hook", hooks.post_deploy), ("Dockerfile", docker.dockerfile or "Dockerfile")]
     paths += [(f"input of demo {demo.name}", demo.input or demo.file) for demo in fields.get("demo", [])]
     if PurePosixPath(fields.get("path", ".")) == PurePosixPath("."):

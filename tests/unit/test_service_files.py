@@ -52,6 +52,7 @@ def test_a_from_file_must_exist_in_the_service_folder(tmp_path: Path) -> None:
     ("[{path: x, secret: A}, {path: x, secret: B}]", "files: x is given twice"),
     ("[{path: service.yaml, secret: A}]", "files: service.yaml is the manifest"),
     ("[{path: requirements.txt, secret: A}]", "files: requirements.txt is the requirements file"),
+    ("[{path: uv.lock, secret: A}]", "files: uv.lock is the lock file"),
     ("[{path: a, secret: A}, {path: b, from: a}]", "files: b is made from a, which 'files:' writes itself"),
 ])
 def test_bad_files_entries_point_into_the_file(files: str, expected: str) -> None:
