@@ -72,7 +72,7 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     http = HttpChecks()
     sources = SourceRegistry(store, config.state_dir)
     observer = Observer(store, runtimes, http, events, probe=host.probe, probe_interval=config.probe_interval)
-    demos = DemoRunner(store, sources, http.client, config.state_dir, config.demo_limits)
+    demos = DemoRunner(store, sources, http.client, config.state_dir, config.demo_limits, secrets)
     steps = Steps(store)
     gate = Gate(http, demos, steps, wait_healthy=host.wait_healthy)
     router = Router(store, gateway, slot_bounds=config.slot_bounds, is_free=host.port_is_free,
@@ -81,7 +81,8 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
                          builds=threading.BoundedSemaphore(config.builds))
     rooms = Rooms(
         sources=sources,
-        resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds),
+        resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds,
+                          secrets=secrets),
         ports=ClaimedPorts(store, config.port_bounds, is_free=host.port_is_free, holder=host.port_holder,
                            grace=config.port_grace),
         observer=observer, rollout=Rollout(store, parts, gate, observer, events), demos=demos, secrets=secrets,

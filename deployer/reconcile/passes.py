@@ -233,7 +233,8 @@ class Reconciler:
 
     def _recorded_commit(self, source: GitSource, sha: str, trigger: Trigger) -> _Recorded | None:
         cached = self._recorded.get(source.name)
-        if cached is not None and cached.resolution.sha == sha:
+        if cached is not None and cached.resolution.sha == sha and \
+                not self.rooms.resolver.files_changed(source, cached.resolution):
             return cached
         try:
             resolution = self.rooms.resolver.resolve(source, sha, self.rooms.ports)
@@ -373,7 +374,7 @@ class Reconciler:
     def _apply(self, desired: DesiredService, action: Action, current: _Pass) -> str:
         revision, trigger = current.planned.revisions[desired.name], current.trigger
         try:
-            self.rooms.secrets.resolve(desired.secrets, service=desired.name)
+            self.rooms.secrets.resolve(desired.secret_names(), service=desired.name)
         except DeployerError as exc:  # waiting for an operator, not a bad revision
             self.rooms.recorder.service_problem(desired.name, exc, trigger)
             return "waiting"

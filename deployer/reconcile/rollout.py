@@ -1,4 +1,4 @@
-"""The rollout of one service: checkout → build → hooks → start → gate → switch → post-deploy hooks, or put back.
+"""One service's rollout: checkout → files → build → hooks → start → gate → switch → post-deploy hooks, or put back.
 
 Where the new revision starts is its ``Placement``: without the gateway, the service itself
 on its sticky port (recreate: the old process is replaced in place). Behind the gateway, a
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deployer.build import EnvBuilder
-from deployer.errors import BuildError, DeployerError, Reason
+from deployer.errors import BuildError, DeployerError, Reason, StalledError
 from deployer.hooks import HookRunner
 from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
@@ -29,10 +29,11 @@ from deployer.ports import is_free
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, HookSteps, Steps
 from deployer.reconcile.observe import Observer
-from deployer.reconcile.resolve import SERVICE_HOST, argv, service_dir
+from deployer.reconcile.resolve import SERVICE_HOST, argv, read_files, service_dir
 from deployer.reconcile.routing import Router, Target
 from deployer.reconcile.sources import SourceRegistry
 from deployer.runtimes.base import BuildsImages, Runtime
+from deployer.safety import UnsafePath, write_inside
 from deployer.secrets import SecretStore
 from deployer.store import Store
 
@@ -304,11 +305,13 @@ class Rollout:
             workdir = service_dir(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
         secret_env = self._parts.secrets.resolve(desired.secrets, service=desired.name)
+        files = self._files(desired, workdir, attempt, prefix,
+                            into_checkout=not isinstance(self._runtime(desired), BuildsImages))
         port = place.port if place.port is not None else desired.port
         environment = {**desired.env, "PORT": str(port), "HOST": SERVICE_HOST}
         deployment = Deployment(desired=desired, revision=revision, workdir=workdir, argv=argv(desired.command, port),
                                 environment=environment, secret_env=secret_env, slot=place.slot,
-                                slot_port=place.port)
+                                slot_port=place.port, files=files)
         runtime = self._runtime(desired)
         with self._steps.step(attempt, f"{prefix}build") as step, self._parts.builds:
             try:
@@ -323,6 +326,32 @@ class Rollout:
             done = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
             step.output = f"{built.summary}\n{done}"
         return replace(deployment, env_dir=built.env_dir)
+
+    def _files(self, desired: DesiredService, workdir: Path, attempt: int, prefix: str, *,
+               into_checkout: bool) -> tuple[tuple[str, bytes], ...]:
+        """The ``files:`` contents; a process runtime's are written into the checkout now (0600).
+
+        A container runtime copies them into the container before it starts (never into the image).
+        """
+        if not desired.files:
+            return ()
+        with self._steps.step(attempt, f"{prefix}files") as step:
+            contents = read_files(desired.name, desired.files, workdir, self._parts.secrets)
+            missing = [entry.secret for entry in desired.files if entry.secret and contents.get(entry.path) is None]
+            if missing:
+                self._parts.secrets.resolve(missing, service=desired.name)  # raises SecretMissing naming them
+            ready = tuple((path, data) for path, data in contents.items() if data is not None)
+            if into_checkout:
+                for path, data in ready:
+                    try:
+                        write_inside(workdir, path, data, mode=0o600)
+                    except (UnsafePath, OSError) as exc:
+                        raise StalledError(f"{desired.name}: files: cannot write {path}: {exc}",
+                                           reason=Reason.APPLY_FAILED) from None
+            step.output = "\n".join(f"{entry.path} (mode 0600) from " + (f"secret {entry.secret}" if entry.secret
+                                                                        else f"{entry.from_}")
+                                    for entry in desired.files)
+        return ready
 
     def _roll_back(self, name: str, failed_revision: int, attempt: int) -> RevisionView | None:
         """Put the last good revision back; return it, or None when there is none or it fails too."""

@@ -478,6 +478,8 @@ class Showcase:
     def _inputs(self, revision: RevisionView) -> dict[str, DemoInput]:
         inputs = {}
         for name, spec in _demo_specs(revision).items():
+            if not spec.get("input") and not spec.get("file"):
+                continue  # a GET or DELETE demo sends no body: nothing to show as its input
             sent_as = "json" if spec.get("input") else "file"
             path = str(spec.get("input") or spec.get("file") or "")
             media = _media_of(path, sent_as)

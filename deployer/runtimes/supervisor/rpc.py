@@ -85,9 +85,11 @@ class SupervisorRpc:
             transport.close()
 
     def _fault_error(self, method: str, fault: xmlrpc.client.Fault) -> ApplyError | RuntimeUnavailable:
-        text = redact(str(fault.faultString))
+        text = str(fault.faultString)
         if fault.faultCode == Faults.SHUTDOWN_STATE:
             return RuntimeUnavailable(f"supervisord at {self.socket_path} is shutting down")
-        if fault.faultCode == Faults.CANT_REREAD:
-            return ApplyError(f"supervisord cannot re-read its program files in {self.include_dir}: {text}")
+        if fault.faultCode == Faults.CANT_REREAD:  # a parser message: it may quote an environment value
+            return ApplyError(f"supervisord cannot re-read its program files in {self.include_dir}: {redact(text)}")
+        # The other faults name a program or its command (from git, no secret): shown whole, as
+        # "NO_FILE: can't find command 'uvicorn'" (service output is masked by the store anyway).
         return ApplyError(f"supervisord {method}: {text}")
