@@ -23,7 +23,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployer.errors import ConfigError
-from deployer.gitea import PushEvent, WebhookError, classify, extract_payload, parse_push, verify_signature
+from deployer.gitea import (
+    PushEvent,
+    WebhookError,
+    classify,
+    clone_url,
+    extract_payload,
+    parse_push,
+    verify_signature,
+)
 from deployer.metrics import Metrics
 from deployer.model.status import DeliveryResult, Trigger
 from deployer.reconcile import SourceSpec
@@ -118,7 +126,11 @@ class WebhookReceiver:
 
     def _route(self, delivery: _Delivery, push: PushEvent) -> JSONResponse:
         delivery = _Delivery(delivery.delivery_id, delivery.event, push.full_name, push.ref, push.after)
-        source = self._source_for(push)
+        try:
+            source = self._source_for(push)
+        except WebhookError as exc:  # a clone URL deployer will not follow: nothing is written
+            self._record(delivery, DeliveryResult.REJECTED, f"400: {exc}")
+            return _answer(400, "rejected", str(exc))
         if source is None:
             detail = (f"repository {push.full_name} is not a configured source and its owner is not in "
                       "gitea.allowed_owners")
@@ -147,14 +159,22 @@ class WebhookReceiver:
         return _answer(202, "accepted", f"pass requested for source {source.name} at {push.after[:7]}")
 
     def _source_for(self, push: PushEvent) -> SourceSpec | None:
+        """The followed source this push is about, or a new one of an allowed owner; None when neither.
+
+        Everything comes from the push's one validated identity, ``full_name``: the match with
+        a followed source, the allowed-owner check (its owner part) and the clone URL
+        (``clone_url``). Gitea's owner and repository names are case-insensitive, so are the
+        matches: a renamed ``Acme`` never becomes a second source beside ``acme``.
+        """
+        identity = push.full_name.lower()
         for spec in self._sources.specs():
-            if spec.name == push.full_name or _same_repo(spec.url, push):
+            if spec.name.lower() == identity or _repo_path(spec.url).endswith(f"/{identity}"):
                 return spec
-        owner_ok = push.owner.lower() in {owner.lower() for owner in self._routing.allowed_owners}
-        if not owner_ok or not push.name.startswith(self._routing.repo_prefix):
+        owner, _, name = push.full_name.partition("/")
+        if owner.lower() not in {allowed.lower() for allowed in self._routing.allowed_owners} \
+                or not name.startswith(self._routing.repo_prefix):
             return None
-        base = self._routing.base_url.rstrip("/")
-        url = f"{base}/{push.full_name}.git" if base else push.clone_url
+        url = clone_url(push.full_name, push.clone_url, self._routing.base_url)
         return SourceSpec(push.full_name, url, self._routing.branch or push.default_branch)
 
     def _record(self, delivery: _Delivery, result: DeliveryResult, detail: str) -> None:
@@ -245,10 +265,9 @@ def _event(request: Request) -> str:
     return ""
 
 
-def _same_repo(url: str, push: PushEvent) -> bool:
-    normal = url.rstrip("/").removesuffix(".git")
-    return normal in {push.clone_url.removesuffix(".git"), push.html_url.rstrip("/")} or \
-        normal.endswith(f"/{push.full_name}")
+def _repo_path(url: str) -> str:
+    """A followed source's URL as ``…/owner/name``, lower case, to match a push's identity against."""
+    return url.rstrip("/").removesuffix(".git").lower()
 
 
 async def _read_capped(request: Request, limit: int) -> bytes | None:
