@@ -230,7 +230,8 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
             raise RuntimeError(f"the gateway does not answer on {daemon.settings.gateway.listen}; "
                                "the next pass restarts it (see <state>/gateway/error.log)")
 
-    checks: dict[str, Callable[[], None]] = {"store": daemon.store.ping, "scheduler": scheduler_alive}
+    checks: dict[str, Callable[[], None]] = {"store": daemon.store.ping, "scheduler": scheduler_alive,
+                                             "webhook_audit": daemon.webhook.check}
     checks.update({name: runtime_check(name, runtime) for name, runtime in daemon.runtimes.items()})
     if daemon.gateway is not None:
         checks["gateway"] = gateway_answers

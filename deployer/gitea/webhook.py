@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from urllib.parse import parse_qs
 from deployer.safety import SOURCE_NAME_RULE, is_full_sha, is_source_name, is_zero_sha, strip_credentials, unsafe_remote
 
 _FORM = "application/x-www-form-urlencoded"
+MAX_REF = 1000
+_NOT_IN_REF = re.compile("[\x00-\x20\x7f\ud800-\udfff]")
 _JSON = "application/json"
 
 
@@ -100,7 +103,7 @@ def parse_push(payload: bytes) -> PushEvent:
         clone_url=_text(data, "repository.clone_url"),
         html_url=_text(data, "repository.html_url", required=False),
         default_branch=_text(data, "repository.default_branch", required=False) or "main",
-        ref=_text(data, "ref"),
+        ref=_ref(data),
         before=_sha(data, "before"),
         after=_sha(data, "after"),
         pusher=_text(data, "pusher.login", required=False),
@@ -196,6 +199,15 @@ def _int(data: Any, dotted: str) -> int:
         raise WebhookError(f"missing field {dotted}")
     if not isinstance(value, int) or isinstance(value, bool):
         raise WebhookError(f"field {dotted} is not a number")
+    return value
+
+
+def _ref(data: Any) -> str:
+    """The pushed ref; a control character, a space or a lone surrogate is no git ref (git refuses them too)."""
+    value = _text(data, "ref")
+    if len(value) > MAX_REF or _NOT_IN_REF.search(value):
+        raise WebhookError(f"field ref is not a git ref name (control characters, spaces or over {MAX_REF} "
+                           "characters)")
     return value
 
 

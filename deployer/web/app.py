@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from deployer.metrics import Metrics
@@ -22,6 +23,7 @@ from deployer.scheduler import WorkQueue
 from deployer.store import Store
 from deployer.web.api import Api
 from deployer.web.errors import handlers
+from deployer.web.headers import SecurityHeaders
 from deployer.web.monitoring import Monitoring
 from deployer.web.pages import Pages
 from deployer.web.showcase import Showcase
@@ -72,4 +74,4 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/api/services/{name}/{action}", api.act, methods=["POST"]),
         Route("/healthz", monitoring.healthz),
         Route("/metrics", monitoring.metrics),
-    ], lifespan=lifespan, exception_handlers=handlers())
+    ], lifespan=lifespan, exception_handlers=handlers(pages.store_down), middleware=[Middleware(SecurityHeaders)])

@@ -5,7 +5,8 @@ bytes → event → source → branch/test filter → dedupe on (repository, ref
 after) → record and request a pass. It never clones, renders or touches a
 runtime, and the database stays off the request path: dedupe keys live in
 memory (loaded from the audit at start), audit rows and "pending" commit
-statuses are written by a background thread. Audit rows never hold headers or secrets.
+statuses are written by a background thread, which keeps them in memory while the
+database is down and writes them when it is back. Audit rows never hold headers or secrets.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import queue
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
@@ -37,7 +38,7 @@ from deployer.model.status import DeliveryResult, Trigger
 from deployer.reconcile import SourceSpec
 from deployer.reconcile.sources import SourceRegistry
 from deployer.scheduler import WorkQueue
-from deployer.store import Delivery, Store
+from deployer.store import Delivery, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ MAX_BODY = 1024 * 1024
 DEDUPE_MEMORY = 10_000  # accepted pushes remembered; an older replay just causes a no-op pass
 AUDIT_BATCH = 200
 AUDIT_GATHER = 0.1  # seconds the audit writer waits to fill a batch
+AUDIT_KEPT = 10_000  # audit rows kept in memory while the database is down
+AUDIT_RETRY_FIRST, AUDIT_RETRY_MAX = 0.5, 10.0  # seconds between writes of kept rows (doubling)
 _DELIVERY_ID = re.compile(r"[^A-Za-z0-9-]")
 
 
@@ -93,6 +96,12 @@ class WebhookReceiver:
 
     def flush(self, timeout: float = 5.0) -> bool:
         return self._audit.flush(timeout)
+
+    def check(self) -> None:
+        """For ``/healthz``: raises while deliveries wait in memory for the database."""
+        problem = self._audit.problem
+        if problem is not None:
+            raise RuntimeError(problem)
 
     async def handle(self, request: Request) -> JSONResponse:
         delivery = _Delivery(
@@ -146,6 +155,10 @@ class WebhookReceiver:
             except ConfigError as exc:  # checked before anything is written
                 self._record(delivery, DeliveryResult.REJECTED, f"400: {exc}")
                 return _answer(400, "rejected", str(exc))
+            except StoreError as exc:  # refused, so Gitea shows the delivery failed; a redelivery follows it
+                self._record(delivery, DeliveryResult.REJECTED, f"503: {exc}")
+                return _answer(503, "rejected", f"{source.name} cannot be followed while the database is down; "
+                                                "redeliver this push from Gitea once /healthz is ok")
         key = (push.full_name, push.ref, push.after)
         with self._dedupe:
             if key in self._accepted:
@@ -194,8 +207,12 @@ class _AuditRow:
 
 
 class _AuditWriter:
-    """Writes delivery audit rows in batches, off the request path.
+    """Writes delivery audit rows in batches, off the request path; keeps them while the database is down.
 
+    Rows the database cannot take now stay in memory (at most ``AUDIT_KEPT``; beyond that the
+    oldest go, counted and logged) and are written again with backoff; ``problem`` says so,
+    and ``/healthz`` shows it. A batch the database refuses while it answers (a value it
+    cannot store) is written row by row, so one bad row never costs the others.
     Commit statuses are not sent from here: a service's "pending" goes out when its deploy
     starts (a push that leaves a service unchanged must not leave it pending forever).
     """
@@ -204,6 +221,10 @@ class _AuditWriter:
         self._store = store
         self._rows: queue.Queue[_AuditRow | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._kept: deque[_AuditRow] = deque()
+        self._dropped = 0
+        self._retry_in = AUDIT_RETRY_FIRST
+        self.problem: str | None = None
 
     def start(self) -> None:
         if self._thread is None:
@@ -211,9 +232,11 @@ class _AuditWriter:
             self._thread.start()
 
     def put(self, row: _AuditRow) -> None:
+        if self._thread is None:  # not started (a test building the app in-process): write now
+            self._keep([row])
+            self._write_kept()
+            return
         self._rows.put(row)
-        if self._thread is None:  # not started (a test building the app by hand): write now
-            self._write([row])
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -226,28 +249,78 @@ class _AuditWriter:
             self._rows.put(None)
             self._thread.join(10)
             self._thread = None
+        if self._kept:
+            log.error("%d webhook deliveries could not be recorded before shutdown (%s); their pushes were "
+                      "queued, and the poll catches up on any pass that did not run", len(self._kept), self.problem)
 
     def _run(self) -> None:
         while True:
-            batch = [self._rows.get()]
-            # Gather for a moment: a burst becomes a few commits instead of one per delivery.
-            deadline = time.monotonic() + AUDIT_GATHER
-            while len(batch) < AUDIT_BATCH and batch[-1] is not None:
-                try:
-                    batch.append(self._rows.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
+            batch = self._gather()
             rows = [row for row in batch if row is not None]
-            try:
-                if rows:
-                    self._write(rows)
-            except Exception:  # the audit must not take the receiver down; the push itself is queued
-                log.exception("could not record %d webhook deliveries", len(rows))
-            finally:
-                for _ in batch:
-                    self._rows.task_done()
+            self._keep(rows)
+            if self._kept:
+                self._write_kept()
+            for _ in batch:
+                self._rows.task_done()
             if len(rows) < len(batch):
                 return
+
+    def _gather(self) -> list[_AuditRow | None]:
+        """The next batch; empty when rows are kept and it is time to try them again."""
+        try:
+            batch = [self._rows.get(timeout=self._retry_in if self._kept else None)]
+        except queue.Empty:
+            return []
+        # Gather for a moment: a burst becomes a few commits instead of one per delivery.
+        deadline = time.monotonic() + AUDIT_GATHER
+        while len(batch) < AUDIT_BATCH and batch[-1] is not None:
+            try:
+                batch.append(self._rows.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def _keep(self, rows: list[_AuditRow]) -> None:
+        self._kept.extend(rows)
+        while len(self._kept) > AUDIT_KEPT:
+            self._kept.popleft()
+            self._dropped += 1
+        if self._dropped and self._dropped % 100 == 1:
+            log.error("webhook audit: %d deliveries dropped unrecorded (more than %d waiting for the database)",
+                      self._dropped, AUDIT_KEPT)
+
+    def _write_kept(self) -> None:
+        rows = list(self._kept)
+        try:
+            self._write(rows)
+        except Exception as exc:  # the audit must not take the receiver down; the push itself is queued
+            if not self._reachable():
+                self._retry_in = min(self._retry_in * 2, AUDIT_RETRY_MAX)
+                self.problem = (f"{len(rows)} webhook deliveries kept in memory, not yet recorded "
+                                f"(retrying in {self._retry_in:.0f}s): {exc}")
+                log.warning("webhook audit: %s", self.problem)
+                return
+            self._write_one_by_one(rows)
+        self._kept.clear()
+        self._retry_in = AUDIT_RETRY_FIRST
+        if self.problem is not None:
+            log.info("webhook audit: the database is back; every kept delivery is recorded")
+        self.problem = None
+
+    def _reachable(self) -> bool:
+        try:
+            self._store.ping()
+        except Exception:
+            return False
+        return True
+
+    def _write_one_by_one(self, rows: list[_AuditRow]) -> None:
+        for row in rows:
+            try:
+                self._write([row])
+            except Exception:
+                log.exception("webhook audit: the database refused the row of delivery %s",
+                              row.delivery.delivery_id or "-")
 
     def _write(self, rows: list[_AuditRow]) -> None:
         self._store.deliveries.record([Delivery(row.delivery.delivery_id, row.delivery.event,
