@@ -25,6 +25,7 @@ from deployer.web.api import Api
 from deployer.web.errors import handlers
 from deployer.web.headers import SecurityHeaders
 from deployer.web.monitoring import Monitoring
+from deployer.web.openapi import openapi
 from deployer.web.pages import Pages
 from deployer.web.showcase import Showcase
 from deployer.web.webhook import WebhookReceiver
@@ -62,6 +63,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/services/{name}/demo-output/{result}", pages.demo_output),
         Route("/groups/{group}", pages.group),
         Route("/deliveries", pages.deliveries),
+        Route("/api/openapi.json", openapi),
         Route("/api/services", api.services),
         Route("/api/services/{name}", api.service),
         Route("/api/services/{name}/diff", api.diff),
