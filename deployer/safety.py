@@ -3,7 +3,8 @@
 Everything deployer reads from a checkout goes through ``contained``, ``file_inside`` or
 ``read_inside``: a symlink is followed only while it stays inside the root, and no read is
 larger than its cap. Every URL or git message shown, logged or stored first loses its
-credentials (``strip_credentials``, ``scrub``). Commit ids are checked by the patterns here.
+credentials (``strip_credentials``, ``scrub``). Commit ids are checked by the patterns here,
+and a clone URL someone else handed in by ``unsafe_remote``.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from tests import gitea_payloads as gp
 from tests.security.inprocess import SECRET, App, running_app
+from tests.security.tally import count
 
 EXAMPLES = int(os.environ.get("DEPLOYER_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -80,6 +81,7 @@ def assert_only_allowed_sources(app: App) -> None:
 
 def send(app: App, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
     response = app.client.post("/hooks/gitea", content=body, headers=headers)
+    count("webhook", response.status_code)
     assert response.status_code < 500, (response.status_code, response.text[:300])
     return response
 
