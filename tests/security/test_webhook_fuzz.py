@@ -43,13 +43,25 @@ HOSTILE_URLS = (
     "http://metadata.google.internal/{full}.git", "http://0.0.0.0/{full}.git", "http://user:pw@gitea.example/{full}.git",
     "http://gitea.example/{full}.git?x=1", "http://gitea.example/other/repo.git",
 )
-OWNERS = st.sampled_from(["acme", "ACME", "Acme", "evil", "acme ", "", "ac/me", "..", "-acme", "ac\x00me", "ácme"])
-NAMES = st.one_of(st.sampled_from(["models", "_private", ".profile", "x.git", "-rf", "..", ".", "a/b", "mödels",
-                                   "x" * 101, "m\x00", "m\u202e", ""]),
+# What breaks things: NUL, lone surrogates, controls, bidi overrides, separators, quotes, git's ref syntax.
+DANGER = st.one_of(st.sampled_from(["\x00", "\ud800", "\udfff"]),  # the ones that broke a store or an answer
+                   st.sampled_from([*"\u202e\u2028\n\r\t \x7f%\\'\"<&", "..", "//", "@{", "~"]))
+ANY_TEXT = st.lists(st.one_of(DANGER, st.characters(exclude_categories=())), max_size=30).map("".join)
+
+
+def spiked(base: str) -> st.SearchStrategy[str]:
+    """``base`` with one dangerous character or sequence put in somewhere."""
+    return st.tuples(st.integers(0, len(base)), DANGER).map(lambda cut: base[:cut[0]] + cut[1] + base[cut[0]:])
+
+
+OWNERS = st.one_of(spiked("acme"), st.sampled_from(["acme", "ACME", "Acme", "evil", "acme ", "", "ac/me", "..",
+                                                    "-acme", "ácme"]))
+NAMES = st.one_of(spiked("models"), st.sampled_from(["models", "_private", ".profile", "x.git", "-rf", "..", ".",
+                                                     "a/b", "mödels", "x" * 101, ""]),
                   st.text(alphabet=string.ascii_letters + string.digits + "._-", min_size=1, max_size=12))
-REFS = st.one_of(st.sampled_from(["refs/heads/main", "refs/heads/dev", "refs/tags/v1", "main", "refs/heads/main\x00",
-                                  "refs/heads/ma\x00in", "refs/heads/\ud800", "refs/heads/" + "x" * 300, ""]),
-                 st.text(max_size=40).map(lambda text: "refs/heads/" + text))
+REFS = st.one_of(spiked("refs/heads/main"), st.sampled_from(["refs/heads/dev", "refs/tags/v1", "main", "",
+                                                             "refs/heads/" + "x" * 300]),
+                 ANY_TEXT.map(lambda text: "refs/heads/" + text), ANY_TEXT)
 HEX = st.text(alphabet="0123456789abcdef", min_size=40, max_size=40)
 SHAS = st.one_of(HEX, st.sampled_from(["0" * 40, "0" * 64, "A" * 40, "g" * 40, "a" * 39, "a" * 65, "", "HEAD",
                                        "--upload-pack=id", "a" * 40 + "\n"]),
@@ -134,22 +146,43 @@ def test_without_a_valid_signature_nothing_changes_and_nothing_fails(
 
 @st.composite
 def hostile_pushes(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
-    owner, name = draw(OWNERS), draw(NAMES)
-    full = draw(st.one_of(st.just(f"{owner}/{name}"), st.sampled_from(["evil/x", "acme/../../etc", "acme/x/y", "",
-                                                                        "acme/models", "ACME/models"])))
-    url = draw(st.one_of(st.sampled_from(GOOD_HOSTS).map(lambda host: f"{host}/{full}.git"),
-                         st.sampled_from(HOSTILE_URLS).map(lambda template: template.format(full=full)),
-                         st.text(max_size=60)))
-    payload = gp.push_payload("acme", "models", draw(REFS), draw(SHAS), draw(SHAS), "http://gitea.example/a/b.git")
+    """A push that would be accepted, with one to three of its fields made hostile (so each one is reached)."""
+    owner, name = draw(st.sampled_from(["acme", "Acme"])), draw(st.sampled_from(["models", "_private", ".profile"]))
+    host = draw(st.sampled_from(GOOD_HOSTS))
+    payload = gp.push_payload(owner, name, "refs/heads/main", draw(HEX), draw(HEX), f"{host}/{owner}/{name}.git")
     repository = payload["repository"]
-    repository.update(name=name, full_name=full, clone_url=url)
-    repository["owner"]["login"] = owner
-    for field in draw(st.lists(st.sampled_from(["repository", "repository.owner", "ref", "after", "head_commit",
-                                                "repository.id", "commits"]), max_size=2)):
-        parent, _, key = field.rpartition(".")
-        target = repository if parent == "repository" else payload
-        target[key] = draw(JSON_VALUES)  # a field of another type, nested, or missing (None)
-    return payload, draw(st.sampled_from(["json", "form", "ascii-json"]))
+    kinds = st.sampled_from(["ref", "before", "after", "owner", "name", "full_name", "clone_url", "identity", "type"])
+    changes = draw(st.lists(kinds, min_size=1, max_size=3))
+    for change in sorted(changes, key=lambda kind: kind == "type"):  # last: it may replace what others edit
+        full = repository["full_name"]
+        match change:
+            case "ref":
+                payload["ref"] = draw(REFS)
+            case "before" | "after":
+                payload[change] = draw(SHAS)
+            case "owner":
+                repository["owner"]["login"] = draw(OWNERS)
+            case "name":
+                repository["name"] = draw(NAMES)
+            case "full_name":
+                repository["full_name"] = draw(st.sampled_from(["evil/x", "acme/../../etc", "acme/x/y", "",
+                                                                "ACME/models", f"{full}\x00", f"{full} "]))
+            case "clone_url":
+                repository["clone_url"] = draw(st.one_of(
+                    st.sampled_from(HOSTILE_URLS).map(lambda template, full=full: template.format(full=full)),
+                    st.text(max_size=60)))
+            case "identity":  # a consistent identity of another owner or with a hostile name
+                owner, name = draw(OWNERS), draw(NAMES)
+                repository["owner"]["login"], repository["name"] = owner, name
+                repository["full_name"] = f"{owner}/{name}"
+                repository["clone_url"] = f"{host}/{owner}/{name}.git"
+            case "type":  # a field of another type, nested, or null
+                field = draw(st.sampled_from(["repository", "repository.owner", "ref", "after", "head_commit",
+                                              "repository.id", "commits", "repository.full_name", "pusher"]))
+                parent, _, key = field.rpartition(".")
+                (repository if parent == "repository" else payload)[key] = draw(JSON_VALUES)
+    # ASCII escapes carry every code point (lone surrogates too); raw UTF-8 and form bodies are Gitea's own.
+    return payload, draw(st.sampled_from(["json", "form", "ascii-json", "ascii-json", "ascii-json"]))
 
 
 @FUZZ
@@ -159,10 +192,10 @@ def test_signed_hostile_pushes_never_fail_and_never_follow_a_url_outside_the_rul
     payload, encoding = case
     signed = json.dumps(payload).encode() if encoding == "ascii-json" else \
         json.dumps(payload, ensure_ascii=False).encode("utf-8", "surrogatepass")
-    body = gp.wire_body(signed, "form") if encoding == "form" else signed
-    content_type = b"application/x-www-form-urlencoded" if encoding == "form" else b"application/json"
     if encoding == "form" and not _utf8(signed):
         return  # a form field is text; such bytes cannot be a form payload at all
+    body = gp.wire_body(signed, "form") if encoding == "form" else signed
+    content_type = b"application/x-www-form-urlencoded" if encoding == "form" else b"application/json"
     send(app, body, signed_headers(signed, event=event, content_type=content_type))
     assert_only_allowed_sources(app)
     for name, url in app.state()[0]:
