@@ -23,7 +23,7 @@ from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
 from deployer.errors import ConfigError, DeployerError
 from deployer.gateway import GatewayConfig, NginxGateway, TrafficReader, build_gateway
-from deployer.gitea import GiteaClient, StatusReporter
+from deployer.gitea import GiteaClient, StatusReporter, WebhookError, clone_url
 from deployer.hooks import HookRunner
 from deployer.metrics import Metrics
 from deployer.model.status import Trigger
@@ -190,9 +190,10 @@ def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, confi
         if reconciler.sources.has(record.name):
             continue
         if record.origin == "gitea":  # repos first seen through a webhook stay followed
-            try:
-                reconciler.add_source(SourceSpec(record.name, record.url, record.branch), origin="gitea")
-            except ConfigError as exc:  # a stored row never stops start-up: say so and go on
+            try:  # from the same identity and rule as a webhook's (an older version stored payload URLs)
+                url = clone_url(record.name, record.url, settings.gitea.clone_base or settings.gitea.url)
+                reconciler.add_source(SourceSpec(record.name, url, record.branch), origin="gitea")
+            except (ConfigError, WebhookError) as exc:  # a stored row never stops start-up: say so and go on
                 log.error("stored source skipped: %s", exc)
                 reconciler.sources.set_error(record.name[:120], f"not followed: {exc}")
             continue
@@ -243,7 +244,8 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
                                "database need room; deploys fail until space returns")
 
     checks: dict[str, Callable[[], None]] = {"store": daemon.store.ping, "scheduler": scheduler_alive,
-                                             "disk": state_dir_space}
+                                             "disk": state_dir_space,
+                                             "webhook_audit": daemon.webhook.check}
     checks.update({name: runtime_check(name, runtime) for name, runtime in daemon.runtimes.items()})
     if daemon.gateway is not None:
         checks["gateway"] = gateway_answers

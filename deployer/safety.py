@@ -3,13 +3,16 @@
 Everything deployer reads from a checkout goes through ``contained``, ``file_inside`` or
 ``read_inside``: a symlink is followed only while it stays inside the root, and no read is
 larger than its cap. Every URL or git message shown, logged or stored first loses its
-credentials (``strip_credentials``, ``scrub``). Commit ids are checked by the patterns here.
+credentials (``strip_credentials``, ``scrub``). Commit ids are checked by the patterns here,
+and a clone URL someone else handed in by ``unsafe_remote``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import stat
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +30,12 @@ ZERO_SHA = re.compile(r"0{40}|0{64}")  # git's "no commit": a branch created or 
 SHA_PREFIX = re.compile(r"[0-9a-f]{4,64}")
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
 _WEB_SCHEMES = frozenset({"http", "https"})
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+_LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+")  # 127.1, 2130706433, 0x7f.0.0.1: git and curl read them as addresses
+# Names that lead to this host or to a cloud provider's instance metadata (credentials live there).
+_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "metadata",
+                          "metadata.google.internal", "instance-data", "instance-data.ec2.internal"})
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
 class UnsafePath(ValueError):
@@ -115,6 +124,60 @@ def write_inside(root: Path, relative: str | Path, data: bytes, *, mode: int = 0
 def is_source_name(name: str) -> bool:
     """True for names deployer can follow: they become folder names under the state dir."""
     return _SOURCE_NAME.fullmatch(name) is not None and not name.endswith(".git")
+
+
+def unsafe_remote(url: str) -> str | None:
+    """Why a clone URL someone else handed in must not be cloned, or None when it may be.
+
+    Only ``http(s)://HOST[:PORT]/PATH``: never a local path or ``file://`` (any repository on
+    this host), another scheme (``ext::``, ``ssh`` with options), user info, a query, or a host
+    that is this machine or a link-local address (cloud metadata at 169.254.169.254), however
+    it is spelled (``127.1``, ``2130706433``, ``[::ffff:127.0.0.1]``, ``localhost.``). Private LAN
+    addresses are allowed: a Gitea on the LAN is the usual case. Names are not resolved (the
+    webhook does no I/O); a configured ``[gitea] url`` is the only full protection.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "it is not a well-formed URL"
+    if parts.scheme.lower() not in _WEB_SCHEMES:
+        return "only http(s) URLs are cloned, never a local path, file:// or another scheme"
+    if "@" in parts.netloc or parts.query or parts.fragment or port == 0:
+        return "a clone URL carries no user info, query or fragment"
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        return "it names no host"
+    return _local_host(host)
+
+
+def _local_host(host: str) -> str | None:
+    address = _address(host)
+    if address is None:
+        if _HOST_NAME.fullmatch(host) is None:
+            return f"host {host[:80]!r} is not a host name"
+        if host in _LOCAL_NAMES or host.endswith(".localhost"):
+            return f"host {host!r} is this machine or a metadata service"
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if (address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast
+            or address.is_reserved or (address.version == 4 and address in _THIS_NETWORK)):
+        return f"address {address} is this machine, link-local (cloud metadata) or not routable"
+    return None
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _LEGACY_IPV4.fullmatch(host) and any(char.isdigit() for char in host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 # -- credentials -----------------------------------------------------------

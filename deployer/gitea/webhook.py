@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from deployer.safety import SOURCE_NAME_RULE, is_full_sha, is_source_name, is_zero_sha
+from deployer.safety import SOURCE_NAME_RULE, is_full_sha, is_source_name, is_zero_sha, strip_credentials, unsafe_remote
 
 _FORM = "application/x-www-form-urlencoded"
+MAX_REF = 1000
+_NOT_IN_REF = re.compile("[\x00-\x20\x7f\ud800-\udfff]")
 _JSON = "application/json"
 
 
@@ -100,7 +103,7 @@ def parse_push(payload: bytes) -> PushEvent:
         clone_url=_text(data, "repository.clone_url"),
         html_url=_text(data, "repository.html_url", required=False),
         default_branch=_text(data, "repository.default_branch", required=False) or "main",
-        ref=_text(data, "ref"),
+        ref=_ref(data),
         before=_sha(data, "before"),
         after=_sha(data, "after"),
         pusher=_text(data, "pusher.login", required=False),
@@ -123,6 +126,28 @@ def _repository_identity(data: Any) -> str:
     if not is_source_name(full_name):
         raise WebhookError(f"repository {full_name[:120]!r} cannot be followed: {SOURCE_NAME_RULE}")
     return full_name
+
+
+def clone_url(full_name: str, payload_url: str, base_url: str) -> str:
+    """Where the repository ``full_name`` (its one validated identity) is cloned from.
+
+    With a configured Gitea (``[gitea] clone_base`` or ``url``: ``base_url``) the URL is built
+    from the identity and the payload's ``clone_url`` is not used at all. Without one, the
+    payload's URL is taken only when it is this very repository's (``…/owner/name.git``) on an
+    http(s) host that is not this machine or a link-local (metadata) address: a signed payload
+    must not make deployer clone a local repository or reach a host-internal service.
+    """
+    if base_url:
+        return f"{base_url.rstrip('/')}/{full_name}.git"
+    shown = strip_credentials(payload_url)[:200]
+    problem = unsafe_remote(payload_url)
+    if problem is not None:
+        raise WebhookError(f"repository.clone_url {shown!r} is not cloned: {problem}; set [gitea] url "
+                           "(or clone_base) to clone from the configured Gitea")
+    if not payload_url.endswith(f"/{full_name}.git"):
+        raise WebhookError(f"repository.clone_url {shown!r} is not the clone URL of {full_name} "
+                           f"(…/{full_name}.git)")
+    return payload_url
 
 
 def classify(event: PushEvent, branch: str) -> str | None:
@@ -174,6 +199,15 @@ def _int(data: Any, dotted: str) -> int:
         raise WebhookError(f"missing field {dotted}")
     if not isinstance(value, int) or isinstance(value, bool):
         raise WebhookError(f"field {dotted} is not a number")
+    return value
+
+
+def _ref(data: Any) -> str:
+    """The pushed ref; a control character, a space or a lone surrogate is no git ref (git refuses them too)."""
+    value = _text(data, "ref")
+    if len(value) > MAX_REF or _NOT_IN_REF.search(value):
+        raise WebhookError(f"field ref is not a git ref name (control characters, spaces or over {MAX_REF} "
+                           "characters)")
     return value
 
 

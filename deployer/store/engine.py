@@ -7,6 +7,7 @@ web thread share one engine; SQLAlchemy and Alembic errors become ``StoreError``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Execution option asking SQLite for BEGIN IMMEDIATE (see _on_sqlite_begin).
 _SQLITE_WRITE = "deployer_sqlite_write"
 _T = TypeVar("_T")
+# What no database text column can hold: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+PG_CONNECT_TIMEOUT = 5  # seconds: a database behind a dead route fails a request, it does not hang it
 
 
 class StoreError(TransientError):
@@ -101,6 +105,15 @@ def retry_once(action: Callable[[], _T]) -> _T:
         return action()
 
 
+def storable(text: str) -> str:
+    """``text`` with what no text column can hold (NUL, lone surrogates) shown as U+FFFD.
+
+    For values that come from outside (a webhook's ref, a delivery id): one such value must
+    not make the database refuse the whole batch it is written in.
+    """
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def describe(op: str, exc: SQLAlchemyError) -> str:
     """A one-line message without SQL text or bound values."""
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
@@ -113,7 +126,8 @@ def _create_engine(url: str) -> Engine:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
-        return create_engine(_with_installed_driver(parsed), pool_pre_ping=True)
+        return create_engine(_with_installed_driver(parsed), pool_pre_ping=True,
+                             connect_args={"connect_timeout": PG_CONNECT_TIMEOUT})
     except (ArgumentError, ImportError, OSError) as exc:
         raise StoreError(f"store: database url is not usable: {exc}") from exc
 

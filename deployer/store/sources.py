@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from deployer.model.status import DeliveryResult
 from deployer.safety import strip_credentials
-from deployer.store.engine import Database, StoreError, retry_once
-from deployer.store.tables import DeliveryRow, SourceRow, utcnow
+from deployer.store.engine import Database, StoreError, retry_once, storable
+from deployer.store.tables import SHA, SHORT, DeliveryRow, SourceRow, utcnow
 
 ORIGINS = frozenset({"config", "gitea"})
 
@@ -89,9 +89,11 @@ class Deliveries:
         self._db = db
 
     def record(self, deliveries: Sequence[Delivery]) -> None:
-        """Many audit rows in one transaction."""
-        rows = [DeliveryRow(delivery_id=d.delivery_id, event=d.event, repository=d.repository, ref=d.ref,
-                            after=d.after, result=DeliveryResult(d.result).value, detail=d.detail)
+        """Many audit rows in one transaction; what a column cannot hold (a NUL, a long ref) is cut or replaced."""
+        rows = [DeliveryRow(delivery_id=storable(d.delivery_id)[:100], event=storable(d.event)[:SHORT],
+                            repository=storable(d.repository)[:200], ref=storable(d.ref)[:255],
+                            after=storable(d.after)[:SHA], result=DeliveryResult(d.result).value,
+                            detail=storable(d.detail))
                 for d in deliveries]
         with self._db.transaction("record_deliveries", write=True) as session:
             session.add_all(rows)

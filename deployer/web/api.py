@@ -112,7 +112,10 @@ class Api:
         return Response(text, media_type="text/plain; charset=utf-8")
 
     async def plan(self, request: Request) -> Response:
+        """A dry run; ``fetch=1`` asks every source's remote first, so it needs the token like an action."""
         fetch = request.query_params.get("fetch") in ("1", "true", "yes")
+        if fetch:
+            require_token(request, self.api_token)
         lines = await run_in_threadpool(lambda: self.reconciler.preview(fetch=fetch))
         wanted = request.query_params.get("service")
         actions = [action_json(source, action) for source, action in lines

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from deployer.metrics import Metrics
@@ -22,7 +23,9 @@ from deployer.scheduler import WorkQueue
 from deployer.store import Store
 from deployer.web.api import Api
 from deployer.web.errors import handlers
+from deployer.web.headers import SecurityHeaders
 from deployer.web.monitoring import Monitoring
+from deployer.web.openapi import openapi
 from deployer.web.pages import Pages
 from deployer.web.showcase import Showcase
 from deployer.web.webhook import WebhookReceiver
@@ -60,6 +63,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/services/{name}/demo-output/{result}", pages.demo_output),
         Route("/groups/{group}", pages.group),
         Route("/deliveries", pages.deliveries),
+        Route("/api/openapi.json", openapi),
         Route("/api/services", api.services),
         Route("/api/services/{name}", api.service),
         Route("/api/services/{name}/diff", api.diff),
@@ -72,4 +76,4 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/api/services/{name}/{action}", api.act, methods=["POST"]),
         Route("/healthz", monitoring.healthz),
         Route("/metrics", monitoring.metrics),
-    ], lifespan=lifespan, exception_handlers=handlers())
+    ], lifespan=lifespan, exception_handlers=handlers(pages.store_down), middleware=[Middleware(SecurityHeaders)])

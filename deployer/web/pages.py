@@ -146,6 +146,10 @@ class Pages:
             raise NotFound(f"{name}: no stored demo answer {request.path_params['result']!r}")
         return _file(*found)
 
+    def store_down(self, request: Request) -> HTMLResponse:
+        """Shown instead of any page while the database cannot be reached: a 503 that reloads itself."""
+        return self._page("unavailable.html", request, {"sources": []}, status=503)
+
     def _missing(self, request: Request, context: dict[str, Any]) -> HTMLResponse:
         """No such service or group: a page that says so, a 404, and no auto-refresh."""
         return self._page("missing.html", request, context, status=404, refresh=False)
