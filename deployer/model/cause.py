@@ -31,23 +31,30 @@ def readable_paths(text: str) -> str:
 def root_cause(output: str, *, limit: int = MAX_CAUSE) -> str:
     """The cause of a failure from a process's output, once; empty when the output says nothing."""
     lines = [line.rstrip() for line in readable_paths(output).splitlines()]
-    cause = _from_traceback(lines) or _last_distinct(lines)
+    cause, end = _from_traceback(lines)
+    later = [index for index in range(end, len(lines)) if _ERRORISH.search(lines[index])]
+    # An error said right after the traceback is its epilogue ("Application startup failed"); one said
+    # further on is a newer failure (a crash loop's log holds the runs before it too).
+    if not cause or (later and later[0] - end > 2):
+        cause = _last_distinct([lines[index] for index in later] or lines[end:])
     return cause if len(cause) <= limit else cause[: limit - 1] + "…"
 
 
-def _from_traceback(lines: list[str]) -> str:
-    """The last traceback's exception line, and the frame (or the syntax error's spot) it points at."""
+def _from_traceback(lines: list[str]) -> tuple[str, int]:
+    """The last traceback's exception line with the frame (or the syntax error's spot) it points at,
+    and the index of the line after it (0 when there is none)."""
     starts = [index for index, line in enumerate(lines) if line.strip() == _TRACEBACK]
     if not starts:
-        return ""
-    body = lines[starts[-1] + 1:]
-    for index, line in enumerate(body):
+        return "", 0
+    first = starts[-1] + 1
+    for index in range(first, len(lines)):
+        line = lines[index]
         if line[:1].isspace() or not _EXCEPTION.match(line):
             continue
-        frames = [match for frame in body[:index] if (match := _FRAME.match(frame))]
+        frames = [match for frame in lines[first:index] if (match := _FRAME.match(frame))]
         where = f" (at {frames[-1]['path']}:{frames[-1]['line']})" if frames else ""
-        return f"{line.strip()}{where}"
-    return ""
+        return f"{line.strip()}{where}", index + 1
+    return "", 0
 
 
 def _last_distinct(lines: list[str], count: int = 2) -> str:

@@ -16,7 +16,7 @@ from deployer.errors import DeployerError
 from deployer.health import HealthCheckFailed, HttpChecks
 from deployer.hooks import HookRunner, hook_output
 from deployer.model.actual import ServiceState
-from deployer.model.cause import root_cause
+from deployer.model.cause import readable_paths, root_cause
 from deployer.model.deployment import Deployment
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.resolve import SERVICE_HOST
@@ -101,7 +101,7 @@ class Gate:
                                           interval=desired.health.interval,
                                           failed=_Watch(runtime, deployment.name))
             except DeployerError as exc:
-                step.output = runtime.logs(deployment.name, OUTPUT_KEPT)
+                step.output = readable_paths(runtime.logs(deployment.name, OUTPUT_KEPT))
                 cause = root_cause(step.output)
                 if cause:
                     raise HealthCheckFailed(f"{exc}: {cause}") from exc

@@ -35,6 +35,7 @@ SERVICE_HOST = "127.0.0.1"
 CONFIRM_EVERY = 60.0  # an unchanged observation is written again only this often
 SNAPSHOT_MAX_AGE = 10.0  # a page asking twice within this gets the same snapshot
 PROBE_THREADS = 8
+CRASH_WINDOW = 300.0  # seconds: restarted twice within it is a crash loop; none, and answering: recovered
 # What a crash-looping process reads as between its deaths (supervisord restarts it; docker "restarting").
 _CRASH_STATES = (ServiceState.RUNNING, ServiceState.STARTING, ServiceState.FAILED)
 
@@ -71,7 +72,8 @@ class Observer:
         self._watched: dict[str, _Watched] = {}
         self._written: dict[str, tuple[tuple[object, ...], float]] = {}  # name -> (what, when) last written
         self._pids: dict[str, int | None] = {}  # name -> the process last seen: a new one is probed at once
-        self._crashed: dict[str, str] = {}  # name -> why: died after its gate, not answering since
+        self._crashed: dict[str, str] = {}  # name -> why: died after its gate (a crash loop), not recovered yet
+        self._restarts: dict[str, list[tuple[float, str]]] = {}  # name -> restarts by its runtime seen (when, how)
 
     # -- listings ------------------------------------------------------------
 
@@ -102,8 +104,9 @@ class Observer:
         """
         state = seen.state if seen is not None else ServiceState.ABSENT
         running = state is ServiceState.RUNNING
-        if fresh:
-            self._crashed.pop(name, None)  # after an attempt: what it found is the truth, not an old crash
+        if fresh:  # after an attempt: what it finds is the truth, not an old crash
+            self._crashed.pop(name, None)
+            self._restarts.pop(name, None)
         crashed = name in self._crashed and seen is not None and seen.state in _CRASH_STATES
         if name in self._crashed and not crashed:
             self._crashed.pop(name)  # stopped or removed meanwhile: no longer a crash loop
@@ -116,10 +119,15 @@ class Observer:
             # has not answered yet as far as anyone knows: its health is asked now, not taken from before.
             probe = self._watch(name, health_url(desired, port), fresh=fresh or restarted or crashed,
                                 where=(seen.runtime, instance or name))
+        if restarted and not fresh and seen is not None and seen.state in _CRASH_STATES:
+            self._restarted(name, f"pid {self._pids.get(name)}, now {seen.pid or 'none'}")
         if seen is not None:
             self._pids[name] = seen.pid
+        answers = probe is not None and probe.ok
+        if name not in self._crashed and self._crash_looping(name) and seen is not None:
+            self._mark_crashed(name, seen.runtime, instance or name, self._restarts_said(name))
         if name in self._crashed:
-            if probe is None or not probe.ok:
+            if not answers or self._recent_restarts(name):
                 self._write(name, (ServiceState.FAILED.value, False, _noted(note, self._crashed[name]), None), fresh)
                 return
             self._recovered(name)
@@ -131,6 +139,30 @@ class Observer:
         self._write(name, (state.value, healthy, _noted(note, detail), revision), fresh)
         if not running:
             self.unwatch(name)
+
+    def _restarted(self, name: str, how: str) -> None:
+        """The runtime restarted a service's process (it died): remembered for ``CRASH_WINDOW`` seconds."""
+        now = time.monotonic()
+        kept = [(when, said) for when, said in self._restarts.get(name, []) if now - when < CRASH_WINDOW]
+        self._restarts[name] = [*kept, (now, how)]
+
+    def _recent_restarts(self, name: str) -> list[tuple[float, str]]:
+        now = time.monotonic()
+        return [(when, said) for when, said in self._restarts.get(name, []) if now - when < CRASH_WINDOW]
+
+    def _crash_looping(self, name: str) -> bool:
+        """Restarted by its runtime twice within ``CRASH_WINDOW``, as passes saw it.
+
+        Once is not a loop: a supervisord restarted by deployer restarts every process once, and they
+        may not answer yet. The probe job decides sooner: a failed probe and a new process since the
+        last pass (``_died``).
+        """
+        return len(self._recent_restarts(name)) >= 2
+
+    def _restarts_said(self, name: str) -> str:
+        recent = self._recent_restarts(name)
+        times = "once" if len(recent) == 1 else f"{len(recent)} times"
+        return f"its process died and was restarted {times} in {CRASH_WINDOW / 60:g} min ({recent[-1][1]})"
 
     def _mark_crashed(self, name: str, runtime_name: str, instance: str, what: str) -> str:
         """Remember (and announce once) that a service which passed its gate died; returns why, for people."""
@@ -146,6 +178,7 @@ class Observer:
 
     def _recovered(self, name: str) -> None:
         self._crashed.pop(name, None)
+        self._restarts.pop(name, None)
         self._events.publish(ServiceCrashed(name, "answers its health check again", recovered=True))
 
     def replacing(self, name: str, detail: str) -> None:
@@ -230,8 +263,9 @@ class Observer:
         if not probe.ok and name not in self._crashed:
             died = self._died(name, watched)
             if died:
-                self._mark_crashed(name, watched.runtime, watched.instance or name, died)
-        elif probe.ok and name in self._crashed:
+                self._restarted(name, died)
+                self._mark_crashed(name, watched.runtime, watched.instance or name, self._restarts_said(name))
+        elif probe.ok and name in self._crashed and not self._recent_restarts(name):
             self._recovered(name)
             state = ServiceState.RUNNING.value
         if name in self._crashed:
@@ -253,9 +287,8 @@ class Observer:
             return None  # the same process, merely not answering: unhealthy, not dead
         if seen is None or seen.state not in _CRASH_STATES:
             return None  # stopped or gone: drift, which the next pass heals
-        if seen.pid != known:
-            return f"its process died and was restarted by {seen.runtime} (pid {known}, now {seen.pid or 'none'})"
-        return f"its process is {seen.state.value}"
+        self._pids[name] = seen.pid
+        return f"pid {known}, now {seen.pid or 'none'}" if seen.pid != known else f"now {seen.state.value}"
 
     def probe_unknown(self, names: Iterable[tuple[str, str]]) -> None:
         """Probe side by side the running services never probed yet (the first pass after a start)."""

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from deployer.gitea import state_for
+from deployer.model.cause import readable_paths
 from deployer.model.diff import Change, spec_diff
 from deployer.model.status import (
     AttemptView,
@@ -311,8 +312,8 @@ def pretty(value: object) -> str:
 
 
 def tail(text: str, lines: int = LOG_LINES) -> str:
-    """The last ``lines`` lines of a log tail."""
-    return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+    """The last ``lines`` lines of a log tail, its paths relative to the repository (no state dir)."""
+    return "\n".join(readable_paths(text).rstrip("\n").split("\n")[-lines:])
 
 
 def took(attempt: AttemptView) -> float | None:

@@ -14,7 +14,9 @@ from deployer.health import HealthCheckFailed, Probe, wait_healthy
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.cause import readable_paths, root_cause
 from deployer.model.status import Trigger
+from deployer.reconcile import observe
 from deployer.reconcile.gate import _Watch
+from tests.helpers import wait_for
 from tests.memory_runtime import MemoryRuntime
 from tests.unit.test_reconcile import files, make_reconciler, manifest, run, two_services
 from tests.unit.test_reconcile import world as world  # the fixture
@@ -51,6 +53,10 @@ def test_without_a_traceback_the_last_distinct_error_lines() -> None:
     output = "starting\nERROR: [Errno 98] address already in use\n" * 4 + "shutting down\n"
     assert root_cause(output) == "ERROR: [Errno 98] address already in use"
     assert root_cause("") == ""
+    assert root_cause(TRACEBACK + "serving\nstill serving\nand more\nRuntimeError: lost the model store\n") == \
+        "RuntimeError: lost the model store", "an error said after the last traceback is the newer one"
+    epilogue = TRACEBACK + "ERROR:    Application startup failed. Exiting.\n"
+    assert root_cause(epilogue) == "SyntaxError: invalid syntax (at svc/model.py:1)"
     assert len(root_cause("error " + "x" * 1000)) <= 300
 
 
@@ -119,7 +125,8 @@ def _probe_now(world: dict[str, Any]) -> None:
     observer.probe_due()
 
 
-def test_a_service_that_crash_loops_after_its_gate_is_shown_failing_and_recorded(world: dict[str, Any]) -> None:
+def test_a_service_that_crash_loops_after_its_gate_is_shown_failing_and_recorded(
+        world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     answering = {"alpha": True}
     world["gate"].probe = lambda url, timeout=2.0: Probe(answering["alpha"] or ":91" not in url, "HTTP 200")
     make_reconciler(world)
@@ -145,11 +152,20 @@ def test_a_service_that_crash_loops_after_its_gate_is_shown_failing_and_recorded
     assert view is not None and view.state == "failed", view
     assert store.history.attempts("alpha", 1)[0].id == attempt.id, "recorded once per crash"
 
-    answering["alpha"] = True
+    answering["alpha"] = True  # fixed outside (say, its database is back): stable, answering
     _probe_now(world)
     view = store.views.service("alpha")
-    assert view is not None and view.state == "running" and view.healthy, view
+    assert view is not None and view.state == "failed", "recovered only once no restart was seen for a while"
+    monkeypatch.setattr(observe, "CRASH_WINDOW", 0.2)
+
+    def recovered() -> bool:
+        _probe_now(world)
+        view = store.views.service("alpha")
+        return view is not None and view.state == "running" and view.healthy
+
+    wait_for(recovered, 10, "alpha recovered")
     assert store.history.attempts("alpha", 1)[0].reason == "Recovered"
+    assert run(world) == {"alpha": "noop"}, "a recovered spec is not held"
 
 
 # -- held failures: the retry rule, and plan == pass --------------------------------
