@@ -73,7 +73,7 @@ class Observer:
         self._written: dict[str, tuple[tuple[object, ...], float]] = {}  # name -> (what, when) last written
         self._pids: dict[str, int | None] = {}  # name -> the process last seen: a new one is probed at once
         self._crashed: dict[str, str] = {}  # name -> why: died after its gate (a crash loop), not recovered yet
-        self._restarts: dict[str, list[tuple[float, str]]] = {}  # name -> restarts by its runtime seen (when, how)
+        self._restarts: dict[str, tuple[tuple[float, str], ...]] = {}  # name -> restarts seen: (when, how)
 
     # -- listings ------------------------------------------------------------
 
@@ -143,12 +143,11 @@ class Observer:
     def _restarted(self, name: str, how: str) -> None:
         """The runtime restarted a service's process (it died): remembered for ``CRASH_WINDOW`` seconds."""
         now = time.monotonic()
-        kept = [(when, said) for when, said in self._restarts.get(name, []) if now - when < CRASH_WINDOW]
-        self._restarts[name] = [*kept, (now, how)]
+        self._restarts[name] = (*self._recent_restarts(name), (now, how))
 
-    def _recent_restarts(self, name: str) -> list[tuple[float, str]]:
+    def _recent_restarts(self, name: str) -> tuple[tuple[float, str], ...]:
         now = time.monotonic()
-        return [(when, said) for when, said in self._restarts.get(name, []) if now - when < CRASH_WINDOW]
+        return tuple((when, said) for when, said in self._restarts.get(name, ()) if now - when < CRASH_WINDOW)
 
     def _crash_looping(self, name: str) -> bool:
         """Restarted by its runtime twice within ``CRASH_WINDOW``, as passes saw it.
