@@ -104,7 +104,7 @@ class Gate:
                 step.output = readable_paths(runtime.logs(deployment.name, OUTPUT_KEPT))
                 cause = root_cause(step.output)
                 if cause:
-                    raise HealthCheckFailed(f"{exc}: {cause}") from exc
+                    raise HealthCheckFailed(f"{cause} — {exc}") from exc  # the cause first: a commit status is short
                 raise
             step.output = f"healthy after {took:.2f}s"
         if desired.info.expect:

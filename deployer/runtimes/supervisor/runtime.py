@@ -317,7 +317,9 @@ class SupervisorRuntime:
 
     def _start_failed(self, name: str, what: str) -> StartFailed:
         tail = self.logs(name, 8192)
-        return StartFailed(f"service {name}: did not start: {what}: {root_cause(tail) or '(no output)'}", output=tail)
+        cause = root_cause(tail)  # first: a commit status shows little more than a line
+        return StartFailed(f"{cause} — service {name} did not start: {what}" if cause else
+                           f"service {name}: did not start: {what} (no output)", output=tail)
 
     def _unload(self, name: str) -> None:
         """stop -> remove: supervisord has no update over XML-RPC, a changed group is re-added."""
