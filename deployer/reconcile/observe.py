@@ -25,6 +25,7 @@ from deployer.model.deployment import split_instance
 from deployer.model.desired import DesiredService
 from deployer.model.events import ServiceCrashed, ServiceObserved, ServiceRemoved
 from deployer.model.status import SnapshotView
+from deployer.reconcile.crashes import CrashLoops
 from deployer.reconcile.events import EventBus
 from deployer.runtimes.base import Runtime
 from deployer.store import Store
@@ -35,7 +36,6 @@ SERVICE_HOST = "127.0.0.1"
 CONFIRM_EVERY = 60.0  # an unchanged observation is written again only this often
 SNAPSHOT_MAX_AGE = 10.0  # a page asking twice within this gets the same snapshot
 PROBE_THREADS = 8
-CRASH_WINDOW = 300.0  # seconds: restarted twice within it is a crash loop; none, and answering: recovered
 # What a crash-looping process reads as between its deaths (supervisord restarts it; docker "restarting").
 _CRASH_STATES = (ServiceState.RUNNING, ServiceState.STARTING, ServiceState.FAILED)
 
@@ -72,8 +72,7 @@ class Observer:
         self._watched: dict[str, _Watched] = {}
         self._written: dict[str, tuple[tuple[object, ...], float]] = {}  # name -> (what, when) last written
         self._pids: dict[str, int | None] = {}  # name -> the process last seen: a new one is probed at once
-        self._crashed: dict[str, str] = {}  # name -> why: died after its gate (a crash loop), not recovered yet
-        self._restarts: dict[str, tuple[tuple[float, str], ...]] = {}  # name -> restarts seen: (when, how)
+        self._crashes = CrashLoops()  # processes that died after their gate
 
     # -- listings ------------------------------------------------------------
 
@@ -104,12 +103,9 @@ class Observer:
         """
         state = seen.state if seen is not None else ServiceState.ABSENT
         running = state is ServiceState.RUNNING
-        if fresh:  # after an attempt: what it finds is the truth, not an old crash
-            self._crashed.pop(name, None)
-            self._restarts.pop(name, None)
-        crashed = name in self._crashed and seen is not None and seen.state in _CRASH_STATES
-        if name in self._crashed and not crashed:
-            self._crashed.pop(name)  # stopped or removed meanwhile: no longer a crash loop
+        if fresh or seen is None or seen.state not in _CRASH_STATES:
+            self._crashes.forget(name)  # after an attempt what it finds is the truth; stopped or gone: no loop
+        crashed = self._crashes.why(name) is not None
         if (running or crashed) and desired is None:
             desired = self.running_desired(name)  # probe what runs, on its own health path
         probe: Probe | None = None
@@ -120,15 +116,16 @@ class Observer:
             probe = self._watch(name, health_url(desired, port), fresh=fresh or restarted or crashed,
                                 where=(seen.runtime, instance or name))
         if restarted and not fresh and seen is not None and seen.state in _CRASH_STATES:
-            self._restarted(name, f"pid {self._pids.get(name)}, now {seen.pid or 'none'}")
+            self._crashes.restarted(name, f"pid {self._pids.get(name)}, now {seen.pid or 'none'}")
         if seen is not None:
             self._pids[name] = seen.pid
         answers = probe is not None and probe.ok
-        if name not in self._crashed and self._crash_looping(name) and seen is not None:
-            self._mark_crashed(name, seen.runtime, instance or name, self._restarts_said(name))
-        if name in self._crashed:
-            if not answers or self._recent_restarts(name):
-                self._write(name, (ServiceState.FAILED.value, False, _noted(note, self._crashed[name]), None), fresh)
+        if not crashed and self._crashes.looping(name) and seen is not None:
+            self._mark_crashed(name, seen.runtime, instance or name, self._crashes.said(name))
+        why = self._crashes.why(name)
+        if why is not None:
+            if not answers or self._crashes.restarting(name):
+                self._write(name, (ServiceState.FAILED.value, False, _noted(note, why), None), fresh)
                 return
             self._recovered(name)
         healthy = probe.ok if probe is not None else False
@@ -140,29 +137,6 @@ class Observer:
         if not running:
             self.unwatch(name)
 
-    def _restarted(self, name: str, how: str) -> None:
-        """The runtime restarted a service's process (it died): remembered for ``CRASH_WINDOW`` seconds."""
-        now = time.monotonic()
-        self._restarts[name] = (*self._recent_restarts(name), (now, how))
-
-    def _recent_restarts(self, name: str) -> tuple[tuple[float, str], ...]:
-        now = time.monotonic()
-        return tuple((when, said) for when, said in self._restarts.get(name, ()) if now - when < CRASH_WINDOW)
-
-    def _crash_looping(self, name: str) -> bool:
-        """Restarted by its runtime twice within ``CRASH_WINDOW``, as passes saw it.
-
-        Once is not a loop: a supervisord restarted by deployer restarts every process once, and they
-        may not answer yet. The probe job decides sooner: a failed probe and a new process since the
-        last pass (``_died``).
-        """
-        return len(self._recent_restarts(name)) >= 2
-
-    def _restarts_said(self, name: str) -> str:
-        recent = self._recent_restarts(name)
-        times = "once" if len(recent) == 1 else f"{len(recent)} times"
-        return f"its process died and was restarted {times} in {CRASH_WINDOW / 60:g} min ({recent[-1][1]})"
-
     def _mark_crashed(self, name: str, runtime_name: str, instance: str, what: str) -> str:
         """Remember (and announce once) that a service which passed its gate died; returns why, for people."""
         runtime = self._runtimes.get(runtime_name)
@@ -171,13 +145,12 @@ class Observer:
         except DeployerError:
             cause = ""
         why = f"crash loop after its gate passed: {what}" + (f": {cause}" if cause else "")
-        self._crashed[name] = why
+        self._crashes.mark(name, why)
         self._events.publish(ServiceCrashed(name, why))
         return why
 
     def _recovered(self, name: str) -> None:
-        self._crashed.pop(name, None)
-        self._restarts.pop(name, None)
+        self._crashes.forget(name)
         self._events.publish(ServiceCrashed(name, "answers its health check again", recovered=True))
 
     def replacing(self, name: str, detail: str) -> None:
@@ -259,16 +232,18 @@ class Observer:
         if last is None:
             return  # the next pass records it with its state
         state, _, _, running = last[0]
-        if not probe.ok and name not in self._crashed:
+        crashed = self._crashes.why(name) is not None
+        if not probe.ok and not crashed:
             died = self._died(name, watched)
             if died:
-                self._restarted(name, died)
-                self._mark_crashed(name, watched.runtime, watched.instance or name, self._restarts_said(name))
-        elif probe.ok and name in self._crashed and not self._recent_restarts(name):
+                self._crashes.restarted(name, died)
+                self._mark_crashed(name, watched.runtime, watched.instance or name, self._crashes.said(name))
+        elif probe.ok and crashed and not self._crashes.restarting(name):
             self._recovered(name)
             state = ServiceState.RUNNING.value
-        if name in self._crashed:
-            self._write(name, (ServiceState.FAILED.value, False, self._crashed[name], running), False)
+        why = self._crashes.why(name)
+        if why is not None:
+            self._write(name, (ServiceState.FAILED.value, False, why, running), False)
             return
         self._write(name, (state, probe.ok, probe.detail, running), False)
 

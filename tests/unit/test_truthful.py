@@ -14,7 +14,7 @@ from deployer.health import HealthCheckFailed, Probe, wait_healthy
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.cause import readable_paths, root_cause
 from deployer.model.status import Trigger
-from deployer.reconcile import observe
+from deployer.reconcile import crashes
 from deployer.reconcile.gate import _Watch
 from tests.helpers import wait_for
 from tests.memory_runtime import MemoryRuntime
@@ -156,7 +156,7 @@ def test_a_service_that_crash_loops_after_its_gate_is_shown_failing_and_recorded
     _probe_now(world)
     view = store.views.service("alpha")
     assert view is not None and view.state == "failed", "recovered only once no restart was seen for a while"
-    monkeypatch.setattr(observe, "CRASH_WINDOW", 0.2)
+    monkeypatch.setattr(crashes, "CRASH_WINDOW", 0.2)
 
     def recovered() -> bool:
         _probe_now(world)
