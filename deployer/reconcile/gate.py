@@ -1,8 +1,9 @@
 """The gate a revision passes before it serves (healthy, ``/info`` as expected, demos answered), and its steps.
 
 Everything is asked of the instance being rolled out, on the port it listens on (its slot's
-port behind the gateway), and recorded as steps. A runtime that already knows the process died
-ends the health wait at once instead of letting it run out the timeout.
+port behind the gateway), and recorded as steps. The health wait watches the process too: one
+that exits, goes fatal or is restarted by its runtime (a new pid) ends the wait at once, with
+the root cause of its output, instead of letting it run out the timeout.
 """
 
 from __future__ import annotations

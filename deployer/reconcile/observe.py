@@ -4,7 +4,9 @@ A pass lists each runtime once (``list``) and hands the listing down. Health
 probes of steady services do not ride on passes: ``probe_due`` runs every second
 on its own job, probing each running service once per ``probe_interval`` (spread
 by name, at most ``budget`` a tick). Log tails and ``/info`` are read when a page
-or the API asks (``snapshot``, cached briefly) and right after every attempt.
+or the API asks (``snapshot``, cached briefly) and right after every attempt. A service whose
+process its runtime keeps restarting reads ``failed`` (``ServiceCrashed``, recorded by the
+Recorder) until it answers with no restart for a while; an in-place deploy reads ``starting``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Resolution records nothing (``resolve.py``); this room writes its result: a revision per new spec
 (which becomes the desired one), a failed attempt once per broken commit for every service of the
-source (and a ``CommitRefused`` event, so Gitea shows it), once per problem for a single service.
+source (and a ``CommitRefused`` event, so Gitea shows it), once per problem for a single service;
+a crash loop after the gate (the observer's ``ServiceCrashed``) and its recovery, as drift attempts.
 Checkouts nothing needs any more are pruned when a new head was recorded.
 """
 
