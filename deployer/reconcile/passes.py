@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from deployer.demo import DemoResult
 from deployer.errors import DeployerError, Reason, SourceError, StalledError, UnknownService
 from deployer.model.actual import ActualService, ServiceState
+from deployer.model.deployment import instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import PassFinished
 from deployer.model.plan import Action, ActionKind, Plan
@@ -325,16 +326,17 @@ class Reconciler:
 
     def _leave(self, action: Action, current: _Pass) -> str:
         name, planned = action.service, current.planned
-        seen, port = current.actual.get(name), self.rooms.rollout.serving(name).port
+        seen, place = current.actual.get(name), self.rooms.rollout.serving(name)
+        port, instance = place.port, instance_name(name, place.slot)
         self._clear_strays(name, current)
         if name in planned.held:
-            self.rooms.observer.record(name, None, seen, note=action.reason, port=port)
+            self.rooms.observer.record(name, None, seen, note=action.reason, port=port, instance=instance)
             return "held"
         if name in planned.suspended:
-            self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port)
+            self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port, instance=instance)
             return "suspended"
         revision = planned.revisions.get(name)
-        self.rooms.observer.record(name, action.desired, seen, port=port,
+        self.rooms.observer.record(name, action.desired, seen, port=port, instance=instance,
                                    revision=revision.id if revision is not None else None)
         return "noop"
 

@@ -346,7 +346,7 @@ class Rollout:
             place = self.serving(running.name)
             instance = instance_name(running.name, place.slot)
             seen = self._runtime(running).inspect(instance)
-            self._observer.record(running.name, running, seen, fresh=True, port=place.port)
+            self._observer.record(running.name, running, seen, fresh=True, port=place.port, instance=instance)
             if seen is not None:
                 self._observer.capture(running.name, seen.runtime, place.port or running.port, running,
                                        instance=instance)
