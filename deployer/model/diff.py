@@ -7,8 +7,11 @@ under keys that look secret are masked, so a diff can be shown anywhere.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MASK = "••••••"
 _SECRET_KEY = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE|CREDENTIAL)", re.IGNORECASE)
@@ -55,3 +58,8 @@ def flatten(value: Any, prefix: str = "", *, mask: bool = True) -> dict[str, str
             flat.update(flatten(item, f"{prefix}[{index}]", mask=mask))
         return flat
     return {prefix: "null" if value is None else str(value)}
+
+
+def with_previous(newest_first: Sequence[T]) -> list[tuple[T, T | None]]:
+    """Each item of a newest-first history beside the one before it (None for the oldest); [] for none."""
+    return list(zip(newest_first, [*newest_first[1:], None], strict=False))

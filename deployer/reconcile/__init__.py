@@ -9,6 +9,7 @@ plan), ``rollout`` (one service: build, hooks, apply, gate, put back), ``observe
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class ReconcilerConfig:
     demo_limits: DemoLimits = field(default_factory=DemoLimits)
     slot_bounds: tuple[int, int] = (9800, 9999)  # [ports] slot_range: blue/green slots behind the gateway
     drain: float = 10.0  # [gateway] drain: seconds the old slot keeps finishing requests after a switch
+    parallel: int = 4  # [reconcile] parallel: services of one source deployed at once
+    builds: int = 2  # [reconcile] builds: builds at once across every source (the CPU-heavy step)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     gate = Gate(http, demos, steps, wait_healthy=host.wait_healthy)
     router = Router(store, gateway, slot_bounds=config.slot_bounds, is_free=host.port_is_free,
                     drain=config.drain) if gateway is not None else None
-    parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router)
+    parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router,
+                         builds=threading.BoundedSemaphore(config.builds))
     recorder = Recorder(store, sources, events)
     rooms = Rooms(
         sources=sources,
@@ -85,4 +89,4 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
         events=events, recorder=recorder,
     )
     events.subscribe(recorder.on_event)
-    return Reconciler(store, rooms, prune=config.prune)
+    return Reconciler(store, rooms, prune=config.prune, parallel=config.parallel)

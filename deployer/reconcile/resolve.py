@@ -150,11 +150,15 @@ def _desired(source: GitSource, sha: str, entry: ServiceManifest, checkout: Path
 
 
 def _requirements(folder: Path, named: str | None) -> tuple[str | None, str | None]:
-    """Which dependency file the service uses (the build's one rule), and a hash of the file."""
+    """Which dependency file the service uses (the build's one rule), and a hash of the files that
+    decide its environment (that file, its lock, ``.python-version``): a new lock is a new revision."""
     try:
         chosen = resolve_requirements(folder, named)
     except BuildError as exc:
-        raise StalledError(str(exc), reason=Reason.MANIFEST_INVALID) from None
-    if not chosen.origin:
+        # Dependencies deployer cannot read fail the revision's build step, which names the file and
+        # the format (the previous revision keeps serving); the hash is the problem, without the checkout.
+        problem = str(exc).replace(str(folder), "")
+        return named, hashlib.sha256(problem.encode()).hexdigest()
+    if not chosen.files:
         return None, None
-    return chosen.origin, hashlib.sha256((folder / chosen.origin).read_bytes()).hexdigest()
+    return chosen.origin or None, chosen.digest(folder)

@@ -11,9 +11,10 @@ Every step is recorded; every attempt ends with a recorded outcome on every path
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deployer.build import EnvBuilder
@@ -66,6 +67,9 @@ class RolloutParts:
     hooks: HookRunner
     sources: SourceRegistry
     router: Router | None = None  # the gateway's; None when it is off
+    # Builds use the CPU (pip/uv, docker build); gates only wait. Bounding builds, not deploys,
+    # lets a slow gate wait without holding anyone else's build.
+    builds: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
 
 
 class Rollout:
@@ -305,7 +309,7 @@ class Rollout:
                                 environment=environment, secret_env=secret_env, slot=place.slot,
                                 slot_port=place.port)
         runtime = self._runtime(desired)
-        with self._steps.step(attempt, f"{prefix}build") as step:
+        with self._steps.step(attempt, f"{prefix}build") as step, self._parts.builds:
             try:
                 if isinstance(runtime, BuildsImages):
                     image = runtime.build(deployment)
@@ -315,7 +319,8 @@ class Rollout:
             except BuildError as exc:
                 step.output = f"{exc}\n{exc.output}".strip()
                 raise
-            step.output = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
+            done = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
+            step.output = f"{built.summary}\n{done}"
         return replace(deployment, env_dir=built.env_dir)
 
     def _roll_back(self, name: str, failed_revision: int, attempt: int) -> RevisionView | None:
