@@ -204,7 +204,8 @@ def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, confi
 
 def _run_pass(reconciler: Reconciler, request: Request, last_errors: dict[str, str | None]) -> None:
     """Log a pass only when it changed something or its error is new: one line per step, not per poll."""
-    result = reconciler.reconcile_source(request.source, trigger=request.trigger, fetch=request.fetch)
+    result = reconciler.reconcile_source(request.source, trigger=request.trigger, fetch=request.fetch,
+                                         retry=request.retry)
     changed = {name: outcome for name, outcome in result.outcomes.items() if outcome not in ("noop", "held")}
     new_error = result.error != last_errors.get(request.source)
     last_errors[request.source] = result.error

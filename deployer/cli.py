@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--bytes", type=int, default=16384)
     reconcile = _remote(commands, remote, "reconcile", "run a pass now (fetch first)", _reconcile)
     reconcile.add_argument("service", nargs="?")
+    reconcile.add_argument("--retry", action="store_true",
+                           help="try the service's held failed revision again (needs SERVICE)")
     _remote(commands, remote, "demo", "run the demo inputs against the running revision now", _demo, service=True)
     for name, helptext in (("rollback", "deploy an earlier revision and pin it"),
                            ("pin", "hold a service at a revision (default: the running one)")):
@@ -233,10 +235,16 @@ def _new_part(before: str, after: str) -> str:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    data = _client(args).post("/api/reconcile", {"service": args.service} if args.service else {})
+    if args.retry and not args.service:
+        print("deployer reconcile: --retry needs a SERVICE (the one whose failed revision to try again)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    body = {"service": args.service, "retry": True} if args.retry else {"service": args.service} if args.service else {}
+    data = _client(args).post("/api/reconcile", body)
     if args.json:
         return _print_json(data)
-    print(f"pass requested for {', '.join(data['requested']) or 'no sources'}")
+    again = f" (retrying {args.service}'s held revision)" if args.retry else ""
+    print(f"pass requested for {', '.join(data['requested']) or 'no sources'}{again}")
     return EXIT_OK
 
 

@@ -31,6 +31,8 @@ class Reason(StrEnum):
     RUNTIME_UNAVAILABLE = "RuntimeUnavailable"
     GATEWAY_FAILED = "GatewayFailed"
     INTERRUPTED = "Interrupted"
+    CRASH_LOOP = "CrashLoop"  # passed its gate, died later (its runtime restarts it)
+    RECOVERED = "Recovered"  # after a crash loop, answers its health check again
     INTERNAL_ERROR = "InternalError"
 
 

@@ -30,9 +30,11 @@ class Request:
     source: str
     trigger: Trigger
     fetch: bool
+    retry: frozenset[str] = frozenset()  # services whose held failed spec an operator asked to try again
 
     def merge(self, other: Request) -> None:
         self.fetch = self.fetch or other.fetch
+        self.retry = self.retry | other.retry
         if _STRENGTH[other.trigger] > _STRENGTH[self.trigger]:
             self.trigger = other.trigger
 
@@ -50,9 +52,10 @@ class WorkQueue:
         self._stopping = False
         self.completed = 0
 
-    def request(self, source: str, trigger: Trigger, *, fetch: bool = True) -> None:
+    def request(self, source: str, trigger: Trigger, *, fetch: bool = True,
+                retry: frozenset[str] = frozenset()) -> None:
         with self._cond:
-            incoming = Request(source, trigger, fetch)
+            incoming = Request(source, trigger, fetch, retry)
             if source in self._pending:
                 self._pending[source].merge(incoming)
             else:

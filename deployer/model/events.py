@@ -60,9 +60,19 @@ class ServiceRemoved:
 
 
 @dataclass(frozen=True)
+class ServiceCrashed:
+    """A service that passed its gate died later (its runtime restarts it, or it is down); or came back."""
+
+    service: str
+    detail: str
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
 class PassFinished:
     source: str
     seconds: float
 
 
-Event = AttemptStarted | AttemptFinished | CommitRefused | ServiceObserved | ServiceRemoved | PassFinished
+Event = (AttemptStarted | AttemptFinished | CommitRefused | ServiceObserved | ServiceRemoved | ServiceCrashed
+         | PassFinished)

@@ -79,6 +79,7 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
                     drain=config.drain) if gateway is not None else None
     parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router,
                          builds=threading.BoundedSemaphore(config.builds))
+    recorder = Recorder(store, sources, events)
     rooms = Rooms(
         sources=sources,
         resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds,
@@ -86,6 +87,7 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
         ports=ClaimedPorts(store, config.port_bounds, is_free=host.port_is_free, holder=host.port_holder,
                            grace=config.port_grace),
         observer=observer, rollout=Rollout(store, parts, gate, observer, events), demos=demos, secrets=secrets,
-        events=events, recorder=Recorder(store, sources, events),
+        events=events, recorder=recorder,
     )
+    events.subscribe(recorder.on_event)
     return Reconciler(store, rooms, prune=config.prune, parallel=config.parallel)

@@ -1,8 +1,9 @@
 """The gate a revision passes before it serves (healthy, ``/info`` as expected, demos answered), and its steps.
 
 Everything is asked of the instance being rolled out, on the port it listens on (its slot's
-port behind the gateway), and recorded as steps. A runtime that already knows the process died
-ends the health wait at once instead of letting it run out the timeout.
+port behind the gateway), and recorded as steps. The health wait watches the process too: one
+that exits, goes fatal or is restarted by its runtime (a new pid) ends the wait at once, with
+the root cause of its output, instead of letting it run out the timeout.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from contextlib import contextmanager
 
 from deployer.demo import DemoFailed, check_info
 from deployer.errors import DeployerError
-from deployer.health import HttpChecks
+from deployer.health import HealthCheckFailed, HttpChecks
 from deployer.hooks import HookRunner, hook_output
 from deployer.model.actual import ServiceState
+from deployer.model.cause import readable_paths, root_cause
 from deployer.model.deployment import Deployment
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.resolve import SERVICE_HOST
@@ -23,6 +25,7 @@ from deployer.runtimes.base import Runtime
 from deployer.store import Store
 
 FAILED_CHECK_EVERY = 1.0  # seconds between asking the runtime whether a gated process died
+OUTPUT_KEPT = 8000  # bytes of a failed gate's output stored with its step (the page shows them)
 
 
 class _Step:
@@ -97,9 +100,12 @@ class Gate:
             try:
                 took = self._wait_healthy(f"{base}{desired.health.path}", timeout=desired.health.timeout,
                                           interval=desired.health.interval,
-                                          failed=_failed_check(runtime, deployment.name))
-            except DeployerError:
-                step.output = runtime.logs(deployment.name, 2000)
+                                          failed=_Watch(runtime, deployment.name))
+            except DeployerError as exc:
+                step.output = readable_paths(runtime.logs(deployment.name, OUTPUT_KEPT))
+                cause = root_cause(step.output)
+                if cause:
+                    raise HealthCheckFailed(f"{cause} — {exc}") from exc  # the cause first: a commit status is short
                 raise
             step.output = f"healthy after {took:.2f}s"
         if desired.info.expect:
@@ -115,18 +121,36 @@ class Gate:
                     raise DemoFailed("demo failed: " + "; ".join(failed))
 
 
-def _failed_check(runtime: Runtime, instance: str) -> Callable[[], str | None]:
-    """Whether the runtime already knows the process died, asked at most once a second."""
-    asked = [float("-inf")]
+class _Watch:
+    """Whether the gated process died, asked of the runtime at most once a second.
 
-    def failed() -> str | None:
-        now = time.monotonic()
-        if now - asked[0] < FAILED_CHECK_EVERY:
+    supervisord's RUNNING only means the process outlived ``startsecs``: a process that dies
+    later is restarted by supervisord (a crash loop) and would read RUNNING again a second
+    after. So the first process seen is remembered, and any other one (a restart), an exit,
+    a backoff or a fatal state ends the wait at once.
+    """
+
+    def __init__(self, runtime: Runtime, instance: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._runtime = runtime
+        self._instance = instance
+        self._clock = clock
+        self._asked = float("-inf")
+        self._pid: int | None = None
+
+    def __call__(self) -> str | None:
+        now = self._clock()
+        if now - self._asked < FAILED_CHECK_EVERY:
             return None
-        asked[0] = now
-        seen = runtime.inspect(instance)
-        if seen is not None and seen.state is ServiceState.FAILED:
+        self._asked = now
+        seen = self._runtime.inspect(self._instance)
+        if seen is None:
+            return None
+        if seen.state is ServiceState.FAILED:
             return seen.detail or "the runtime reports the process failed"
+        if seen.state is ServiceState.STOPPED:
+            return "the process exited" + (f" ({seen.detail})" if seen.detail else "")
+        if self._pid is not None and seen.pid != self._pid:
+            now_pid = f"pid {seen.pid}" if seen.pid is not None else "waiting to restart"
+            return f"the process exited and was restarted by {seen.runtime} (pid {self._pid}, now {now_pid})"
+        self._pid = self._pid or seen.pid
         return None
-
-    return failed

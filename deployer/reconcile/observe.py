@@ -4,7 +4,9 @@ A pass lists each runtime once (``list``) and hands the listing down. Health
 probes of steady services do not ride on passes: ``probe_due`` runs every second
 on its own job, probing each running service once per ``probe_interval`` (spread
 by name, at most ``budget`` a tick). Log tails and ``/info`` are read when a page
-or the API asks (``snapshot``, cached briefly) and right after every attempt.
+or the API asks (``snapshot``, cached briefly) and right after every attempt. A service whose
+process its runtime keeps restarting reads ``failed`` (``ServiceCrashed``, recorded by the
+Recorder) until it answers with no restart for a while; an in-place deploy reads ``starting``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from dataclasses import dataclass, field, replace
 from deployer.errors import DeployerError
 from deployer.health import HttpChecks, Probe
 from deployer.model.actual import ActualService, ServiceState
+from deployer.model.cause import root_cause
 from deployer.model.deployment import split_instance
 from deployer.model.desired import DesiredService
-from deployer.model.events import ServiceObserved, ServiceRemoved
+from deployer.model.events import ServiceCrashed, ServiceObserved, ServiceRemoved
 from deployer.model.status import SnapshotView
+from deployer.reconcile.crashes import CrashLoops
 from deployer.reconcile.events import EventBus
 from deployer.runtimes.base import Runtime
 from deployer.store import Store
@@ -34,6 +38,8 @@ SERVICE_HOST = "127.0.0.1"
 CONFIRM_EVERY = 60.0  # an unchanged observation is written again only this often
 SNAPSHOT_MAX_AGE = 10.0  # a page asking twice within this gets the same snapshot
 PROBE_THREADS = 8
+# What a crash-looping process reads as between its deaths (supervisord restarts it; docker "restarting").
+_CRASH_STATES = (ServiceState.RUNNING, ServiceState.STARTING, ServiceState.FAILED)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class _Watched:
     url: str
     due: float
     probe: Probe | None = None
+    runtime: str = ""  # where the process runs, and its instance name: asked when a probe fails
+    instance: str = ""
 
 
 class Observer:
@@ -66,6 +74,7 @@ class Observer:
         self._watched: dict[str, _Watched] = {}
         self._written: dict[str, tuple[tuple[object, ...], float]] = {}  # name -> (what, when) last written
         self._pids: dict[str, int | None] = {}  # name -> the process last seen: a new one is probed at once
+        self._crashes = CrashLoops()  # processes that died after their gate
 
     # -- listings ------------------------------------------------------------
 
@@ -87,7 +96,8 @@ class Observer:
     # -- recording -----------------------------------------------------------
 
     def record(self, name: str, desired: DesiredService | None, seen: ActualService | None, *,
-               note: str = "", fresh: bool = False, port: int | None = None, revision: int | None = None) -> None:
+               note: str = "", fresh: bool = False, port: int | None = None, revision: int | None = None,
+               instance: str = "") -> None:
         """State from the listing, health from the watcher (probed now when fresh or never probed).
 
         ``port`` is where the process listens when it is not the sticky port (its slot behind the
@@ -95,24 +105,62 @@ class Observer:
         """
         state = seen.state if seen is not None else ServiceState.ABSENT
         running = state is ServiceState.RUNNING
-        if running and desired is None:
+        if fresh or seen is None or seen.state not in _CRASH_STATES:
+            self._crashes.forget(name)  # after an attempt what it finds is the truth; stopped or gone: no loop
+        crashed = self._crashes.why(name) is not None
+        if (running or crashed) and desired is None:
             desired = self.running_desired(name)  # probe what runs, on its own health path
         probe: Probe | None = None
-        if running and desired is not None:
+        restarted = seen is not None and self._pids.get(name, seen.pid) != seen.pid
+        if (running or crashed) and desired is not None and seen is not None:
             # A process that is not the one probed last (restarted: by its runtime, or a new supervisord)
             # has not answered yet as far as anyone knows: its health is asked now, not taken from before.
-            restarted = seen is not None and self._pids.get(name, seen.pid) != seen.pid
-            probe = self._watch(name, health_url(desired, port), fresh=fresh or restarted)
+            probe = self._watch(name, health_url(desired, port), fresh=fresh or restarted or crashed,
+                                where=(seen.runtime, instance or name))
+        if restarted and not fresh and seen is not None and seen.state in _CRASH_STATES:
+            self._crashes.restarted(name, f"pid {self._pids.get(name)}, now {seen.pid or 'none'}")
         if seen is not None:
             self._pids[name] = seen.pid
+        answers = probe is not None and probe.ok
+        if not crashed and self._crashes.looping(name) and seen is not None:
+            self._mark_crashed(name, seen.runtime, instance or name, self._crashes.said(name))
+        why = self._crashes.why(name)
+        if why is not None:
+            if not answers or self._crashes.restarting(name):
+                self._write(name, (ServiceState.FAILED.value, False, _noted(note, why), None), fresh)
+                return
+            self._recovered(name)
         healthy = probe.ok if probe is not None else False
         detail = probe.detail if probe is not None else (seen.detail if seen is not None else "")
         same_spec = desired is not None and seen is not None and seen.spec_hash == desired.spec_hash
         running_revision = revision if revision is not None and same_spec else seen.revision if seen else None
         revision = running_revision if running else None
-        self._write(name, (state.value, healthy, f"{note}; {detail}" if note else detail, revision), fresh)
+        self._write(name, (state.value, healthy, _noted(note, detail), revision), fresh)
         if not running:
             self.unwatch(name)
+
+    def _mark_crashed(self, name: str, runtime_name: str, instance: str, what: str) -> str:
+        """Remember (and announce once) that a service which passed its gate died; returns why, for people."""
+        runtime = self._runtimes.get(runtime_name)
+        try:
+            cause = root_cause(runtime.logs(instance, 8000)) if runtime is not None else ""
+        except DeployerError:
+            cause = ""
+        why = f"crash loop after its gate passed: {what}" + (f": {cause}" if cause else "")
+        self._crashes.mark(name, why)
+        self._events.publish(ServiceCrashed(name, why))
+        return why
+
+    def _recovered(self, name: str) -> None:
+        self._crashes.forget(name)
+        self._events.publish(ServiceCrashed(name, "answers its health check again", recovered=True))
+
+    def replacing(self, name: str, detail: str) -> None:
+        """A deploy replaces the serving process in place: until its gate passes, nothing is known to answer."""
+        self.unwatch(name)
+        self._written.pop(name, None)
+        self._store.observations.record(name, ServiceState.STARTING.value, False, detail)
+        self._events.publish(ServiceObserved(name, False, False))
 
     def record_waiting(self, name: str, reason: str) -> None:
         self._written.pop(name, None)
@@ -128,12 +176,14 @@ class Observer:
         with self._guard:
             self._watched.pop(name, None)
 
-    def _watch(self, name: str, url: str, *, fresh: bool) -> Probe:
+    def _watch(self, name: str, url: str, *, fresh: bool, where: tuple[str, str] = ("", "")) -> Probe:
         with self._guard:
             watched = self._watched.get(name)
             if watched is None or watched.url != url:
                 spread = zlib.crc32(name.encode()) % max(1, int(self._interval * 1000)) / 1000
                 watched = self._watched[name] = _Watched(url, time.monotonic() + spread)
+            if where[0]:
+                watched.runtime, watched.instance = where
             known = watched.probe
         if known is not None and not fresh:
             return known
@@ -184,7 +234,37 @@ class Observer:
         if last is None:
             return  # the next pass records it with its state
         state, _, _, running = last[0]
+        crashed = self._crashes.why(name) is not None
+        if not probe.ok and not crashed:
+            died = self._died(name, watched)
+            if died:
+                self._crashes.restarted(name, died)
+                self._mark_crashed(name, watched.runtime, watched.instance or name, self._crashes.said(name))
+        elif probe.ok and crashed and not self._crashes.restarting(name):
+            self._recovered(name)
+            state = ServiceState.RUNNING.value
+        why = self._crashes.why(name)
+        if why is not None:
+            self._write(name, (ServiceState.FAILED.value, False, why, running), False)
+            return
         self._write(name, (state, probe.ok, probe.detail, running), False)
+
+    def _died(self, name: str, watched: _Watched) -> str | None:
+        """How the process of a service that does not answer died (exited, restarted), or None: it did not."""
+        runtime = self._runtimes.get(watched.runtime)
+        if runtime is None:
+            return None
+        try:
+            seen = runtime.inspect(watched.instance or name)
+        except DeployerError:
+            return None
+        known = self._pids.get(name)
+        if seen is not None and seen.state is ServiceState.RUNNING and (known is None or seen.pid == known):
+            return None  # the same process, merely not answering: unhealthy, not dead
+        if seen is None or seen.state not in _CRASH_STATES:
+            return None  # stopped or gone: drift, which the next pass heals
+        self._pids[name] = seen.pid
+        return f"pid {known}, now {seen.pid or 'none'}" if seen.pid != known else f"now {seen.state.value}"
 
     def probe_unknown(self, names: Iterable[tuple[str, str]]) -> None:
         """Probe side by side the running services never probed yet (the first pass after a start)."""
@@ -252,6 +332,10 @@ def by_service(instances: Mapping[str, ActualService], active: Mapping[str, str]
         else:
             strays.setdefault(service, []).append(key)
     return services, strays
+
+
+def _noted(note: str, detail: str) -> str:
+    return f"{note}; {detail}" if note else detail
 
 
 def health_url(desired: DesiredService, port: int | None = None) -> str:

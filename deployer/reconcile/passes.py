@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Set
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from deployer.demo import DemoResult
 from deployer.errors import DeployerError, Reason, SourceError, StalledError, UnknownService
 from deployer.model.actual import ActualService, ServiceState
+from deployer.model.deployment import instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import PassFinished
 from deployer.model.plan import Action, ActionKind, Plan
@@ -37,7 +38,6 @@ from deployer.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-EXPLICIT = (Trigger.CLI, Trigger.ROLLBACK)  # an operator asked: a revision that failed before may be tried again
 
 
 @dataclass
@@ -127,18 +127,22 @@ class Reconciler:
 
     # -- one pass ----------------------------------------------------------------
 
-    def reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool = True) -> PassResult:
-        """Bring every service of one source to the state its branch head describes."""
+    def reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool = True,
+                         retry: Set[str] = frozenset()) -> PassResult:
+        """Bring every service of one source to the state its branch head describes.
+
+        A spec that failed before is held (not tried again) unless its service is in ``retry``.
+        """
         started = time.monotonic()
         try:
-            return self._reconcile_source(name, trigger=trigger, fetch=fetch)
+            return self._reconcile_source(name, trigger=trigger, fetch=fetch, retry=retry)
         except StoreError as exc:  # the database is down or its disk full: say so, retry next pass
             self.sources.set_error(name, f"cannot record this source's pass: {exc}")
             return PassResult(source=name, error=str(exc))
         finally:
             self.rooms.events.publish(PassFinished(name, time.monotonic() - started))
 
-    def _reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool) -> PassResult:
+    def _reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool, retry: Set[str]) -> PassResult:
         result = PassResult(source=name)
         source = self.sources.get(name)
         # A fetch that failed (remote down, disk full) is tried again by every pass, not only at the next poll.
@@ -165,7 +169,7 @@ class Reconciler:
             with self._lock(service):
                 self.rooms.recorder.service_problem(service, error, trigger)
             result.outcomes[service] = "stalled"
-        current = self._plan(name, recorded, trigger)
+        current = self._plan(name, recorded, trigger, retry)
         result.plan = current.planned.plan
         self._probe_unknown(current)
         result.outcomes.update(self._execute_all(current))
@@ -251,7 +255,7 @@ class Reconciler:
 
     # -- planning --------------------------------------------------------------------------
 
-    def _plan(self, name: str, recorded: _Recorded, trigger: Trigger) -> _Pass:
+    def _plan(self, name: str, recorded: _Recorded, trigger: Trigger, retry: Set[str] = frozenset()) -> _Pass:
         resolution = recorded.resolution
         inventory = self.store.services.inventory(name) - set(resolution.errors)
         overrides = self.store.overrides.active()
@@ -268,11 +272,11 @@ class Reconciler:
             desired=resolution.desired, revisions=recorded.revisions, inventory=inventory, actual=actual,
             down=listing.down, runtime_of=runtime_of, overrides=overrides, pinned=pinned, prune=self.prune,
             relocate=self._relocations(resolution.desired, actual, routed)))
-        if trigger not in EXPLICIT:
-            failed = {action.service for action in planned.changing()
-                      if action.desired is not None and action.kind is not ActionKind.REMOVE
-                      and self.store.history.failed_revision(action.service, action.desired.spec_hash)}
-            planned = hold_failed(planned, failed) if failed else planned
+        failed = {action.service: why for action in planned.changing()
+                  if action.desired is not None and action.kind is not ActionKind.REMOVE
+                  and action.service not in retry
+                  and (why := self.store.history.last_failure(action.service, action.desired.spec_hash)) is not None}
+        planned = hold_failed(planned, failed) if failed else planned
         return _Pass(planned, listing, trigger, actual, {key: value for key, value in strays.items() if key in wanted})
 
     def _relocations(self, desired: Mapping[str, DesiredService], actual: Mapping[str, ActualService],
@@ -350,16 +354,17 @@ class Reconciler:
 
     def _leave(self, action: Action, current: _Pass) -> str:
         name, planned = action.service, current.planned
-        seen, port = current.actual.get(name), self.rooms.rollout.serving(name).port
+        seen, place = current.actual.get(name), self.rooms.rollout.serving(name)
+        port, instance = place.port, instance_name(name, place.slot)
         self._clear_strays(name, current)
         if name in planned.held:
-            self.rooms.observer.record(name, None, seen, note=action.reason, port=port)
+            self.rooms.observer.record(name, None, seen, note=action.reason, port=port, instance=instance)
             return "held"
         if name in planned.suspended:
-            self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port)
+            self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port, instance=instance)
             return "suspended"
         revision = planned.revisions.get(name)
-        self.rooms.observer.record(name, action.desired, seen, port=port,
+        self.rooms.observer.record(name, action.desired, seen, port=port, instance=instance,
                                    revision=revision.id if revision is not None else None)
         return "noop"
 
@@ -410,4 +415,4 @@ def _head(source: GitSource, fetch: bool) -> str:
     return source.head()
 
 
-__all__ = ["EXPLICIT", "Listing", "PassResult", "Reason", "Reconciler", "Rooms"]
+__all__ = ["Listing", "PassResult", "Reason", "Reconciler", "Rooms"]

@@ -37,7 +37,7 @@ class PassPlan:
     revisions: dict[str, RevisionView] = field(default_factory=dict)
     waiting: frozenset[str] = frozenset()  # their runtime is unreachable
     suspended: frozenset[str] = frozenset()  # an operator suspended them; changes are only shown
-    held: frozenset[str] = frozenset()  # their wanted spec failed before; a new commit or an explicit pass
+    held: frozenset[str] = frozenset()  # their wanted spec failed before: a new commit or a --retry
 
     def changing(self) -> list[Action]:
         return [action for action in self.plan.actions if action.changes]
@@ -56,19 +56,29 @@ def plan_pass(inputs: PassInputs) -> PassPlan:
     return PassPlan(Plan(tuple(actions)), revisions, frozenset(waiting), suspended)
 
 
-def hold_failed(planned: PassPlan, failed: Set[str]) -> PassPlan:
-    """Changes to a spec that failed before become noops: it waits for a new commit (or an explicit pass)."""
+def hold_failed(planned: PassPlan, failed: Mapping[str, str]) -> PassPlan:
+    """Changes to a spec that failed before become noops, saying why (``failed``: service -> its failure).
+
+    The retry rule: a held spec is tried again only by ``deployer reconcile NAME --retry``, a new
+    commit that changes the spec, or a commit back to a tree that runs (then nothing is to be done).
+    """
     actions = []
     for action in planned.plan.actions:
         if action.service in failed and action.changes and action.kind is not ActionKind.REMOVE:
             revision = planned.revisions.get(action.service)
             label = f"revision {revision.id}" if revision is not None else "this spec"
             action = Action(action.service, ActionKind.NOOP,
-                            f"held: {label} failed before; waiting for a new commit "
-                            f"(would {action.kind.value}; `deployer reconcile` tries it again)", action.desired)
+                            f"held: {label} failed ({_short(failed[action.service])}); would {action.kind.value}: "
+                            f"retried by a new commit or `deployer reconcile {action.service} --retry`",
+                            action.desired)
         actions.append(action)
     held = frozenset(failed) & {action.service for action in planned.changing()}
     return PassPlan(Plan(tuple(actions)), planned.revisions, planned.waiting, planned.suspended, held)
+
+
+def _short(why: str, limit: int = 160) -> str:
+    first = why.strip().splitlines()[0] if why.strip() else "no reason recorded"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _with_pins(inputs: PassInputs) -> tuple[dict[str, DesiredService], dict[str, RevisionView]]:

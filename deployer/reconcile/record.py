@@ -2,7 +2,8 @@
 
 Resolution records nothing (``resolve.py``); this room writes its result: a revision per new spec
 (which becomes the desired one), a failed attempt once per broken commit for every service of the
-source (and a ``CommitRefused`` event, so Gitea shows it), once per problem for a single service.
+source (and a ``CommitRefused`` event, so Gitea shows it), once per problem for a single service;
+a crash loop after the gate (the observer's ``ServiceCrashed``) and its recovery, as drift attempts.
 Checkouts nothing needs any more are pruned when a new head was recorded.
 """
 
@@ -12,8 +13,8 @@ import logging
 import threading
 from dataclasses import replace
 
-from deployer.errors import DeployerError
-from deployer.model.events import CommitRefused
+from deployer.errors import DeployerError, Reason
+from deployer.model.events import AttemptFinished, CommitRefused, Event, ServiceCrashed
 from deployer.model.status import Outcome, RevisionView, Trigger
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.resolve import Resolution
@@ -66,6 +67,29 @@ class Recorder:
         attempt = self._store.history.start_attempt(service, None, trigger)
         self._store.history.finish_attempt(attempt, Outcome.FAILED, error.reason.value,
                                            f"{error}; the previous revision keeps serving")
+
+    def on_event(self, event: Event) -> None:
+        """A crash after the gate (or the recovery from one) is an attempt of its own, trigger ``drift``.
+
+        Recorded against the running revision, so that revision's spec is held like any failed one
+        (the retry rule applies) and Gitea's commit status says it; a recovery clears it.
+        """
+        if isinstance(event, ServiceCrashed):
+            self.crashed(event.service, event.detail, recovered=event.recovered)
+
+    def crashed(self, service: str, detail: str, *, recovered: bool = False) -> None:
+        view = self._store.views.service(service)
+        revision = self._store.history.get_revision(view.running_revision) \
+            if view is not None and view.running_revision else None
+        if view is None or revision is None:
+            return
+        outcome, reason = (Outcome.SUCCEEDED, Reason.RECOVERED) if recovered else (Outcome.FAILED, Reason.CRASH_LOOP)
+        message = f"revision {revision.id} ({revision.sha[:7]}) {detail}"
+        attempt = self._store.history.start_attempt(service, revision.id, Trigger.DRIFT)
+        self._store.history.finish_attempt(attempt, outcome, reason.value, message)
+        log.warning("%s: %s", service, message)
+        self._events.publish(AttemptFinished(service, view.source, revision.sha, revision.id, attempt, Trigger.DRIFT,
+                                             outcome, reason.value, message, 0.0))
 
     def _first(self, key: str, what: str) -> bool:
         with self._guard:

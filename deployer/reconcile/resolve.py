@@ -117,7 +117,9 @@ class KnownPorts:
         self._store = store
 
     def port_for(self, entry: ServiceManifest, source: str, runtime: str) -> int:
-        return self._store.ports.of(entry.name) or (entry.port if entry.port != "auto" else 0)
+        if entry.port != "auto":
+            return entry.port  # what the pass claims: a fixed port in the manifest wins over the one held
+        return self._store.ports.of(entry.name) or 0
 
 
 class ClaimedPorts:

@@ -21,6 +21,7 @@ from pathlib import Path
 from deployer.build import EnvBuilder
 from deployer.errors import BuildError, DeployerError, Reason, StalledError
 from deployer.hooks import HookRunner
+from deployer.model.cause import readable_paths
 from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import AttemptFinished, AttemptStarted
@@ -114,7 +115,7 @@ class Rollout:
             if verify_only:
                 message += " (verified after an interrupted deploy)"
         except NotSwitched as exc:
-            reason, message = exc.reason.value, str(exc)
+            reason, message = exc.reason.value, readable_paths(str(exc))
             kept = previous.running_revision if previous is not None else None
             if kept is not None:
                 outcome, rolled_back_to = Outcome.ROLLED_BACK, kept
@@ -123,7 +124,7 @@ class Rollout:
             else:
                 message += "; no earlier revision, nothing serves"
         except DeployerError as exc:
-            reason, message = exc.reason.value, str(exc)
+            reason, message = exc.reason.value, readable_paths(str(exc))
             good = self._roll_back(desired.name, revision.id, attempt)
             if good is not None:
                 outcome, rolled_back_to = Outcome.ROLLED_BACK, good.id
@@ -209,8 +210,15 @@ class Rollout:
         try:
             self._hook_steps.run(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
             stopped = time.monotonic()  # recreate: from here the old process is gone until the gate passes
+            if not place.blue_green:  # the page and API must not keep showing the old process's "healthy"
+                self._observer.replacing(desired.name, f"being replaced by revision {revision} (attempt {attempt})")
             with self._steps.step(attempt, f"{prefix}apply") as step:
-                runtime.apply(deployment)
+                try:
+                    runtime.apply(deployment)
+                except DeployerError as exc:  # the message says the cause once; the step keeps the whole output
+                    output = getattr(exc, "output", "")
+                    step.output = f"{exc}\n{output}".strip() if isinstance(output, str) else str(exc)
+                    raise
                 step.output = f"{deployment.name} on port {deployment.port}" if place.slot else ""
             try:
                 self._gate.check(deployment, runtime, attempt, prefix)
@@ -381,7 +389,7 @@ class Rollout:
             place = self.serving(running.name)
             instance = instance_name(running.name, place.slot)
             seen = self._runtime(running).inspect(instance)
-            self._observer.record(running.name, running, seen, fresh=True, port=place.port)
+            self._observer.record(running.name, running, seen, fresh=True, port=place.port, instance=instance)
             if seen is not None:
                 self._observer.capture(running.name, seen.runtime, place.port or running.port, running,
                                        instance=instance)

@@ -71,7 +71,11 @@ class History:
             return None if row is None else revision_view(row)
 
     def failed_revision(self, service: str, spec_hash: str) -> bool:
-        """True when the newest finished attempt at this spec failed or was rolled back.
+        """True when the newest finished attempt at this spec failed or was rolled back (see ``last_failure``)."""
+        return self.last_failure(service, spec_hash) is not None
+
+    def last_failure(self, service: str, spec_hash: str) -> str | None:
+        """``"Reason: message"`` of the newest finished attempt at this spec when it failed or was rolled back.
 
         Running attempts are not "ended" and are skipped; an interrupted one did
         not fail, so it leaves the spec eligible for another try. Failures that
@@ -79,7 +83,7 @@ class History:
         that was down) are skipped too: the same spec is tried again.
         """
         query = (
-            select(AttemptRow.outcome)
+            select(AttemptRow.outcome, AttemptRow.reason, AttemptRow.message)
             .join(RevisionRow, AttemptRow.revision_id == RevisionRow.id)
             .where(RevisionRow.service == service, RevisionRow.spec_hash == spec_hash)
             .where(AttemptRow.outcome != Outcome.RUNNING.value)
@@ -87,9 +91,11 @@ class History:
             .order_by(AttemptRow.id.desc())
             .limit(1)
         )
-        with self._db.transaction("failed_revision") as session:
-            outcome = session.scalar(query)
-        return outcome in (Outcome.FAILED.value, Outcome.ROLLED_BACK.value)
+        with self._db.transaction("last_failure") as session:
+            row = session.execute(query).first()
+        if row is None or row.outcome not in (Outcome.FAILED.value, Outcome.ROLLED_BACK.value):
+            return None
+        return f"{row.reason}: {row.message}"
 
     # -- attempts and steps ------------------------------------------------
 

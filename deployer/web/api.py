@@ -124,16 +124,20 @@ class Api:
 
     async def reconcile(self, request: Request) -> Response:
         require_token(request, self.api_token)
-        service = (await _json_body(request)).get("service")
+        body = await _json_body(request)
+        service, retry = body.get("service"), body.get("retry", False)
+        if not isinstance(retry, bool) or (retry and not service):
+            raise BadRequest("retry must be true or false, and needs a service: {\"service\": NAME, \"retry\": true}")
         sources = self.reconciler.sources.names()
         if service:
             view = await run_in_threadpool(self.store.views.service, str(service))
             if view is None:
                 raise UnknownService(str(service))
             sources = [view.source]
+        again = frozenset({str(service)}) if retry else frozenset()  # a held failed spec is tried only when asked
         for source in sources:
-            self.queue.request(source, Trigger.CLI, fetch=True)
-        return JSONResponse({"requested": sources}, status_code=202)
+            self.queue.request(source, Trigger.CLI, fetch=True, retry=again)
+        return JSONResponse({"requested": sources, "retry": sorted(again)}, status_code=202)
 
     async def act(self, request: Request) -> Response:
         require_token(request, self.api_token)
@@ -142,7 +146,9 @@ class Api:
         with refused_as(Conflict):
             done = await run_in_threadpool(self._act, name, action, body)
         trigger = Trigger.ROLLBACK if action == "rollback" else Trigger.CLI
-        self.queue.request(done.source, trigger, fetch=False)
+        # A rollback names the revision to run: it is deployed even if it failed once before.
+        again = frozenset({done.service}) if action == "rollback" else frozenset()
+        self.queue.request(done.source, trigger, fetch=False, retry=again)
         return JSONResponse({"service": done.service, "message": done.message,
                              "override": override_json(done.override) if done.override else None}, status_code=202)
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from deployer.gitea import state_for
+from deployer.model.cause import readable_paths
 from deployer.model.diff import Change, spec_diff, with_previous
 from deployer.model.status import (
     AttemptView,
@@ -105,8 +106,17 @@ def condition(view: ServiceView) -> Condition:
 def _failure(view: ServiceView, attempt: AttemptView | None) -> str:
     if attempt is None or attempt.outcome not in _FAILED:
         return f"the runtime reports {view.state}"
-    kept = " (previous revision kept serving)" if attempt.outcome == Outcome.ROLLED_BACK.value else ""
-    return f"{attempt.reason}: {attempt.message}{kept}"
+    return f"{attempt.reason}: {attempt.message}{_kept(view, attempt)}"
+
+
+def _kept(view: ServiceView, attempt: AttemptView) -> str:
+    """Said only when the probe after the attempt proved it: the revision put back runs and answers."""
+    if attempt.outcome != Outcome.ROLLED_BACK.value:
+        return ""
+    serving = view.state == "running" and view.healthy and view.running_revision == attempt.rolled_back_to
+    if serving:
+        return " (previous revision kept serving)"
+    return f" (revision {attempt.rolled_back_to} was put back but does not answer its health check: nothing serves)"
 
 
 def _drift(view: ServiceView) -> str:
@@ -302,8 +312,8 @@ def pretty(value: object) -> str:
 
 
 def tail(text: str, lines: int = LOG_LINES) -> str:
-    """The last ``lines`` lines of a log tail."""
-    return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+    """The last ``lines`` lines of a log tail, its paths relative to the repository (no state dir)."""
+    return "\n".join(readable_paths(text).rstrip("\n").split("\n")[-lines:])
 
 
 def took(attempt: AttemptView) -> float | None:

@@ -19,6 +19,7 @@ import docker.errors
 
 from deployer.errors import ApplyError, DeployerError, Reason
 from deployer.model.actual import ActualService, ServiceState
+from deployer.model.cause import root_cause
 from deployer.model.deployment import SLOTS, Deployment, instance_name, split_instance
 from deployer.runtimes.docker.engine import Engine, decode_tail, explanation, log_lines
 from deployer.runtimes.docker.images import ImageBuild, ImageBuilder
@@ -261,10 +262,9 @@ class DockerRuntime:
             state = self.engine.api().inspect_container(container)["State"]
             if state.get("Restarting") or not state.get("Running") or state.get("RestartCount", 0) > 0:
                 output = self._logs(container, 4000)
-                last = output.strip().splitlines()[-1:] or ["(no output)"]
                 raise ContainerExited(
-                    f"service {name}: the container exited at once (exit code {state.get('ExitCode')}); "
-                    f"last output: {last[0][:300]}", output=output,
+                    f"service {name}: the container exited at once (exit code {state.get('ExitCode')}): "
+                    f"{root_cause(output) or '(no output)'}", output=output,
                 )
             if time.monotonic() >= deadline:
                 return

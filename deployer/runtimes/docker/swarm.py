@@ -19,6 +19,7 @@ import docker.types
 
 from deployer.errors import ApplyError, BuildError, RuntimeUnavailable
 from deployer.model.actual import ActualService, ServiceState
+from deployer.model.cause import root_cause
 from deployer.model.deployment import Deployment
 from deployer.runtimes.docker.engine import Engine, decode_tail, log_lines
 from deployer.runtimes.docker.images import ImageBuild, ImageBuilder
@@ -281,9 +282,8 @@ class SwarmRuntime:
         return _task_error(failed[0]) if failed else "a new task did not stay up"
 
     def _failure(self, name: str, service_id: str, what: str) -> ApplyError:
-        output = self._service_logs(service_id, 2000).strip()
-        last = output.splitlines()[-1][:300] if output else "(no output)"
-        return ApplyError(f"service {name}: {what}; last output: {last}")
+        output = self._service_logs(service_id, 2000)
+        return ApplyError(f"service {name}: {what}: {root_cause(output) or '(no output)'}")
 
     def _scale(self, service: dict[str, Any], replicas: int) -> None:
         mode = docker.types.ServiceMode("replicated", replicas=replicas)

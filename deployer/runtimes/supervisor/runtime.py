@@ -20,6 +20,7 @@ from supervisor.xmlrpc import Faults
 
 from deployer.errors import ApplyError, ConfigError, Reason, RuntimeUnavailable
 from deployer.model.actual import ActualService, ServiceState
+from deployer.model.cause import root_cause
 from deployer.model.deployment import Deployment
 from deployer.runtimes.supervisor.embedded import EmbeddedSupervisord, SupervisorPaths
 from deployer.runtimes.supervisor.files import (
@@ -316,8 +317,9 @@ class SupervisorRuntime:
 
     def _start_failed(self, name: str, what: str) -> StartFailed:
         tail = self.logs(name, 8192)
-        short = tail[-1000:].strip() or "(no output)"
-        return StartFailed(f"service {name}: did not start: {what}; last output:\n{short}", output=tail)
+        cause = root_cause(tail)  # first: a commit status shows little more than a line
+        return StartFailed(f"{cause} — service {name} did not start: {what}" if cause else
+                           f"service {name}: did not start: {what} (no output)", output=tail)
 
     def _unload(self, name: str) -> None:
         """stop -> remove: supervisord has no update over XML-RPC, a changed group is re-added."""
