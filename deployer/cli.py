@@ -84,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
         command = _remote(commands, remote, name, helptext, _act, service=True)
         command.add_argument("revision", type=int, nargs="?")
         command.add_argument("--why", default="")
+    for name, helptext in (("stop", "stop services and keep them stopped until started"),
+                           ("start", "start stopped services (deploys the wanted revision through the gate)"),
+                           ("restart", "restart services through the gate (blue/green behind the gateway)")):
+        command = _remote(commands, remote, name, helptext, _operate)
+        command.add_argument("services", nargs="*", metavar="NAME")
+        command.add_argument("--group", help="every service of this group")
+        command.add_argument("--source", help="every service of this source")
+        command.add_argument("--all", action="store_true", help="every service")
+        command.add_argument("--why", default="")
+        command.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the outcome")
     for name, helptext in (("unpin", "follow the branch again"), ("resume", "reconcile a suspended service again"),
                            ("suspend", "stop reconciling a service, leaving it as it is")):
         command = _remote(commands, remote, name, helptext, _act, service=True)
@@ -273,6 +283,24 @@ def _act(args: argparse.Namespace) -> int:
     attempt = wait_for_attempt(client, args.service, after_id=newest, revision=revision, timeout=600, echo=print)
     print(f"{attempt['outcome']}: {attempt['reason']}: {attempt['message']}")
     return EXIT_OK if attempt["outcome"] == "succeeded" else EXIT_FAILURE
+
+
+def _operate(args: argparse.Namespace) -> int:
+    """stop/start/restart: one operation over the services named; one line per service as each ends."""
+    from deployer.client import follow_operation
+
+    if not (args.services or args.group or args.source or args.all):
+        print(f"deployer {args.command}: name services, or --group G, --source S or --all", file=sys.stderr)
+        return EXIT_USAGE
+    body: dict[str, Any] = {"who": f"{getpass.getuser()}@{socket.gethostname()}", "why": args.why,
+                            "services": args.services, "group": args.group, "source": args.source, "all": args.all}
+    client = _client(args)
+    operation = client.post(f"/api/actions/{args.command}", body)
+    final = follow_operation(client, operation, timeout=args.timeout,
+                             echo=None if args.json else print)
+    if args.json:
+        _print_json(final)
+    return EXIT_FAILURE if any(item["ok"] is False for item in final["items"]) else EXIT_OK
 
 
 if __name__ == "__main__":

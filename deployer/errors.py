@@ -32,6 +32,8 @@ class Reason(StrEnum):
     GATEWAY_FAILED = "GatewayFailed"
     INTERRUPTED = "Interrupted"
     INTERNAL_ERROR = "InternalError"
+    STOPPED = "Stopped"
+    RESTARTED = "Restarted"
 
 
 class DeployerError(Exception):

@@ -22,6 +22,7 @@ from deployer.model.desired import DesiredService
 from deployer.model.events import PassFinished
 from deployer.model.plan import Action, ActionKind, Plan
 from deployer.model.status import Outcome, RevisionView, SnapshotView, Trigger
+from deployer.reconcile.actions import ActionDone, ServiceActions
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.observe import Listing, Observer, by_service, health_url
@@ -82,6 +83,7 @@ class Rooms:
     secrets: SecretStore
     events: EventBus
     recorder: Recorder
+    actions: ServiceActions
 
 
 class Reconciler:
@@ -213,6 +215,21 @@ class Reconciler:
         with self._lock(name):
             return revision.id, self.rooms.demos.run(desired, revision.id, None)
 
+    def stop(self, name: str, *, note: str) -> ActionDone:
+        """``deployer stop``: the serving instance stopped now (the override keeps it so at every pass)."""
+        with self._lock(name):
+            return self.rooms.actions.stop(name, note=note)
+
+    def start(self, name: str, *, note: str) -> ActionDone:
+        """``deployer start``: the wanted revision deployed now, through the gate."""
+        with self._lock(name):
+            return self.rooms.actions.start(name, note=note)
+
+    def restart(self, name: str, *, note: str) -> ActionDone:
+        """``deployer restart``: the running revision rolled out again, through the gate (blue/green behind it)."""
+        with self._lock(name):
+            return self.rooms.actions.restart(name, note=note)
+
     def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger, *,
                verify_only: bool = False) -> Outcome:
         with self._lock(desired.name):
@@ -258,7 +275,7 @@ class Reconciler:
             relocate=self._relocations(resolution.desired, actual, routed)))
         if trigger not in EXPLICIT:
             failed = {action.service for action in planned.changing()
-                      if action.desired is not None and action.kind is not ActionKind.REMOVE
+                      if action.desired is not None and action.kind not in (ActionKind.REMOVE, ActionKind.STOP)
                       and self.store.history.failed_revision(action.service, action.desired.spec_hash)}
             planned = hold_failed(planned, failed) if failed else planned
         return _Pass(planned, listing, trigger, actual, {key: value for key, value in strays.items() if key in wanted})
@@ -312,6 +329,8 @@ class Reconciler:
             return "waiting"
         if action.kind is ActionKind.REMOVE:
             return self.rooms.rollout.remove(name, self.rooms.observer.runtime_holding(name, listing))
+        if action.kind is ActionKind.STOP:  # an operator stopped it and something started it again
+            return self.rooms.actions.stop(name, note=action.reason, trigger=Trigger.DRIFT).outcome
         if action.kind is ActionKind.NOOP and action.desired is not None and name in self._unverified:
             self._unverified.discard(name)  # applied before a crash, never gated
             return self.rooms.rollout.deploy(action.desired, planned.revisions[name], Trigger.STARTUP,
@@ -330,6 +349,9 @@ class Reconciler:
         if name in planned.suspended:
             self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port)
             return "suspended"
+        if name in planned.stopped:
+            self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port)
+            return "stopped"
         revision = planned.revisions.get(name)
         self.rooms.observer.record(name, action.desired, seen, port=port,
                                    revision=revision.id if revision is not None else None)
