@@ -202,6 +202,16 @@ class CommitLinks:
         return f"{self.base}/{quote(repository)}/commit/{sha}"
 
 
+def webhook_delivery(source: SourceRecord, last: Mapping[str, datetime]) -> datetime | None:
+    """When a signed push for ``source`` last arrived (None: only polled), matched like the receiver does:
+    by its name (``owner/repo``) or by its URL ending in that repository."""
+    found = last.get(source.name.lower())
+    if found is not None:
+        return found
+    parts = source.url.rstrip("/").removesuffix(".git").replace(":", "/").split("/")
+    return last.get("/".join(parts[-2:]).lower()) if len(parts) >= 2 else None
+
+
 def commit_links(gitea_url: str, sources: Iterable[SourceRecord]) -> CommitLinks:
     base = gitea_url.rstrip("/")
     if not base:
