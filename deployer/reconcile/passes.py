@@ -331,7 +331,8 @@ class Reconciler:
             return self.rooms.rollout.remove(name, self.rooms.observer.runtime_holding(name, listing))
         if action.kind is ActionKind.STOP:  # an operator stopped it and something started it again
             return self.rooms.actions.stop(name, note=action.reason, trigger=Trigger.DRIFT).outcome
-        if action.kind is ActionKind.NOOP and action.desired is not None and name in self._unverified:
+        if action.kind is ActionKind.NOOP and action.desired is not None and name in self._unverified \
+                and name not in planned.stopped:  # a stopped service is not gated (that would start it)
             self._unverified.discard(name)  # applied before a crash, never gated
             return self.rooms.rollout.deploy(action.desired, planned.revisions[name], Trigger.STARTUP,
                                              verify_only=True).value
