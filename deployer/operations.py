@@ -90,23 +90,20 @@ class Operations:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self, operation_id: int, service: str, run: Callable[[], Result]) -> None:
-        self._update(operation_id, service, state="running")
+        self._update(operation_id, Item(service, "running"))
         try:
             result = run()
-            self._update(operation_id, service, state="done", ok=result.ok, outcome=result.outcome,
-                         message=result.message, attempt=result.attempt)
+            done = Item(service, "done", result.ok, result.outcome, result.message, result.attempt)
         except DeployerError as exc:
-            self._update(operation_id, service, state="done", ok=False, outcome="failed", message=str(exc))
+            done = Item(service, "done", False, "failed", str(exc))
         except Exception as exc:  # one service's bug must not stop the others
             log.exception("%s: operation %s crashed", service, operation_id)
-            self._update(operation_id, service, state="done", ok=False, outcome="failed",
-                         message=f"internal error: {type(exc).__name__}")
+            done = Item(service, "done", False, "failed", f"internal error: {type(exc).__name__}")
+        self._update(operation_id, done)
 
-    def _update(self, operation_id: int, service: str, **changes: object) -> None:
+    def _update(self, operation_id: int, item: Item) -> None:
         with self._guard:
             operation = self._operations.get(operation_id)
-            if operation is None:
-                return
-            items = tuple(replace(item, **changes) if item.service == service else item  # type: ignore[arg-type]
-                          for item in operation.items)
-            self._operations[operation_id] = replace(operation, items=items)
+            if operation is not None:
+                items = tuple(item if old.service == item.service else old for old in operation.items)
+                self._operations[operation_id] = replace(operation, items=items)
