@@ -371,7 +371,7 @@ def _gitea_check(args: argparse.Namespace) -> int:
 
 
 def _gitea_hook(args: argparse.Namespace) -> int:
-    from deployer.gitea import HookSpec, ensure_hook, split_repo
+    from deployer.gitea import GiteaRejected, HookSpec, ensure_hook, split_repo
 
     if bool(args.repo) == bool(args.owner):
         print("deployer gitea hook: name one repository (OWNER/NAME) or --owner ORG", file=sys.stderr)
@@ -387,7 +387,14 @@ def _gitea_hook(args: argparse.Namespace) -> int:
                           "DEPLOYER_WEBHOOK_SECRET): deployer refuses unsigned deliveries, so set one first")
     spec = HookSpec(onboarding.targets.hook_url, onboarding.webhook_secret, args.branch or onboarding.branch)
     with onboarding.client:
-        change = ensure_hook(onboarding.client, scope, spec, onboarding.memory, dry_run=args.dry_run)
+        try:
+            change = ensure_hook(onboarding.client, scope, spec, onboarding.memory, dry_run=args.dry_run)
+        except GiteaRejected as exc:
+            if exc.status_code != 404:
+                raise
+            what = (f"no organisation {args.owner!r} (a user's repositories need a hook each: "
+                    "`deployer gitea hook OWNER/NAME`)" if args.owner else f"no repository {args.repo!r}")
+            raise GiteaRejected(f"{what}, or the token cannot see it (gitea answered 404)", status_code=404) from None
     print(change.describe(dry_run=args.dry_run))
     return EXIT_OK
 

@@ -153,7 +153,7 @@ def test_hook_on_an_organisation_and_clear_refusals(tmp_path: Path, gitea: Gitea
     assert [hook["secret"] for hook in gitea.hooks("orgs/acme")] == [SECRET]
 
     missing = cli(path, "hook", "--owner", "nobody", token=gitea.token)
-    assert missing.returncode == 1 and "404" in missing.stderr, missing.stderr
+    assert missing.returncode == 1 and "no organisation 'nobody'" in missing.stderr, missing.stderr
     gitea.add_repo("acme", "models", ["a" * 40])
     gitea.add_token("reader-token-1", "reader", admin=False)
     forbidden = cli(path, "hook", "acme/models", token="reader-token-1")
