@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -68,6 +68,7 @@ class _Pass:
     trigger: Trigger
     actual: dict[str, ActualService] = field(default_factory=dict)
     strays: dict[str, list[str]] = field(default_factory=dict)
+    listed_at: float = 0.0  # time.monotonic() just before the listing
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Reconciler:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._recorded: dict[str, _Recorded] = {}  # source -> last clean resolution
+        self._acted: dict[str, float] = {}  # service -> when an operator's stop/start/restart last ended
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
         self._unverified = {view.name for view in store.views.services()
                             if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
@@ -217,18 +219,23 @@ class Reconciler:
 
     def stop(self, name: str, *, note: str) -> ActionDone:
         """``deployer stop``: the serving instance stopped now (the override keeps it so at every pass)."""
-        with self._lock(name):
-            return self.rooms.actions.stop(name, note=note)
+        return self._by_hand(name, lambda: self.rooms.actions.stop(name, note=note))
 
     def start(self, name: str, *, note: str) -> ActionDone:
         """``deployer start``: the wanted revision deployed now, through the gate."""
-        with self._lock(name):
-            return self.rooms.actions.start(name, note=note)
+        return self._by_hand(name, lambda: self.rooms.actions.start(name, note=note))
 
     def restart(self, name: str, *, note: str) -> ActionDone:
         """``deployer restart``: the running revision rolled out again, through the gate (blue/green behind it)."""
+        return self._by_hand(name, lambda: self.rooms.actions.restart(name, note=note))
+
+    def _by_hand(self, name: str, act: Callable[[], ActionDone]) -> ActionDone:
+        """Under the service's lock; a pass that listed before it ended leaves the service to the next pass."""
         with self._lock(name):
-            return self.rooms.actions.restart(name, note=note)
+            try:
+                return act()
+            finally:
+                self._acted[name] = time.monotonic()
 
     def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger, *,
                verify_only: bool = False) -> Outcome:
@@ -263,6 +270,7 @@ class Reconciler:
         pins = {pin.revision for kinds in overrides.values() for pin in kinds.values() if pin.revision is not None}
         pinned = {revision_id: revision for revision_id in pins
                   if (revision := self.store.history.get_revision(revision_id)) is not None}
+        listed_at = time.monotonic()
         listing = self.rooms.observer.list()
         wanted = set(resolution.desired) | inventory
         routed = {service: slot for service, (slot, _) in self.store.slots.routed().items()}
@@ -278,7 +286,8 @@ class Reconciler:
                       if action.desired is not None and action.kind not in (ActionKind.REMOVE, ActionKind.STOP)
                       and self.store.history.failed_revision(action.service, action.desired.spec_hash)}
             planned = hold_failed(planned, failed) if failed else planned
-        return _Pass(planned, listing, trigger, actual, {key: value for key, value in strays.items() if key in wanted})
+        return _Pass(planned, listing, trigger, actual, {key: value for key, value in strays.items() if key in wanted},
+                     listed_at)
 
     def _relocations(self, desired: Mapping[str, DesiredService], actual: Mapping[str, ActualService],
                      routed: Mapping[str, str]) -> dict[str, str]:
@@ -316,6 +325,10 @@ class Reconciler:
 
     def _execute_isolated(self, action: Action, current: _Pass) -> str:
         with self._lock(action.service):
+            if self._acted.get(action.service, 0.0) > current.listed_at:
+                # an operator's stop/start/restart ran since the listing: what it saw is stale (acting on it
+                # would start a service just stopped, or record a slot just drained); the next pass sees anew
+                return "deferred"
             try:
                 return self._execute(action, current)
             except Exception:  # one service's bug must not stop the others

@@ -138,3 +138,24 @@ def test_stopped_override_round_trips_in_the_store(world: dict[str, Any]) -> Non
     assert Operator(store).start("alpha", who="bob").message == "alpha started"
     assert "alpha" not in store.overrides.active()
     assert store.overrides.history("alpha")[0].cleared_by == "bob"
+
+
+def test_a_pass_that_listed_before_an_operator_action_leaves_that_service_to_the_next_pass(
+        world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    world["repo"].commit(files(two_services()), "two")
+    run(world)
+    reconciler, store = world["reconciler"], world["store"]
+    world["runtime"].stop("alpha")  # what the listing sees: alpha down (a restart in its middle, say)
+    listing = reconciler.rooms.observer.list
+
+    def list_then_restart() -> Any:
+        seen = listing()
+        assert reconciler.restart("alpha", note="ada").ok  # the operator acts between listing and execution
+        return seen
+
+    monkeypatch.setattr(reconciler.rooms.observer, "list", list_then_restart)
+    outcomes = reconciler.reconcile_source("repo", trigger=Trigger.SCHEDULE, fetch=False).outcomes
+    assert outcomes == {"alpha": "deferred", "beta": "noop"}
+    assert store.history.attempts("alpha", 1)[0].trigger == Trigger.RESTART.value, "no stale drift redeploy"
+    monkeypatch.undo()
+    assert run(world) == {"alpha": "noop", "beta": "noop"}
