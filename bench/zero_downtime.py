@@ -2,11 +2,15 @@
 
 A service that takes ``--boot`` seconds (3) to load its "model" before it opens its port, deployed
 by the real daemon with its embedded nginx and supervisord. A request loop (``--rate`` 50/s, bounded
-in count and time, loopback only) calls it through the gateway path and through its sticky port
-while ``--redeploys`` (10) code-only revisions and ``--failing`` (3) revisions that cannot load
-their model are pushed, one after the other, each waited for. The same run is made with
-``rollout: {strategy: recreate}``, the baseline: it counts its failures and the seconds the service
-did not answer. Also: the gateway hop's cost, p50/p99 through the gateway path vs the slot's port.
+in count and time, loopback only; one httpx client reusing keep-alive connections) calls it through
+the gateway path and through its sticky port while ``--redeploys`` (10) code-only revisions and
+``--failing`` (3) revisions that cannot load their model are pushed, one after the other, each
+waited for. The same run is made with ``rollout: {strategy: recreate}``, the baseline: it counts
+its failures and the seconds the service did not answer. Also: the gateway hop's cost, p50/p99
+through the gateway path vs the slot's port; and the handover: a service deployed without the
+gateway, moved behind it by turning ``[gateway]`` on and restarting deployer, called on its
+sticky port meanwhile (``--handover-rate`` 200/s, a new connection per request, plus a keep-alive
+loop beside it): the requests that failed and the seconds the port did not answer.
 
 Run: ``.venv/bin/python bench/zero_downtime.py [--redeploys 10] [--failing 3] [--boot 3]``.
 """
@@ -41,6 +45,7 @@ from bench.common import (
     log,
     quantile,
     start_daemon,
+    terminate,
     wait_for,
     write_config,
 )
@@ -87,6 +92,7 @@ class Loop:
     urls: list[str]
     rate: float
     limit: int
+    keepalive: bool = True  # False: a new connection per request
     answers: int = 0
     failures: int = 0
     outage: float = 0.0  # seconds during which the last request of every URL failed
@@ -96,7 +102,8 @@ class Loop:
 
     def run(self) -> None:
         failing_since: float | None = None
-        with httpx.Client(trust_env=False, timeout=5) as client:
+        limits = httpx.Limits() if self.keepalive else httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(trust_env=False, timeout=5, limits=limits) as client:
             sent, started = 0, time.monotonic()
             while not self._stop.is_set() and sent < self.limit:
                 for url in self.urls:
@@ -153,9 +160,22 @@ def settle(daemon: DaemonProc, sha: str, token: str, timeout: float = 120) -> di
     return wait_for(done, timeout, f"the attempt for {sha[:7]}")
 
 
-def one_strategy(strategy: str, args: argparse.Namespace, cleanup: Cleanup, root: Path) -> dict[str, Any]:
-    """A fresh daemon and repository; the loop runs through every redeploy and failing revision."""
-    base = root / strategy
+@dataclass
+class World:
+    """A fresh repository and daemon (embedded nginx and supervisord) for one run."""
+
+    work: Path
+    config: Path
+    state: Path
+    daemon: DaemonProc
+    token: str
+    gateway_port: int
+    first: str
+
+
+def make_world(name: str, strategy: str, args: argparse.Namespace, cleanup: Cleanup, root: Path, *,
+               gateway: bool = True) -> World:
+    base = root / name
     bare, work = base / "repo.git", base / "work"
     bare.mkdir(parents=True)
     git(bare, "init", "-q", "--bare", "--initial-branch=main")
@@ -170,15 +190,23 @@ def one_strategy(strategy: str, args: argparse.Namespace, cleanup: Cleanup, root
     config = write_config(base / "deployer.toml", listen_port=listen, state_dir=base / "state", port_first=ports,
                           port_count=10, interval=3600, poll_interval=3600, docker="false",
                           extra=f'[[sources]]\nurl = "{bare}"\nname = "models"\n'
-                                f'[gateway]\nenabled = true\nlisten = "127.0.0.1:{gateway_port}"\ndrain = 1\n'
+                                f'[gateway]\nenabled = {str(gateway).lower()}\n'
+                                f'listen = "127.0.0.1:{gateway_port}"\ndrain = 1\n'
                                 f'nginx = "{shutil.which("nginx") or "/usr/sbin/nginx"}"\n')
     config.write_text(config.read_text().replace("[ports]\n", f'[ports]\nslot_range = "{slots}-{slots + 9}"\n'))
     daemon = start_daemon(cleanup, config, base / "state")
     cleanup.add("stop the gateway", _stop_nginx, base / "state")
     token = (base / "state" / "api-token").read_text().strip()
-    service = settle(daemon, first, token)
+    return World(work, config, base / "state", daemon, token, gateway_port, first)
+
+
+def one_strategy(strategy: str, args: argparse.Namespace, cleanup: Cleanup, root: Path) -> dict[str, Any]:
+    """A fresh daemon and repository; the loop runs through every redeploy and failing revision."""
+    world = make_world(strategy, strategy, args, cleanup, root)
+    daemon, work, token = world.daemon, world.work, world.token
+    service = settle(daemon, world.first, token)
     sticky = f"http://127.0.0.1:{service['port']}/predict"
-    path = f"http://127.0.0.1:{gateway_port}/ai/slow-model/predict"
+    path = f"http://127.0.0.1:{world.gateway_port}/ai/slow-model/predict"
     loop = Loop([path, sticky], rate=args.rate, limit=int(args.rate * 600))
     outcomes: list[str] = []
     with loop.running():
@@ -193,6 +221,37 @@ def one_strategy(strategy: str, args: argparse.Namespace, cleanup: Cleanup, root
     return {"answers": loop.answers, "failures": loop.failures, "outage": loop.outage, "outcomes": outcomes,
             "errors": loop.errors,
             "sent": loop.answers + loop.failures, "hop": hop}
+
+
+def handover(args: argparse.Namespace, cleanup: Cleanup, root: Path) -> dict[str, Any]:
+    """A service running without the gateway, moved behind it: the sticky port's one handover."""
+    world = make_world("handover", "blue-green", args, cleanup, root, gateway=False)
+    service = settle(world.daemon, world.first, world.token)
+    sticky = f"http://127.0.0.1:{service['port']}/predict"
+    fresh = Loop([sticky], rate=args.handover_rate, limit=int(args.handover_rate * 300), keepalive=False)
+    kept = Loop([sticky], rate=args.handover_rate / 4, limit=int(args.handover_rate * 75))
+    with fresh.running(), kept.running():
+        wait_for(lambda: fresh.answers > 50 and kept.answers > 10, 30, "both loops answered")
+        terminate(world.daemon.process)  # the service goes on: supervisord runs it, not deployer
+        world.config.write_text(world.config.read_text().replace("enabled = false", "enabled = true"))
+        daemon = start_daemon(cleanup, world.config, world.state)
+
+        def moved() -> dict[str, Any] | None:
+            found = daemon.service("slow-model")
+            attempt = (found or {}).get("last_attempt") or {}
+            return found if found and found["slot"] and attempt.get("outcome") not in (None, "running") else None
+
+        moved_to = wait_for(moved, 120, "the service moved behind the gateway")
+        answered = fresh.answers
+        wait_for(lambda: fresh.answers > answered + 100, 30, "more answers through nginx on the sticky port")
+    steps = moved_to["attempts"][0].get("steps", [])
+    switch = next((step["output"] for step in steps if step["name"] == "switch"), "")
+    log(f"handover: {fresh.failures} of {fresh.answers + fresh.failures} failed (new connections), "
+        f"{kept.failures} of {kept.answers + kept.failures} (keep-alive); {switch}")
+    return {"outcome": moved_to["last_attempt"]["outcome"], "slot": moved_to["slot"], "switch": switch,
+            "failures": fresh.failures, "sent": fresh.answers + fresh.failures, "outage": fresh.outage,
+            "errors": fresh.errors, "keepalive_failures": kept.failures,
+            "keepalive_sent": kept.answers + kept.failures, "keepalive_errors": kept.errors}
 
 
 def _slot_port(daemon: DaemonProc) -> int | None:
@@ -221,9 +280,8 @@ def _hop(through: str, direct: str, count: int = 400) -> dict[str, float]:
 
 def _stop_nginx(state_dir: Path) -> None:
     """The embedded nginx outlives the daemon by design: the bench stops it itself."""
-    pid_file = state_dir / "gateway" / "nginx.pid"
-    if pid_file.exists():
-        with contextlib.suppress(ValueError, ProcessLookupError):
+    for pid_file in (state_dir / "gateway" / "nginx.pid", state_dir / "gateway" / "inner" / "nginx.pid"):
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text()), signal.SIGQUIT)
 
 
@@ -233,6 +291,7 @@ def main() -> None:
     parser.add_argument("--failing", type=int, default=3)
     parser.add_argument("--boot", type=float, default=3.0)
     parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--handover-rate", type=float, default=200.0)
     parser.add_argument("--timeout", type=float, default=1500, help="the script's own time limit (s)")
     args = parser.parse_args()
     report = Report("zero_downtime", "Requests lost during redeploys: blue-green behind the gateway vs recreate",
@@ -240,7 +299,8 @@ def main() -> None:
     with Cleanup(args.timeout) as cleanup:
         root = cleanup.tempdir("zero-downtime-")
         results = {strategy: one_strategy(strategy, args, cleanup, root) for strategy in ("blue-green", "recreate")}
-    green, recreate = results["blue-green"], results["recreate"]
+        results["handover"] = handover(args, cleanup, root)
+    green, recreate, moved = results["blue-green"], results["recreate"], results["handover"]
     report.samples = results
     report.add(f"failed requests, {args.redeploys} redeploys + {args.failing} failing revisions", green["failures"],
                recreate["failures"], "n", target="0 with blue-green", met=green["failures"] == 0,
@@ -251,6 +311,11 @@ def main() -> None:
     if hop:
         report.add("latency p50 through the gateway (vs the slot's port)", hop["gateway_50"], hop["direct_50"], "ms")
         report.add("latency p99 through the gateway (vs the slot's port)", hop["gateway_99"], hop["direct_99"], "ms")
+    report.add("handover, gateway turned on for a running service: failed requests", moved["failures"], None, "n",
+               note=f"of {moved['sent']} at {args.handover_rate:g}/s on the sticky port, a new connection each; "
+                    f"keep-alive loop beside it: {moved['keepalive_failures']} of {moved['keepalive_sent']} failed "
+                    f"({moved['keepalive_errors'] or 'none'}); deployer's switch step: {moved['switch']}")
+    report.add("handover: seconds the sticky port did not answer", moved["outage"], None, "s")
     report.notes.append(f"outcomes blue-green: {green['outcomes']}; recreate: {recreate['outcomes']}")
     report.notes.append(f"failures blue-green: {green['errors'] or 'none'}")
     report.finish()

@@ -8,6 +8,7 @@ and shutdown. No other module constructs a dependency or reads the environment.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from deployer.web.app import WebDeps, build_app
 from deployer.web.webhook import GiteaRouting, WebhookReceiver
 
 log = logging.getLogger("deployer")
+LOW_DISK = 16 * 1024 * 1024  # bytes free in the state dir below which /healthz fails
 
 
 @dataclass
@@ -112,7 +114,8 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
                          prune=settings.reconcile.prune, port_grace=settings.ports.reuse_grace,
                          demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes,
                                                 settings.demo.timeout),
-                         slot_bounds=settings.ports.slot_bounds, drain=settings.gateway.drain),
+                         slot_bounds=settings.ports.slot_bounds, drain=settings.gateway.drain,
+                         parallel=settings.reconcile.parallel, builds=settings.reconcile.builds),
         HostChecks(port_is_free=is_free, port_holder=holder),
         hooks=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout), events=events, gateway=gateway,
     )
@@ -231,8 +234,19 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
         if daemon.gateway is not None and daemon.gateway.generation() is None:
             raise RuntimeError(f"the gateway does not answer on {daemon.settings.gateway.listen}; "
                                "the next pass restarts it (see <state>/gateway/error.log)")
+        if daemon.gateway is not None and not daemon.gateway.inner_answers():
+            raise RuntimeError("the gateway's inner nginx does not answer; the next pass restarts it "
+                               "(see <state>/gateway/inner/error.log)")
 
-    checks: dict[str, Callable[[], None]] = {"store": daemon.store.ping, "scheduler": scheduler_alive}
+    def state_dir_space() -> None:
+        state_dir = daemon.settings.paths.state_dir
+        free = shutil.disk_usage(state_dir).free
+        if free < LOW_DISK:
+            raise RuntimeError(f"{state_dir} has {free // 1024} KiB free: checkouts, environments and the "
+                               "database need room; deploys fail until space returns")
+
+    checks: dict[str, Callable[[], None]] = {"store": daemon.store.ping, "scheduler": scheduler_alive,
+                                             "disk": state_dir_space}
     checks.update({name: runtime_check(name, runtime) for name, runtime in daemon.runtimes.items()})
     if daemon.gateway is not None:
         checks["gateway"] = gateway_answers

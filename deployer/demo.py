@@ -1,13 +1,16 @@
-"""Model-aware readiness: ``/info`` expectations and demo inputs sent to ``POST /predict``.
+"""Model-aware readiness: ``/info`` expectations and demo requests (``POST /predict`` unless told otherwise).
 
-A service is ready when it answers its demo inputs as its manifest expects,
-not merely when ``/health`` says 200. Responses are read with a cap (never held
-whole), JSON is kept as text for the pages, other bodies go to a file.
+A service is ready when it answers its demo requests as its manifest expects,
+not merely when ``/health`` says 200. A demo goes to the service's own address with
+its method, path and headers (secret values given by the caller); the answer is judged
+on its status, latency, keys and values (``json``). Responses are read with a cap
+(never held whole), JSON is kept as text for the pages, other bodies go to a file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import mimetypes
 import time
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ from typing import Any
 import httpx
 
 from deployer.errors import DeployerError, Reason, StalledError
-from deployer.model.manifest import DemoSpec
+from deployer.model.manifest import RANGE_KEYS, DemoSpec
 from deployer.safety import file_inside
 
 
@@ -74,24 +77,40 @@ def check_info(client: httpx.Client, url: str, expect: dict[str, Any], timeout: 
     return info
 
 
+_MISSING = object()
+
+
 def _lookup(data: Any, dotted: str) -> Any:
+    found = _find(data, dotted)
+    return None if found is _MISSING else found
+
+
+def _find(data: Any, dotted: str) -> Any:
+    """The value at a dotted path: a segment names an object's key, or a list's index (0-based digits)."""
     for part in dotted.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return _MISSING
     return data
 
 
-def run_demo(client: httpx.Client, url: str, spec: DemoSpec, workdir: Path,
-             limits: DemoLimits = DemoLimits()) -> DemoResult:
-    """Send one demo input and judge the answer against the spec's expectations."""
+def run_demo(client: httpx.Client, base_url: str, spec: DemoSpec, workdir: Path,
+             limits: DemoLimits = DemoLimits(), *, headers: dict[str, str] | None = None) -> DemoResult:
+    """Send one demo request to ``base_url`` + its path and judge the answer against the spec.
+
+    ``headers`` are the demo's headers with secret values filled in by the caller.
+    """
     try:
         request = _request(spec, workdir, limits)
     except StalledError as exc:
         return DemoResult(spec.name, False, None, None, problems=[str(exc)])
     started = time.monotonic()
     try:
-        with client.stream("POST", url, timeout=limits.timeout, **request) as response:
+        with client.stream(spec.method, base_url + spec.path, timeout=limits.timeout, headers=headers or {},
+                           **request) as response:
             body, truncated = _read_capped(response, limits.max_response_bytes)
     except httpx.TimeoutException:
         return DemoResult(spec.name, False, None, None, problems=[f"no answer within {limits.timeout:g}s"])
@@ -105,7 +124,9 @@ def run_demo(client: httpx.Client, url: str, spec: DemoSpec, workdir: Path,
 
 
 def _request(spec: DemoSpec, workdir: Path, limits: DemoLimits) -> dict[str, Any]:
-    relative = spec.input or spec.file or ""
+    relative = spec.input or spec.file
+    if relative is None:
+        return {}  # a GET or DELETE demo without a body
     path = file_inside(workdir, relative)  # a link leading out counts as missing
     if path is None:
         raise StalledError(f"demo {spec.name}: {relative} is missing from the repository")
@@ -154,19 +175,61 @@ def _judge(spec: DemoSpec, result: DemoResult) -> list[str]:
         problems.append(f"expected HTTP {spec.status}, got {result.status}")
     if spec.max_latency_ms is not None and result.latency_ms is not None and result.latency_ms > spec.max_latency_ms:
         problems.append(f"took {result.latency_ms:.0f} ms, more than {spec.max_latency_ms:g} ms")
-    if spec.json_keys:
-        problems.extend(_missing_keys(spec.json_keys, result))
+    if spec.json_keys or spec.expect_json:
+        problems.extend(_json_problems(spec, result))
     return problems
 
 
-def _missing_keys(keys: list[str], result: DemoResult) -> list[str]:
+def _json_problems(spec: DemoSpec, result: DemoResult) -> list[str]:
     if result.text is None or result.truncated:
         return ["expected a complete JSON answer"]
     try:
         data = json.loads(result.text)
     except ValueError:
         return ["expected JSON, got something else"]
-    if not isinstance(data, dict):
+    if not isinstance(data, dict | list):
         return ["expected a JSON object"]
-    missing = [key for key in keys if _lookup(data, key) is None]
-    return [f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}"] if missing else []
+    missing = [key for key in spec.json_keys if _lookup(data, key) is None]
+    problems = [f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}"] if missing else []
+    return problems + [problem for path, want in spec.expect_json.items()
+                       if (problem := json_value_problem(data, path, want))]
+
+
+def json_value_problem(data: Any, path: str, want: Any) -> str | None:
+    """What is wrong with the value at ``path``, or None when it is as the manifest says.
+
+    ``want`` as a mapping of only ``min``/``max`` is a numeric range (bounds included); anything
+    else must be equal as JSON: booleans only equal booleans, 1 equals 1.0, lists and objects whole.
+    """
+    got = _find(data, path)
+    if got is _MISSING:
+        return f"{path}: missing"
+    if isinstance(want, dict) and want and set(want) <= RANGE_KEYS:
+        if isinstance(got, bool) or not isinstance(got, int | float):
+            return f"{path}: expected a number, got {_short(got)}"
+        low, high = want.get("min", -math.inf), want.get("max", math.inf)
+        return None if low <= got <= high else f"{path}: expected {_range(want)}, got {_short(got)}"
+    return None if json_equal(got, want) else f"{path}: expected {_short(want)}, got {_short(got)}"
+
+
+def json_equal(got: Any, want: Any) -> bool:
+    if isinstance(got, bool) or isinstance(want, bool):
+        return isinstance(got, bool) and isinstance(want, bool) and got == want
+    if isinstance(got, int | float) and isinstance(want, int | float):
+        return got == want
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(json_equal(got[key], want[key]) for key in want)
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(map(json_equal, got, want))
+    return type(got) is type(want) and bool(got == want)
+
+
+def _range(want: dict[str, Any]) -> str:
+    if "min" in want and "max" in want:
+        return f"between {want['min']} and {want['max']}"
+    return f"at least {want['min']}" if "min" in want else f"at most {want['max']}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:59] + "…"

@@ -98,3 +98,28 @@ def flock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_TCP_LISTEN = "0A"  # the kernel's TCP_LISTEN state in /proc/net/tcp's "st" column
+
+
+def listening_tcp_ports() -> set[int] | None:
+    """Local TCP ports in LISTEN state in this network namespace; None when the kernel's tables
+    cannot be read.
+
+    Reads /proc/net/tcp and tcp6 only: a cheap answer to "does anything listen on port N?", where
+    finding *who* listens means walking every process's file descriptors.
+    """
+    ports: set[int] = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        try:
+            rows = table.read_text(encoding="ascii").splitlines()[1:]
+        except FileNotFoundError:  # tcp6 is absent where IPv6 is off
+            continue
+        except OSError:
+            return None
+        for row in rows:
+            fields = row.split()  # sl local_address rem_address st ...
+            if len(fields) > 3 and fields[3] == _TCP_LISTEN:
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports

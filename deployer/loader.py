@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 from pydantic.json_schema import models_json_schema
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -30,7 +30,15 @@ from ruamel.yaml.events import (
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from deployer.errors import ManifestError
-from deployer.model.manifest import ENV_KEY_PATTERN, NAME_PATTERN, ManifestFile, ServiceManifest
+from deployer.model.manifest import (
+    DEMO_PATH_PATTERN,
+    ENV_KEY_PATTERN,
+    HEADER_NAME_PATTERN,
+    JSON_PATH_PATTERN,
+    NAME_PATTERN,
+    ManifestFile,
+    ServiceManifest,
+)
 from deployer.safety import UnsafePath, is_contained, read_inside
 
 MAX_BYTES = 256 * 1024
@@ -51,6 +59,9 @@ _PATTERN_RULES = {
     r"^/[A-Za-z0-9._~/%-]*$": "a URL path starting with '/' (letters, digits and ._~/%-)",
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$": "a letter or digit, then up to 63 letters, digits or ._-",
     r"^[0-9]+(\.[0-9]+)?[kmgKMG]?$": "a size such as 512m or 2g",
+    HEADER_NAME_PATTERN: "a header name (letters, digits and !#$%&'*+.^_`|~-)",
+    DEMO_PATH_PATTERN: "a path on the service starting with '/' (an optional ?query), no scheme or host",
+    JSON_PATH_PATTERN: "a dotted path such as label or scores.0 (no spaces, no empty parts)",
 }
 
 # Editors show these; the model keeps only the validation rules.
@@ -66,13 +77,16 @@ _SERVICE_FIELD_HELP = {
     "health": "Health gate: path probed after start, and seconds until healthy.",
     "info": "Path of the service's info endpoint.",
     "group": "Services compared side by side.",
-    "demo": "Sample inputs sent to POST /predict after the health gate (files in the service folder).",
+    "demo": "Demo requests sent to the service after the health gate (default POST /predict with a file of "
+            "the service folder); the answer's status, latency, keys and values decide.",
     "gateway": "Path under which the gateway routes to the service.",
     "rollout": "How a new revision replaces the old one behind the gateway: blue-green (default) or recreate.",
     "resources": "Memory, CPU and GPU limits (docker and swarm).",
     "replicas": "Number of replicas (swarm).",
     "hooks": "Lifecycle hooks, relative to the service folder.",
     "docker": "Dockerfile and build arguments for the docker and swarm runtimes.",
+    "files": "Files put in the service folder before start, mode 0600: a secret's value ({path: .env, secret: "
+             "DOTENV}) or a repository file ({path: config/app.toml, from: conf/prod.toml}).",
 }
 
 
@@ -184,6 +198,7 @@ def json_schema() -> dict[str, Any]:
     )
     definitions = defs["$defs"]
     _describe_service_fields(definitions["ServiceManifest"])
+    _header_values_as_yaml_writes_them(definitions["DemoSpec"])
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "deployer service.yaml",
@@ -460,11 +475,15 @@ def _locate(raw: Loc) -> _Located:
             continue
         current = _strip_optional(current)
         if _is_union(current):
-            located.union, current = True, None
-            continue  # this segment names the union member, not a place in the file
+            # this segment names the union member, not a place in the file; a tagged member (one
+            # chosen by its input's shape) is the only one tried, so its errors are reported as its own
+            current = _tagged_member(current, segment)
+            located.union = located.union or current is None
+            continue
         if isinstance(current, type) and issubclass(current, BaseModel):
             located.model = current
-            info = current.model_fields.get(str(segment))
+            info = next((field for name, field in current.model_fields.items()
+                         if str(segment) in (name, field.alias)), None)
             current = info.annotation if info is not None else None
         else:
             current = _item_type(current)
@@ -482,6 +501,14 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+def _tagged_member(union: Any, tag: str | int) -> Any:
+    for member in get_args(union):
+        if get_origin(member) is Annotated and any(isinstance(meta, Tag) and meta.tag == tag
+                                                   for meta in member.__metadata__):
+            return get_args(member)[0]
+    return None
+
+
 def _is_union(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType)
 
@@ -497,7 +524,7 @@ def _item_type(tp: Any) -> Any:
 
 
 def _unknown_key(key: str, model: type[BaseModel] | None) -> str:
-    allowed = list(model.model_fields) if model is not None else []
+    allowed = [info.alias or name for name, info in model.model_fields.items()] if model is not None else []
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"unknown key '{key}'{hint} (allowed: {', '.join(allowed)})"
@@ -535,7 +562,7 @@ def _expected(error: dict[str, Any]) -> str:
 
 def _got(loc: Loc, value: Any) -> str:
     # Environment values may be sensitive enough not to echo into logs and the page.
-    if any(part in ("env", "build_args") for part in loc if isinstance(part, str)):
+    if any(part in ("env", "build_args", "headers") for part in loc if isinstance(part, str)):
         return ""
     if isinstance(value, dict | list):
         return " (got a mapping)" if isinstance(value, dict) else " (got a list)"
@@ -641,6 +668,9 @@ def _referenced_files(service: ServiceManifest) -> Iterator[tuple[Loc, str]]:
             yield ("hooks", key), value
     if service.docker.dockerfile is not None:
         yield ("docker", "dockerfile"), service.docker.dockerfile
+    for index, entry in enumerate(service.files):
+        if entry.from_ is not None:
+            yield ("files", index, "from"), entry.from_
 
 
 def _check_file(root: Path, in_repo: Path, relative: str, loc: Loc, doc: _Doc, problems: _Problems) -> None:
@@ -663,3 +693,9 @@ def _describe_service_fields(definition: dict[str, Any]) -> None:
     # The model turns YAML numbers and booleans in env into text; editors must accept them too.
     for values in definition["properties"]["env"].get("patternProperties", {}).values():
         values["type"] = ["string", "number", "boolean"]
+
+
+def _header_values_as_yaml_writes_them(definition: dict[str, Any]) -> None:
+    """Demo header values are text too (numbers and booleans converted), or ``{secret: NAME}``."""
+    for values in definition["properties"]["headers"].get("patternProperties", {}).values():
+        values["oneOf"][0]["type"] = ["string", "number", "boolean"]

@@ -78,6 +78,40 @@ def read_inside(root: Path, relative: str | Path, limit: int) -> bytes:
         return handle.read(limit + 1)
 
 
+def write_inside(root: Path, relative: str | Path, data: bytes, *, mode: int = 0o600) -> Path:
+    """Write ``data`` to ``root / relative`` atomically with ``mode``, never outside ``root``.
+
+    Folders on the way are made (0700) when missing; a symlink on the way, or at the file's own
+    place, counts only while it stays inside ``root`` (the link itself is then replaced, never
+    followed). Raises ``UnsafePath`` otherwise.
+    """
+    parent = contained(root, Path(relative).parent)
+    name = Path(relative).name
+    if name in ("", ".", ".."):
+        raise UnsafePath(f"'{relative}' does not name a file")
+    contained(root, relative)  # a link at the file's place that points out is refused too
+    folder = Path(os.path.realpath(root))
+    for part in Path(relative).parent.parts:  # one by one: mkdir(parents=True) makes the upper ones 0755
+        folder = folder / part
+        if not folder.exists():
+            folder.mkdir(mode=0o700)
+    parent = contained(root, Path(relative).parent)  # made just now: check again what it resolved to
+    temporary = parent / f".{name}.deployer-tmp"
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temporary, mode)  # whatever the umask took away or added
+        target = parent / name
+        if target.is_dir() and not target.is_symlink():
+            raise UnsafePath(f"'{relative}' is a folder")
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return parent / name
+
+
 def is_source_name(name: str) -> bool:
     """True for names deployer can follow: they become folder names under the state dir."""
     return _SOURCE_NAME.fullmatch(name) is not None and not name.endswith(".git")

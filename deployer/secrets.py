@@ -1,9 +1,11 @@
 """Service secrets: names in service.yaml, values in files under the secrets dir; and their masking.
 
-A secret ``HF_TOKEN`` is the file ``<secrets_dir>/HF_TOKEN`` (trailing newline
-stripped). Values never reach a log, the database or the page; only names do.
-``SecretStore.mask`` replaces every known value (the service secrets and the
-daemon's own tokens) in a text: service output is masked wherever it is kept or shown.
+A secret ``HF_TOKEN`` of service ``svc`` is the file ``<secrets_dir>/svc/HF_TOKEN`` (this
+service only) or else ``<secrets_dir>/HF_TOKEN`` (shared by every service naming it); a
+trailing newline is stripped. Values never reach a log, the database or the page; only names do.
+``SecretStore.mask`` replaces every whole known value (the service secrets and the daemon's own
+tokens) in a text. A value shorter than ``MIN_LENGTH`` cannot be masked without garbling ordinary
+words ("can't" holds "t"), so such a value is refused rather than used unmasked.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from pathlib import Path
 from deployer.errors import Reason, StalledError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_SERVICE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 MASK = "******"
-MIN_MASKED = 4  # shorter values would mask ordinary words; such a value is no secret anyway
+# Masked in free text only from this length: a shorter value would hit ordinary words, and a
+# service secret that short is refused (never delivered unmasked).
+MIN_LENGTH = 8
 _REFRESH = 2.0  # seconds a read of the secrets dir is reused by ``mask``
-_MAX_SECRET_BYTES = 64 * 1024
+MAX_SECRET_BYTES = 64 * 1024
 
 
 class SecretMissing(StalledError):
@@ -38,21 +43,52 @@ class SecretStore:
         self._read_at = float("-inf")
 
     def resolve(self, names: Iterable[str], *, service: str) -> dict[str, str]:
-        """Values for ``names``; one clear error listing every missing name."""
+        """Values for ``names`` (the service's own first, then shared); one error naming every problem."""
         values: dict[str, str] = {}
         missing: list[str] = []
+        short: list[str] = []
         for name in names:
-            value = self._read(name)
+            value = self.value(name, service=service)
             if value is None:
                 missing.append(name)
+            elif len(value) < MIN_LENGTH:
+                short.append(name)
             else:
                 values[name] = value
+        problems = []
         if missing:
-            raise SecretMissing(
-                f"{service}: secret {', '.join(missing)} not set: put each value in a file "
-                f"named after it under {self.directory}; the previous revision keeps serving"
-            )
+            problems.append(f"secret {', '.join(missing)} not set: put each value in the file "
+                            f"{self.directory}/{service}/NAME (this service only) or {self.directory}/NAME (shared)")
+        if short:
+            problems.append(f"secret {', '.join(short)} shorter than {MIN_LENGTH} characters: too short to be "
+                            "masked in logs and pages, so it is not used; give it a longer value")
+        if problems:
+            raise SecretMissing(f"{service}: " + "; ".join(problems))
         return values
+
+    def value(self, name: str, *, service: str) -> str | None:
+        """One secret's value for ``service``: its own file, else the shared one; None when neither exists."""
+        raw = self.content(name, service=service)
+        if raw is None:
+            return None
+        try:
+            return raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            return None
+
+    def content(self, name: str, *, service: str) -> bytes | None:
+        """The secret file's bytes exactly (for ``files:``), the service's own first; None when missing."""
+        if not _NAME.match(name):
+            return None
+        folders = [self.directory / service] if _SERVICE.match(service) else []
+        for folder in (*folders, self.directory):
+            found = _read(folder / name)
+            if found is not None and len(found) > MAX_SECRET_BYTES:
+                raise SecretMissing(f"{service}: secret {name} is larger than {MAX_SECRET_BYTES // 1024} KiB "
+                                    f"({folder / name}); it is not used")
+            if found is not None:
+                return found
+        return None
 
     def also_mask(self, value: str | None) -> None:
         """Mask one more value (a token the daemon made itself)."""
@@ -70,27 +106,50 @@ class SecretStore:
         with self._guard:
             now = time.monotonic()
             if now - self._read_at >= _REFRESH:
-                values = {value for value in (*self._static, *self._all_values()) if len(value) >= MIN_MASKED}
+                values = {value for value in (*self._static, *self._all_values()) if len(value) >= MIN_LENGTH}
                 ordered = sorted(values, key=len, reverse=True)
                 self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
                 self._read_at = now
             return self._pattern
 
     def _all_values(self) -> list[str]:
-        try:
-            names = [entry.name for entry in os.scandir(self.directory) if entry.is_file()]
-        except OSError:
-            return []
-        return [value for value in map(self._read, names) if value]
+        """Every value under the secrets dir: the shared files and each service's own folder."""
+        values = []
+        for path in _secret_files(self.directory):
+            raw = _read(path)
+            if raw is not None and len(raw) > MAX_SECRET_BYTES:
+                continue  # refused when used, so never delivered
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n") if raw is not None else ""
+            except UnicodeDecodeError:
+                continue
+            if text:
+                values.append(text)
+        return values
 
-    def _read(self, name: str) -> str | None:
-        if not _NAME.match(name):
-            return None
-        try:
-            with (self.directory / name).open(encoding="utf-8") as handle:
-                return handle.read(_MAX_SECRET_BYTES).rstrip("\r\n")
-        except (OSError, UnicodeDecodeError):
-            return None
+
+def _secret_files(directory: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    found = [Path(entry.path) for entry in entries if entry.is_file() and _NAME.match(entry.name)]
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and _SERVICE.match(entry.name):
+            try:
+                found += [Path(inner.path) for inner in os.scandir(entry.path)
+                          if inner.is_file() and _NAME.match(inner.name)]
+            except OSError:
+                continue
+    return found
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(MAX_SECRET_BYTES + 1)  # one past the cap: too large shows
+    except OSError:
+        return None
 
 
 def local_api_token(state_dir: Path) -> str:

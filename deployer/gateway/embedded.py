@@ -1,10 +1,13 @@
-"""The embedded nginx: deployer's own master under ``<state_dir>/gateway/``, outliving the daemon.
+"""An embedded nginx: one of deployer's own masters under ``<state_dir>/gateway/``, outliving the daemon.
 
-Run as ``nginx -e HOME/error.log -p HOME -c HOME/nginx.conf`` (without ``-e`` nginx opens its
-compiled-in error log before it reads the config); it daemonises, and the next deployer adopts it
-through its pid file (the pid counts only while its command line names our config). A master
-killed with SIGKILL leaves its workers serving on the old sockets: they are reaped (found by the
-error log they hold open) before a new master starts, or its bind() would fail.
+Two run there: the client-facing one (``gateway/``) and the inner one (``gateway/inner/``) that
+switches slots. Each runs as ``nginx -e HOME/error.log -p HOME -c HOME/nginx.conf`` from HOME
+(without ``-e`` nginx opens its compiled-in error log before it reads the config; unix socket
+paths are relative to HOME, so its workers, running as nobody, need no access above it); it
+daemonises, and the next deployer adopts it through its pid file (the pid counts only while its
+command line names our config). A master killed with SIGKILL leaves its workers serving on the
+old sockets: they are reaped (found by the error log they hold open) before a new master starts,
+or its bind() would fail; so are the socket files it left.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +43,7 @@ from deployer.gateway.nginx import (
     nginx_message,
     run,
 )
-from deployer.gateway.probe import generation_at, wait_until
+from deployer.gateway.probe import wait_until
 from deployer.gateway.render import ConfigRenderer, Rendered, generation_of, nginx_path
 from deployer.gateway.routes import RouteTable
 
@@ -80,6 +84,15 @@ class NginxPaths:
     def access_log(self) -> Path:
         return self.home / "access.log"
 
+    @property
+    def sockets(self) -> Path:
+        """The unix sockets a master listens on (the inner one: one per service)."""
+        return self.home / "sockets"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.home / "control.sock"
+
     def template_values(self, drain: float) -> dict[str, object]:
         home = nginx_path(self.home, "the gateway's state folder")
         return {"home": home, "access_log": f"{home}/access.log", "drain_ms": int(drain * 1000)}
@@ -88,13 +101,20 @@ class NginxPaths:
 class EmbeddedNginx:
     """Start, adopt, test, reload, rotate and stop deployer's own nginx master."""
 
-    def __init__(self, paths: NginxPaths, renderer: ConfigRenderer, *, nginx: str, probe: tuple[str, int]) -> None:
+    def __init__(self, paths: NginxPaths, renderer: ConfigRenderer, *, nginx: str,
+                 probe: Callable[[], str | None], where: str, name: str = "the gateway's nginx") -> None:
+        self.name = name  # in what it says: "the gateway's nginx", "the gateway's inner nginx"
         self.paths = paths
         self.renderer = renderer
         self.errors = ErrorLog(paths.error_log)
         self._nginx = nginx
         self._probe = probe
+        self.where = where  # where its generation is asked, for messages
         self._old_workers: list[int] = []
+
+    def generation(self) -> str | None:
+        """The generation this master answers on its marker now (None: not answering)."""
+        return self._probe()
 
     @property
     def live_file(self) -> Path:
@@ -114,6 +134,7 @@ class EmbeddedNginx:
             return None
         dead = read_pid(self.paths.pid_file)
         reaped = self._reap_leftovers()
+        self._remove_stale_sockets()
         if not self.paths.config.exists():
             self.install(self.renderer.render(RouteTable(())), None)
         try:
@@ -121,10 +142,10 @@ class EmbeddedNginx:
         except GatewayUnavailable as exc:
             if dead is not None:
                 raise GatewayUnavailable(
-                    f"the gateway's nginx (pid {dead}) exited; restarting it failed: {exc}") from None
+                    f"{self.name} (pid {dead}) exited; restarting it failed: {exc}") from None
             raise
         if dead is not None:
-            return f"the gateway's nginx (pid {dead}) exited; restarted it (pid {self.live_pid()})"
+            return f"{self.name} (pid {dead}) exited; restarted it (pid {self.live_pid()})"
         if reaped:
             pids = ", ".join(map(str, reaped))
             return f"left-over nginx processes of the gateway (pids {pids}) stopped; started nginx"
@@ -156,7 +177,7 @@ class EmbeddedNginx:
         """HUP to the adopted master (what ``nginx -s reload`` sends, without re-reading the config first)."""
         pid = self.live_pid()
         if pid is None:
-            raise GatewayUnavailable("the gateway's nginx is not running; it is started by the next check")
+            raise GatewayUnavailable(f"{self.name} is not running; it is started by the next check")
         self._old_workers = [child for child in children(pid) if cmdline(child) == _WORKER]
         os.kill(pid, signal.SIGHUP)
 
@@ -180,8 +201,15 @@ class EmbeddedNginx:
         self._reap_leftovers(grace=0.0)
 
     def _make_dirs(self) -> None:
-        for folder in (self.paths.home, *(self.paths.home / "temp" / name for name in TEMP_DIRS)):
+        for folder in (self.paths.home, self.paths.sockets, *(self.paths.home / "temp" / name for name in TEMP_DIRS)):
             folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.paths.home, self.paths.sockets):
+            folder.chmod(0o755)  # nobody's workers reach the sockets through these (whatever deployer's umask)
+
+    def _remove_stale_sockets(self) -> None:
+        """Socket files a killed master left: a new master's bind() on them would fail."""
+        for stale in (self.paths.control_socket, *self.paths.sockets.glob("*.sock")):
+            stale.unlink(missing_ok=True)
 
     def _spawn(self, binary: str) -> None:
         mark = self.errors.mark()
@@ -209,10 +237,10 @@ class EmbeddedNginx:
             time.sleep(_POLL_SECONDS)
         # The file may come from an earlier [gateway] listen: then nothing answers here until the next
         # apply rewrites it (and that apply's confirmation is the proof), so this is a warning only.
-        if not wait_until(lambda: generation_at(*self._probe) == generation, timeout=_ANSWER_SECONDS,
+        if not wait_until(lambda: self.generation() == generation, timeout=_ANSWER_SECONDS,
                           given_up=lambda: generation is None):
-            log.warning("the gateway's nginx (pid %s) started but does not answer generation %s on %s:%s yet; "
-                        "the next apply rewrites its config", self.live_pid(), generation, *self._probe)
+            log.warning("%s (pid %s) started but does not answer generation %s on %s yet; "
+                        "the next apply rewrites its config", self.name, self.live_pid(), generation, self.where)
 
     def _rotate_logs(self, pid: int) -> None:
         rotated = False

@@ -1,6 +1,9 @@
 """External mode: the operator's nginx, which ``include``s one file deployer owns inside its ``http {}``.
 
-deployer renders only upstream and server blocks into ``[gateway] conf_path``. The operator's
+deployer renders only upstream and server blocks into ``[gateway] conf_path``: one tier, proxied
+straight to the slots, so a slot switch reloads the operator's nginx (whose old workers close
+idle keep-alive connections; clients that retry an idempotent request on a closed keep-alive
+connection, as browsers and urllib3 do, do not notice). The operator's
 ``nginx -t`` tests the whole config, which includes that file, so the candidate is tested in
 place: written over the file, tested, and the previous text put back when nginx refuses it.
 Then ``[gateway] reload_command`` runs (e.g. ``systemctl reload nginx``).
@@ -44,6 +47,10 @@ class ExternalNginx:
     def live_file(self) -> Path:
         return self._conf_path
 
+    def generation(self) -> str | None:
+        """The generation the operator's nginx answers on ``[gateway] listen`` now."""
+        return generation_at(*self._probe)
+
     def ensure(self) -> str | None:
         """nginx installed, the file's folder there, and (once written) the file's routes answering."""
         self._test_command()
@@ -52,7 +59,7 @@ class ExternalNginx:
         text = read_text(self._conf_path)
         if text is None:
             return None  # the first apply writes it
-        live = generation_at(*self._probe)
+        live = self.generation()
         if live is None:
             raise GatewayUnavailable(
                 f"nginx does not answer on {self._probe[0]}:{self._probe[1]}: is it running, and does its "

@@ -3,7 +3,8 @@
 The reconciler builds it (checkout, environment, port, secrets) and a runtime
 applies it. Behind the gateway a service runs in a blue/green ``slot``: the runtime
 then manages the instance ``NAME--SLOT`` on the slot's port, and knows nothing else
-of slots. ``secret_env`` holds secret values: never logged, stored or shown.
+of slots. ``secret_env`` and ``files`` (the ``files:`` entries' contents, by path in the
+service folder) hold secret values: never logged, stored or shown.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Deployment:
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     slot: str | None = None  # blue/green behind the gateway; None: the service itself on its sticky port
     slot_port: int | None = None
+    files: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
     @property
     def name(self) -> str:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from deployer.model.manifest import (
     DemoSpec,
     DockerSpec,
+    FileSpec,
     GatewaySpec,
     HealthSpec,
     HooksSpec,
@@ -29,9 +30,9 @@ from deployer.model.manifest import (
 
 # Fields that describe where a spec came from, not what it is.
 _PROVENANCE = frozenset({"sha", "source"})
-# Fields added after revisions were first recorded: left out while unset, so an upgrade of
-# deployer does not change the hash of (and so redeploy) every service.
-_ADDED_LATER = frozenset({"rollout"})
+# Fields added after revisions were first recorded: left out while unset (None or empty), so an
+# upgrade of deployer does not change the hash of (and so redeploy) every service.
+_ADDED_LATER = frozenset({"rollout", "files", "files_hash"})
 
 
 class DesiredService(BaseModel):
@@ -61,10 +62,14 @@ class DesiredService(BaseModel):
     replicas: int = 1
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
+    files: tuple[FileSpec, ...] = ()
+    files_hash: str | None = Field(default=None, description="sha256 over each file's path and the sha256 of its "
+                                                              "content: a changed secret redeploys, its value "
+                                                              "never enters the spec")
 
     def spec(self) -> dict[str, Any]:
         """The resolved spec as plain JSON data (what a revision stores)."""
-        unset = {name for name in _ADDED_LATER if getattr(self, name) is None}
+        unset = {name for name in _ADDED_LATER if getattr(self, name) in (None, ())}
         return self.model_dump(mode="json", exclude=unset)
 
     @property
@@ -79,6 +84,12 @@ class DesiredService(BaseModel):
         copied = super().model_copy(update=update, deep=deep)
         copied._spec_hash = None  # a copy with changes is another spec
         return copied
+
+    def secret_names(self) -> tuple[str, ...]:
+        """Every secret a deploy needs: the environment's, the demos' headers' and the files' (in that order)."""
+        names = [*self.secrets, *(name for demo in self.demo for name in demo.secret_names()),
+                 *(entry.secret for entry in self.files if entry.secret is not None)]
+        return tuple(dict.fromkeys(names))
 
     @property
     def short_hash(self) -> str:

@@ -7,18 +7,24 @@ the validation context as ``{"port_range": (first, last)}``.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
+    Tag,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -79,19 +85,114 @@ class InfoSpec(Strict):
     expect: dict[str, Any] = Field(default_factory=dict)
 
 
+# RFC 9110 token characters: what a header name may hold.
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
+# Set by the HTTP client for the request it sends: a demo always goes to the service's own address.
+_FIXED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+DEMO_PATH_PATTERN = r"^/[A-Za-z0-9._~/%@!$&'()*+,;=:-]*(\?[A-Za-z0-9._~/%@!$&'()*+,;=:?-]*)?$"
+JSON_PATH_PATTERN = r"^[^.\s]+(\.[^.\s]+)*$"
+DEMO_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+RANGE_KEYS = frozenset({"min", "max"})
+
+
+def _demo_path(value: str) -> str:
+    """A path on the service's own address: never another host ('//'), never a '..' segment."""
+    path = value.split("?", 1)[0]
+    if path.startswith("//"):
+        raise ValueError(f"must be a path on the service itself, not '//host' (got {value!r})")
+    if any(segment in (".", "..") for segment in unquote(path).split("/")):
+        raise ValueError(f"must not hold '.' or '..' segments (got {value!r})")
+    return value
+
+
+def _range_or_value(value: Any) -> Any:
+    """``{min: 0.5, max: 1}`` is a range and needs numbers; anything else is compared as it is."""
+    if isinstance(value, dict) and value and set(value) <= RANGE_KEYS:
+        for key, bound in value.items():
+            if isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound):
+                raise ValueError(f"{key} must be a number (a range is {{min: N, max: N}})")
+        if "min" in value and "max" in value and value["min"] > value["max"]:
+            raise ValueError(f"min must not be more than max (got {value['min']} and {value['max']})")
+    return value
+
+
+class SecretRef(Strict):
+    """A value kept in the daemon's secret store: ``{secret: API_KEY}``."""
+
+    secret: Annotated[str, Field(pattern=ENV_KEY_PATTERN)]
+
+
+def _header_kind(value: Any) -> str:
+    return "secret" if isinstance(value, dict | SecretRef) else "text"
+
+
+HeaderText = Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_no_control), Field(max_length=8192)]
+# Chosen by shape: a mapping is a secret reference, anything else literal text (errors name one kind only).
+HeaderValue = Annotated[Annotated[HeaderText, Tag("text")] | Annotated[SecretRef, Tag("secret")],
+                        Discriminator(_header_kind)]
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME_PATTERN)]
+JsonExpectation = Annotated[Any, AfterValidator(_range_or_value)]
+
+
 class DemoSpec(Strict):
+    """One demo: a request to the service's own address and what its answer must be.
+
+    Fields added after revisions were first recorded are left out of the stored spec while they
+    hold their defaults, so an upgrade of deployer changes no spec hash.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    path: Annotated[str, Field(pattern=DEMO_PATH_PATTERN, max_length=500), AfterValidator(_demo_path)] = Field(
+        default="/predict", description="path (and query) on the service's own address; default /predict")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: dict[HeaderName, HeaderValue] = Field(
+        default_factory=dict, description="request headers; a value may be {secret: NAME} (masked everywhere)")
     input: RelPath | None = None
     file: RelPath | None = None
     status: int = Field(default=200, ge=100, le=599)
     json_keys: list[str] = Field(default_factory=list)
+    expect_json: dict[Annotated[str, Field(pattern=JSON_PATH_PATTERN)], JsonExpectation] = Field(
+        default_factory=dict, alias="json",
+        description="values the JSON answer must hold at dotted paths ('label', 'scores.0'); a value "
+                    "{min: N, max: N} is a numeric range, anything else must be equal")
     max_latency_ms: float | None = Field(default=None, gt=0)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_allowed(cls, value: dict[str, Any]) -> dict[str, Any]:
+        fixed = sorted(name for name in value if name.lower() in _FIXED_HEADERS)
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} is set by deployer (a demo always goes to the service itself)")
+        lowered = [name.lower() for name in value]
+        twice = sorted({name for name in value if lowered.count(name.lower()) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)}: header names are case-insensitive; give each once")
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> DemoSpec:
-        if (self.input is None) == (self.file is None):
+        if self.input is not None and self.file is not None:
+            raise ValueError("give only one of 'input' (a JSON file) or 'file' (sent as multipart)")
+        if self.method in _BODY_METHODS and self.input is None and self.file is None:
             raise ValueError("give exactly one of 'input' (a JSON file) or 'file' (sent as multipart)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key, default in _DEMO_DEFAULTS.items():
+            if key in data and data[key] == default:
+                del data[key]
+        return data
+
+    def secret_names(self) -> list[str]:
+        return [value.secret for value in self.headers.values() if isinstance(value, SecretRef)]
+
+
+_DEMO_DEFAULTS: dict[str, Any] = {"path": "/predict", "method": "POST", "headers": {}, "json": {}}
 
 
 class GatewaySpec(Strict):
@@ -139,6 +240,28 @@ class DockerSpec(Strict):
     build_args: dict[EnvKey, EnvValue] = Field(default_factory=dict)
 
 
+class FileSpec(Strict):
+    """A file deployer puts in the service folder before start: a secret's content or a repository file.
+
+    ``path`` is relative to the service folder; ``from`` too. Written with mode 0600.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
+    path: RelPath = Field(description="where the file goes, relative to the service folder")
+    secret: Annotated[str, Field(pattern=ENV_KEY_PATTERN)] | None = Field(
+        default=None, description="the file's content is this secret's value, byte for byte")
+    from_: RelPath | None = Field(default=None, alias="from",
+                                  description="the file's content is this repository file (relative to the "
+                                              "service folder)")
+
+    @model_validator(mode="after")
+    def _one_content(self) -> FileSpec:
+        if (self.secret is None) == (self.from_ is None):
+            raise ValueError("give exactly one of 'secret' (a secret's value) or 'from' (a repository file)")
+        return self
+
+
 class ServiceManifest(Strict):
     """One service as written in ``service.yaml``."""
 
@@ -162,6 +285,7 @@ class ServiceManifest(Strict):
     replicas: int = Field(default=1, ge=1, le=100)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
+    files: list[FileSpec] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -187,6 +311,36 @@ class ServiceManifest(Strict):
         if reserved:
             raise ValueError(f"{', '.join(reserved)} is set by deployer and cannot be overridden")
         return value
+
+
+    @field_validator("files")
+    @classmethod
+    def _files_apart(cls, files: list[FileSpec], info: ValidationInfo) -> list[FileSpec]:
+        """A ``files:`` path never replaces a file deployer itself reads (that would run or show its content)."""
+        targets = [entry.path for entry in files]
+        twice = sorted({path for path in targets if targets.count(path) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} is given twice")
+        read = {path: why for why, path in _read_paths(info.data)}
+        for entry in files:
+            if entry.path in read:
+                raise ValueError(f"{entry.path} is the {read[entry.path]}; a file of 'files:' must not replace it")
+            if entry.from_ in targets:
+                raise ValueError(f"{entry.path} is made from {entry.from_}, which 'files:' writes itself")
+        return files
+
+
+def _read_paths(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """Files deployer reads from a service folder, and what each one is (from the fields validated so far)."""
+    hooks, docker = fields.get("hooks", HooksSpec()), fields.get("docker", DockerSpec())
+    paths = [("requirements file", fields.get("requirements")), ("requirements file", "requirements.txt"),
+             ("requirements file", "pyproject.toml"), ("lock file", "uv.lock"), ("lock file", "poetry.lock"),
+             ("Python version file", ".python-version"), ("pre_deploy hook", hooks.pre_deploy),
+             ("post_deploy hook", hooks.post_deploy), ("Dockerfile", docker.dockerfile or "Dockerfile")]
+    paths += [(f"input of demo {demo.name}", demo.input or demo.file) for demo in fields.get("demo", [])]
+    if PurePosixPath(fields.get("path", ".")) == PurePosixPath("."):
+        paths.append(("manifest", "service.yaml"))
+    return [(why, str(PurePosixPath(path))) for why, path in paths if path]
 
 
 class ManifestFile(Strict):

@@ -10,6 +10,7 @@ start, restart by hand), ``observe``
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ class ReconcilerConfig:
     demo_limits: DemoLimits = field(default_factory=DemoLimits)
     slot_bounds: tuple[int, int] = (9800, 9999)  # [ports] slot_range: blue/green slots behind the gateway
     drain: float = 10.0  # [gateway] drain: seconds the old slot keeps finishing requests after a switch
+    parallel: int = 4  # [reconcile] parallel: services of one source deployed at once
+    builds: int = 2  # [reconcile] builds: builds at once across every source (the CPU-heavy step)
 
 
 @dataclass(frozen=True)
@@ -71,19 +74,21 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     http = HttpChecks()
     sources = SourceRegistry(store, config.state_dir)
     observer = Observer(store, runtimes, http, events, probe=host.probe, probe_interval=config.probe_interval)
-    demos = DemoRunner(store, sources, http.client, config.state_dir, config.demo_limits)
+    demos = DemoRunner(store, sources, http.client, config.state_dir, config.demo_limits, secrets)
     steps = Steps(store)
     gate = Gate(http, demos, steps, wait_healthy=host.wait_healthy)
     router = Router(store, gateway, slot_bounds=config.slot_bounds, is_free=host.port_is_free,
                     drain=config.drain) if gateway is not None else None
-    parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router)
+    parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router,
+                         builds=threading.BoundedSemaphore(config.builds))
     rollout = Rollout(store, parts, gate, observer, events)
     rooms = Rooms(
         sources=sources,
-        resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds),
+        resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds,
+                          secrets=secrets),
         ports=ClaimedPorts(store, config.port_bounds, is_free=host.port_is_free, holder=host.port_holder,
                            grace=config.port_grace),
         observer=observer, rollout=rollout, demos=demos, secrets=secrets,
         events=events, recorder=Recorder(store, sources, events), actions=ServiceActions(store, rollout, observer),
     )
-    return Reconciler(store, rooms, prune=config.prune)
+    return Reconciler(store, rooms, prune=config.prune, parallel=config.parallel)

@@ -1,24 +1,28 @@
-"""Demos: the service's sample inputs sent to the running revision, every answer recorded.
+"""Demos: the service's sample requests sent to the running revision, every answer recorded.
 
 Answers are rows (text) or files under the state dir (binary). The inputs
 themselves are kept beside them (``demo/<service>/<revision>/inputs/``), so the
-showcase pages read files of the state dir only, never a git checkout.
+showcase pages read files of the state dir only, never a git checkout. Header values
+(``{secret: NAME}`` ones read from the secret store when the demo runs) are sent and
+never kept: an answer or problem that repeats one is recorded with it masked.
 """
 
 from __future__ import annotations
 
 import mimetypes
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
 
 from deployer.demo import DemoLimits, DemoResult, run_demo
 from deployer.model.desired import DesiredService
-from deployer.model.manifest import DemoSpec
+from deployer.model.manifest import DemoSpec, SecretRef
 from deployer.reconcile.resolve import SERVICE_HOST, service_dir
 from deployer.reconcile.sources import SourceRegistry
 from deployer.safety import UnsafePath, contained
+from deployer.secrets import MASK, MIN_LENGTH, SecretMissing, SecretStore
 from deployer.store import Store
 
 DEMO_DIR = "demo"
@@ -31,8 +35,9 @@ def input_copy(state_dir: Path, service: str, revision: int, demo: str) -> Path:
 
 class DemoRunner:
     def __init__(self, store: Store, sources: SourceRegistry, client: httpx.Client, state_dir: Path,
-                 limits: DemoLimits) -> None:
+                 limits: DemoLimits, secrets: SecretStore) -> None:
         self._store = store
+        self._secrets = secrets
         self._sources = sources
         self._client = client
         self.state_dir = state_dir
@@ -42,12 +47,12 @@ class DemoRunner:
             port: int | None = None) -> list[DemoResult]:
         """Send every demo input to the service (on ``port``: a slot's, else its own) and record each answer."""
         workdir = service_dir(self._sources.get(desired.source).checkout(desired.sha), desired.path)
-        url = f"http://{SERVICE_HOST}:{port or desired.port}/predict"
+        base = f"http://{SERVICE_HOST}:{port or desired.port}"
         results = []
         for spec in desired.demo:
             if revision is not None:
                 self._keep_input(desired.name, revision, spec, workdir)
-            results.append(run_demo(self._client, url, spec, workdir, self.limits))
+            results.append(self._send(desired.name, base, spec, workdir))
         for result in results:
             self._store.demos.record(
                 desired.name, revision, attempt, name=result.name, ok=result.ok, status=result.status,
@@ -55,6 +60,24 @@ class DemoRunner:
                 body_file=self._save_body(desired.name, revision, result), truncated=result.truncated,
                 problems="; ".join(result.problems))
         return results
+
+    def _send(self, service: str, base: str, spec: DemoSpec, workdir: Path) -> DemoResult:
+        headers, missing = {}, []
+        for header, value in spec.headers.items():
+            if isinstance(value, SecretRef):
+                try:
+                    found = self._secrets.value(value.secret, service=service)
+                except SecretMissing as exc:
+                    missing.append(f"header {header}: {exc}")
+                    continue
+                if found is None or len(found) < MIN_LENGTH:
+                    missing.append(f"header {header}: secret {value.secret} is not set (or too short)")
+                    continue
+                value = found
+            headers[header] = value
+        if missing:
+            return DemoResult(spec.name, False, None, None, problems=missing)
+        return _hidden(run_demo(self._client, base, spec, workdir, self.limits, headers=headers), headers.values())
 
     def _keep_input(self, service: str, revision: int, spec: DemoSpec, workdir: Path) -> None:
         target = input_copy(self.state_dir, service, revision, spec.name)
@@ -81,3 +104,12 @@ class DemoRunner:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(result.body)
         return str(relative)
+
+
+def _hidden(result: DemoResult, values: Iterable[str]) -> DemoResult:
+    """The answer with every header value the service may have echoed masked (literal ones too)."""
+    for value in sorted((value for value in values if len(value) >= MIN_LENGTH), key=len, reverse=True):
+        if result.text is not None:
+            result.text = result.text.replace(value, MASK)
+        result.problems = [problem.replace(value, MASK) for problem in result.problems]
+    return result

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -33,7 +34,7 @@ from deployer.reconcile.rollout import Rollout
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
 from deployer.secrets import SecretStore
 from deployer.source import GitSource
-from deployer.store import Store
+from deployer.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ class Rooms:
 
 
 class Reconciler:
-    def __init__(self, store: Store, rooms: Rooms, *, prune: bool = True) -> None:
+    def __init__(self, store: Store, rooms: Rooms, *, prune: bool = True, parallel: int = 4) -> None:
         self.store = store
+        self.parallel = parallel  # changes of one source carried out at once
         self.rooms = rooms
         self.sources = rooms.sources
         self.prune = prune
@@ -97,6 +99,7 @@ class Reconciler:
         self._locks_guard = threading.Lock()
         self._recorded: dict[str, _Recorded] = {}  # source -> last clean resolution
         self._acted: dict[str, float] = {}  # service -> when an operator's stop/start/restart last ended
+        self._unfetched: set[str] = set()  # sources whose last fetch failed
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
         self._unverified = {view.name for view in store.views.services()
                             if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
@@ -133,19 +136,28 @@ class Reconciler:
         started = time.monotonic()
         try:
             return self._reconcile_source(name, trigger=trigger, fetch=fetch)
+        except StoreError as exc:  # the database is down or its disk full: say so, retry next pass
+            self.sources.set_error(name, f"cannot record this source's pass: {exc}")
+            return PassResult(source=name, error=str(exc))
         finally:
             self.rooms.events.publish(PassFinished(name, time.monotonic() - started))
 
     def _reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool) -> PassResult:
         result = PassResult(source=name)
         source = self.sources.get(name)
+        # A fetch that failed (remote down, disk full) is tried again by every pass, not only at the next poll.
+        fetch = fetch or name in self._unfetched
         try:
             result.sha = _head(source, fetch)
         except SourceError as exc:
             result.error = str(exc)
+            if self.sources.errors().get(name) != result.error:  # once, not every pass
+                log.warning("source %s: %s; retrying at the next pass", name, exc)
             self.sources.set_error(name, result.error)
-            log.warning("source %s: %s; retrying at the next poll", name, exc)
+            if fetch:
+                self._unfetched.add(name)
             return result
+        self._unfetched.discard(name)
         self.sources.clear_error(name)
         self.store.sources.set_head(name, result.sha)
         self._ensure_gateway()
@@ -160,8 +172,7 @@ class Reconciler:
         current = self._plan(name, recorded, trigger)
         result.plan = current.planned.plan
         self._probe_unknown(current)
-        for action in current.planned.plan.actions:
-            result.outcomes[action.service] = self._execute_isolated(action, current)
+        result.outcomes.update(self._execute_all(current))
         return result
 
     def preview(self, *, fetch: bool = False) -> list[tuple[str, Action]]:
@@ -246,7 +257,8 @@ class Reconciler:
 
     def _recorded_commit(self, source: GitSource, sha: str, trigger: Trigger) -> _Recorded | None:
         cached = self._recorded.get(source.name)
-        if cached is not None and cached.resolution.sha == sha:
+        if cached is not None and cached.resolution.sha == sha and \
+                not self.rooms.resolver.files_changed(source, cached.resolution):
             return cached
         try:
             resolution = self.rooms.resolver.resolve(source, sha, self.rooms.ports)
@@ -323,6 +335,22 @@ class Reconciler:
 
     # -- execution ------------------------------------------------------------------------
 
+    def _execute_all(self, current: _Pass) -> dict[str, str]:
+        """Every action of the pass: the steady ones here, the changes side by side (at most
+        ``parallel``), so one service's slow gate holds none of its siblings."""
+        actions = current.planned.plan.actions
+        changes = [action for action in actions if action.changes]
+        outcomes = {action.service: self._execute_isolated(action, current)
+                    for action in actions if not action.changes}
+        if len(changes) <= 1 or self.parallel <= 1:
+            outcomes.update((action.service, self._execute_isolated(action, current)) for action in changes)
+            return outcomes
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(changes)),
+                                thread_name_prefix=f"{threading.current_thread().name}-deploy") as pool:
+            futures = {action.service: pool.submit(self._execute_isolated, action, current) for action in changes}
+        outcomes.update((service, future.result()) for service, future in futures.items())
+        return outcomes
+
     def _execute_isolated(self, action: Action, current: _Pass) -> str:
         with self._lock(action.service):
             if self._acted.get(action.service, 0.0) > current.listed_at:
@@ -382,7 +410,7 @@ class Reconciler:
     def _apply(self, desired: DesiredService, action: Action, current: _Pass) -> str:
         revision, trigger = current.planned.revisions[desired.name], current.trigger
         try:
-            self.rooms.secrets.resolve(desired.secrets, service=desired.name)
+            self.rooms.secrets.resolve(desired.secret_names(), service=desired.name)
         except DeployerError as exc:  # waiting for an operator, not a bad revision
             self.rooms.recorder.service_problem(desired.name, exc, trigger)
             return "waiting"

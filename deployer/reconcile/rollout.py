@@ -1,4 +1,4 @@
-"""The rollout of one service: checkout → build → hooks → start → gate → switch → post-deploy hooks, or put back.
+"""One service's rollout: checkout → files → build → hooks → start → gate → switch → post-deploy hooks, or put back.
 
 Where the new revision starts is its ``Placement``: without the gateway, the service itself
 on its sticky port (recreate: the old process is replaced in place). Behind the gateway, a
@@ -10,32 +10,37 @@ Every step is recorded; every attempt ends with a recorded outcome on every path
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deployer.build import EnvBuilder
-from deployer.errors import BuildError, DeployerError, Reason
+from deployer.errors import BuildError, DeployerError, Reason, StalledError
 from deployer.hooks import HookRunner
 from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import AttemptFinished, AttemptStarted
 from deployer.model.status import Outcome, RevisionView, Trigger
+from deployer.ports import is_free
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, HookSteps, Steps
 from deployer.reconcile.observe import Observer
-from deployer.reconcile.resolve import SERVICE_HOST, argv, service_dir
+from deployer.reconcile.resolve import SERVICE_HOST, argv, read_files, service_dir
 from deployer.reconcile.routing import Router, Target
 from deployer.reconcile.sources import SourceRegistry
 from deployer.runtimes.base import BuildsImages, Runtime
+from deployer.safety import UnsafePath, write_inside
 from deployer.secrets import SecretStore
 from deployer.store import Store
 
 log = logging.getLogger(__name__)
 
 SLOTTED_RUNTIMES = ("supervisor", "docker")  # swarm keeps its own start-first update
+_HANDOVER_POLL_SECONDS = 0.002
 
 
 class NotSwitched(DeployerError):
@@ -65,6 +70,9 @@ class RolloutParts:
     hooks: HookRunner
     sources: SourceRegistry
     router: Router | None = None  # the gateway's; None when it is off
+    # Builds use the CPU (pip/uv, docker build); gates only wait. Bounding builds, not deploys,
+    # lets a slow gate wait without holding anyone else's build.
+    builds: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
 
 
 class Rollout:
@@ -233,20 +241,26 @@ class Rollout:
         router, service = self._parts.router, deployment.service
         assert router is not None and place.slot is not None and place.port is not None
         plain = runtime.inspect(service)  # the service as it ran before the gateway: holds the sticky port
+        handover = _Handover(runtime, service, deployment.desired.port) if plain is not None else None
         with self._steps.step(attempt, f"{prefix}switch") as step:
-            if plain is not None:
-                runtime.stop(service)  # the handover: nginx takes the sticky port over at the reload
             try:
-                router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired))
+                router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired),
+                              handover=handover)
+                if handover is not None:
+                    handover.answered = time.monotonic()
+                    handover.finish()
             except DeployerError as exc:
-                if plain is not None:
+                if handover is not None and handover.stopped is not None:
+                    with contextlib.suppress(DeployerError):
+                        handover.finish()
                     runtime.start(service)
                 if place.blue_green:
                     self._discard(runtime, deployment.name)
                     raise NotSwitched(exc) from exc
                 raise
             step.output = (f"{service}: routed to {place.slot} (port {place.port})"
-                           + (f", was {place.serving}" if place.serving and place.serving != place.slot else ""))
+                           + (f", was {place.serving}" if place.serving and place.serving != place.slot else "")
+                           + (handover.said() if handover is not None else ""))
         old = [instance_name(service, place.serving)] if place.serving and place.serving != place.slot else []
         old += [service] if plain is not None else []
         if old:
@@ -294,13 +308,15 @@ class Rollout:
             workdir = service_dir(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
         secret_env = self._parts.secrets.resolve(desired.secrets, service=desired.name)
+        files = self._files(desired, workdir, attempt, prefix,
+                            into_checkout=not isinstance(self._runtime(desired), BuildsImages))
         port = place.port if place.port is not None else desired.port
         environment = {**desired.env, "PORT": str(port), "HOST": SERVICE_HOST}
         deployment = Deployment(desired=desired, revision=revision, workdir=workdir, argv=argv(desired.command, port),
                                 environment=environment, secret_env=secret_env, slot=place.slot,
-                                slot_port=place.port)
+                                slot_port=place.port, files=files)
         runtime = self._runtime(desired)
-        with self._steps.step(attempt, f"{prefix}build") as step:
+        with self._steps.step(attempt, f"{prefix}build") as step, self._parts.builds:
             try:
                 if isinstance(runtime, BuildsImages):
                     image = runtime.build(deployment)
@@ -310,8 +326,35 @@ class Rollout:
             except BuildError as exc:
                 step.output = f"{exc}\n{exc.output}".strip()
                 raise
-            step.output = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
+            done = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
+            step.output = f"{built.summary}\n{done}"
         return replace(deployment, env_dir=built.env_dir)
+
+    def _files(self, desired: DesiredService, workdir: Path, attempt: int, prefix: str, *,
+               into_checkout: bool) -> tuple[tuple[str, bytes], ...]:
+        """The ``files:`` contents; a process runtime's are written into the checkout now (0600).
+
+        A container runtime copies them into the container before it starts (never into the image).
+        """
+        if not desired.files:
+            return ()
+        with self._steps.step(attempt, f"{prefix}files") as step:
+            contents = read_files(desired.name, desired.files, workdir, self._parts.secrets)
+            missing = [entry.secret for entry in desired.files if entry.secret and contents.get(entry.path) is None]
+            if missing:
+                self._parts.secrets.resolve(missing, service=desired.name)  # raises SecretMissing naming them
+            ready = tuple((path, data) for path, data in contents.items() if data is not None)
+            if into_checkout:
+                for path, data in ready:
+                    try:
+                        write_inside(workdir, path, data, mode=0o600)
+                    except (UnsafePath, OSError) as exc:
+                        raise StalledError(f"{desired.name}: files: cannot write {path}: {exc}",
+                                           reason=Reason.APPLY_FAILED) from None
+            step.output = "\n".join(f"{entry.path} (mode 0600) from " + (f"secret {entry.secret}" if entry.secret
+                                                                        else f"{entry.from_}")
+                                    for entry in desired.files)
+        return ready
 
     def _roll_back(self, name: str, failed_revision: int, attempt: int, *,
                    again: RevisionView | None = None) -> RevisionView | None:
@@ -352,6 +395,58 @@ class Rollout:
     def _revision_desired(self, revision: int) -> DesiredService | None:
         found = self._store.history.get_revision(revision)
         return DesiredService.model_validate(found.spec) if found is not None else None
+
+
+class _Handover:
+    """A service moving behind the gateway: its own process leaves the sticky port for nginx.
+
+    Called by the gateway once everything else is ready (the slot gated, the inner nginx routing
+    to it, the new config tested), right before nginx reloads to bind the port. The stop runs on
+    its own thread and the call returns as soon as the port can be bound: the runtime's own
+    bookkeeping of the stop (supervisord noticing the exit and answering) goes on during the
+    reload instead of before it, and ``finish`` waits for it. From the stop to the confirmed
+    reload is the one window in which the sticky port does not answer.
+    """
+
+    def __init__(self, runtime: Runtime, service: str, port: int) -> None:
+        self._runtime = runtime
+        self._service = service
+        self._port = port
+        self.stopped: float | None = None
+        self._freed: float | None = None
+        self.answered: float | None = None  # the gateway confirmed nginx serves the port
+        self._stopping: threading.Thread | None = None
+        self._error: DeployerError | None = None
+
+    def __call__(self) -> None:
+        self.stopped = time.monotonic()
+        self._stopping = threading.Thread(target=self._stop, name=f"handover-{self._service}", daemon=True)
+        self._stopping.start()
+        while self._stopping.is_alive() and not is_free(self._port):
+            time.sleep(_HANDOVER_POLL_SECONDS)
+        self._freed = time.monotonic()
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> None:
+        """The stop done (whatever happened to the switch); its error, if any, raised."""
+        if self._stopping is not None:
+            self._stopping.join()
+        if self._error is not None:
+            raise self._error
+
+    def said(self) -> str:
+        if self.stopped is None or self._freed is None or self.answered is None:
+            return ""
+        return (f"; port {self._port} taken over from {self._service}'s own process: free "
+                f"{self._freed - self.stopped:.2f}s after its stop, nginx answering there "
+                f"{self.answered - self.stopped:.2f}s after it")
+
+    def _stop(self) -> None:
+        try:
+            self._runtime.stop(self._service)
+        except DeployerError as exc:
+            self._error = exc
 
 
 def _success_reason(trigger: Trigger) -> str:

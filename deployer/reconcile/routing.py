@@ -29,7 +29,7 @@ class GatewayPort(Protocol):
 
     def check(self) -> str | None: ...
 
-    def apply(self, routes: Sequence[Route]) -> str: ...
+    def apply(self, routes: Sequence[Route], *, handover: Callable[[], None] | None = None) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,14 @@ class Router:
     def active(self, service: str) -> str | None:
         return self._store.slots.active(service)
 
-    def switch(self, service: str, target: Target) -> None:
-        """Route ``service`` to ``target`` (the gateway confirms it is live), then record it as active."""
+    def switch(self, service: str, target: Target, *, handover: Callable[[], None] | None = None) -> None:
+        """Route ``service`` to ``target`` (the gateway confirms it is live), then record it as active.
+
+        ``handover`` frees the sticky port (see ``Gateway.apply``) for a service moving behind the gateway.
+        """
         with self._guard:
             routes = self._routes({service: target})
-            self.gateway.apply(routes)
+            self.gateway.apply(routes, handover=handover)
             self._applied = tuple(routes)
             self._store.slots.set_active(service, target.slot)
 

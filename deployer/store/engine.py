@@ -45,6 +45,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.engine = _create_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.write_error: str | None = None  # the last write's failure, until a write succeeds again
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration; a no-op when it is there already."""
@@ -60,11 +61,15 @@ class Database:
             raise StoreError(describe("migrate", exc)) from exc
 
     def ping(self) -> None:
+        """Raise when the database does not answer, or when its last write failed (a full disk
+        still answers reads)."""
         try:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
             raise StoreError(describe("ping", exc)) from exc
+        if self.write_error is not None:
+            raise StoreError(f"the last write failed: {self.write_error}")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -80,7 +85,12 @@ class Database:
         except IntegrityError as exc:
             raise StoreConflictError(describe(op, exc)) from exc
         except SQLAlchemyError as exc:
-            raise StoreError(describe(op, exc)) from exc
+            message = describe(op, exc)
+            if write:
+                self.write_error = message
+            raise StoreError(message) from exc
+        if write:
+            self.write_error = None
 
 
 def retry_once(action: Callable[[], _T]) -> _T:

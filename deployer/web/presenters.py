@@ -21,7 +21,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from deployer.gitea import state_for
-from deployer.model.diff import Change, spec_diff
+from deployer.model.diff import Change, spec_diff, with_previous
 from deployer.model.status import (
     AttemptView,
     DeliveryResult,
@@ -165,7 +165,7 @@ def service_detail(store: Store, name: str) -> ServiceDetail | None:
         return None
     revisions = store.history.revisions(name, 50)
     timeline = [(revision, spec_diff(older.spec if older else None, revision.spec))
-                for revision, older in zip(revisions, [*revisions[1:], None], strict=True)]
+                for revision, older in with_previous(revisions)]
     return ServiceDetail(view, timeline, store.history.attempts(name, 20), store.overrides.history(name, 20))
 
 

@@ -76,13 +76,25 @@ def revision_json(revision: RevisionView) -> dict[str, Any]:
 
 
 def masked_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Secret values never enter a spec (only names); env values under secret-looking keys are masked too."""
+    """Secret values never enter a spec (only names); env values under secret-looking keys and literal
+    demo header values are masked too (a ``{secret: NAME}`` header shows its name)."""
+    masked = dict(spec)
     env = spec.get("env")
-    if not isinstance(env, dict):
-        return dict(spec)
-    flat = flatten({"env": env})
-    return {**spec, "env": {key: flat[f"env.{key}"] if flat.get(f"env.{key}") == MASK else value
-                            for key, value in env.items()}}
+    if isinstance(env, dict):
+        flat = flatten({"env": env})
+        masked["env"] = {key: flat[f"env.{key}"] if flat.get(f"env.{key}") == MASK else value
+                         for key, value in env.items()}
+    demos = spec.get("demo")
+    if isinstance(demos, list):
+        masked["demo"] = [_masked_demo(demo) for demo in demos]
+    return masked
+
+
+def _masked_demo(demo: Any) -> Any:
+    if not isinstance(demo, dict) or not isinstance(demo.get("headers"), dict):
+        return demo
+    return {**demo, "headers": {name: value if isinstance(value, dict) else MASK
+                                for name, value in demo["headers"].items()}}
 
 
 def override_json(override: OverrideView) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer.demo import DemoLimits
-from deployer.model.diff import spec_diff
+from deployer.model.diff import spec_diff, with_previous
 from deployer.model.status import DemoView, RevisionView, ServiceView
 from deployer.reconcile.demos import input_copy
 from deployer.safety import UnsafePath, contained, file_inside, is_full_sha, is_source_name
@@ -378,7 +378,7 @@ class Showcase:
         runs = self._runs(view.name, limit)
         history = self.store.history.revisions(view.name, 200)
         by_id = {revision.id: revision for revision in history}
-        older = {revision.id: before for revision, before in zip(history, [*history[1:], None], strict=True)}
+        older = {revision.id: before for revision, before in with_previous(history)}
         outcomes = self._outcomes(view.name)
         columns = [self._revision_column(view, key, runs[key], by_id.get(key) if key else None, older, outcomes)
                    for key in sorted(runs, key=lambda key: key or 0, reverse=True)]
@@ -478,6 +478,8 @@ class Showcase:
     def _inputs(self, revision: RevisionView) -> dict[str, DemoInput]:
         inputs = {}
         for name, spec in _demo_specs(revision).items():
+            if not spec.get("input") and not spec.get("file"):
+                continue  # a GET or DELETE demo sends no body: nothing to show as its input
             sent_as = "json" if spec.get("input") else "file"
             path = str(spec.get("input") or spec.get("file") or "")
             media = _media_of(path, sent_as)

@@ -298,7 +298,7 @@ def test_code_only_push_redeploys_without_reinstalling(world: dict[str, Any]) ->
     print(f"\npush-to-healthy (code-only change): {time.monotonic() - started:.2f}s")
 
     step = next(step for step in service["attempts"][0]["steps"] if step["name"] == "build")
-    assert step["output"].startswith("reused environment"), step
+    assert "\nreused environment " in step["output"], step
     assert service["port"] == before["port"], "auto port must be sticky across redeploys"
     assert info(service["port"])["build"] == build
 
@@ -319,7 +319,8 @@ def test_requirements_change_builds_a_new_environment(world: dict[str, Any]) -> 
     print(f"\npush-to-healthy (requirements change): {time.monotonic() - started:.2f}s")
 
     build = next(step for step in service["attempts"][0]["steps"] if step["name"] == "build")
-    assert not build["output"].startswith("reused"), build
+    assert build["output"].startswith("dependencies from requirements.txt;"), build
+    assert "reused environment" not in build["output"], build
     predict = httpx.post(f"http://127.0.0.1:{before['port']}/predict", json={"text": "superb"}, timeout=5)
     assert predict.json()["label"] == "positive"
 

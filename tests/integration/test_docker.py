@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from deployer.errors import ApplyError, BuildError, Reason, RuntimeUnavailable
 from deployer.model.actual import ServiceState
-from deployer.model.manifest import ResourcesSpec, ServiceManifest
+from deployer.model.manifest import FileSpec, ResourcesSpec, ServiceManifest
 from deployer.runtimes.docker import LABEL_SERVICE, MANAGED_FILTER, ContainerConflict, ContainerExited, DockerRuntime
 from tests.docker_fixtures import TEMPLATES, TEST_LABEL, ServiceFolder, engine_calls, http_get, predict, served_version
 from tests.helpers import wait_for
@@ -282,3 +283,24 @@ def _listing(api: Any, image: str, path: str) -> list[str]:
         return api.logs(container).decode().split()  # type: ignore[no-any-return]
     finally:
         api.remove_container(container, force=True)
+
+
+def test_files_are_copied_into_the_container_before_start(runtime: DockerRuntime, folder: ServiceFolder,
+                                                          docker_api: Any) -> None:
+    """``files:`` reach the container (mode 0600, under the image's WORKDIR), never the image or the folder."""
+    entries = (FileSpec.model_validate({"path": "www/conf.txt", "secret": "CONF"}),)
+    deployment = replace(folder.deployment(3, files=entries), files=(("www/conf.txt", b"value-from-a-secret\n"),))
+    runtime.apply(deployment)
+    wait_for(lambda: healthy(folder.port), 10, "/health")
+    assert http_get(folder.port, "/conf.txt").text == "value-from-a-secret\n"
+    run = docker_api.exec_create(folder.name, ["stat", "-c", "%a %u", "/www/conf.txt"])
+    assert docker_api.exec_start(run["Id"]).decode().strip() == "600 0"
+    assert not (folder.path / "www" / "conf.txt").exists()  # nothing written into the build context
+    image = docker_api.inspect_container(folder.name)["Image"]
+    fresh = docker_api.create_container(image, command=["cat", "/www/conf.txt"], labels={TEST_LABEL: "true"})
+    try:
+        docker_api.start(fresh["Id"])
+        docker_api.wait(fresh["Id"], timeout=10)
+        assert b"value-from-a-secret" not in docker_api.logs(fresh["Id"])  # the image does not hold it
+    finally:
+        docker_api.remove_container(fresh["Id"], force=True)

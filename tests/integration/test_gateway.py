@@ -201,9 +201,16 @@ def test_routes_by_path_with_and_without_the_prefix_and_by_sticky_port(
     assert master_pid(gateway) == pid
 
 
-def test_switching_upstreams_under_a_steady_request_loop_loses_nothing(
+def workers(gateway: NginxGateway) -> set[int]:
+    """The client-facing master's worker processes (a reload replaces them all)."""
+    master = master_pid(gateway)
+    return {pid for pid in our_nginx_processes(gateway) if pid != master and parent(pid) == master}
+
+
+def test_switching_upstreams_under_a_keep_alive_request_loop_loses_nothing_and_reloads_no_client_facing_worker(
         gateways: Gateways, upstreams: list[Upstream]) -> None:
     gateway = gateways.make()
+    assert gateway.inner is not None
     first, second = upstreams
     sticky = free_port()
     port = listen_port(gateway)
@@ -211,23 +218,32 @@ def test_switching_upstreams_under_a_steady_request_loop_loses_nothing(
     def table(*ports: int, revision: int) -> list[Route]:
         return [Route("text-classify", revision, ports, port=sticky, path="/ai/text-classify/")]
 
-    generations = [gateway.apply(table(first.port, revision=1))]
+    edge = gateway.apply(table(first.port, revision=1))
+    inner = [gateway.inner.generation()]
+    facing = workers(gateway)
     answers: list[int] = []
     failures: list[str] = []
     done = threading.Event()
 
     def loop() -> None:
-        for index in range(300):
-            target = (port, "/ai/text-classify/predict") if index % 2 else (sticky, "/predict")
+        # One keep-alive connection per port, reused for every request (as httpx, browsers and SDKs do).
+        connections = {target: http.client.HTTPConnection("127.0.0.1", target, timeout=5) for target in (port, sticky)}
+        for index in range(400):
+            target, path = (port, "/ai/text-classify/predict") if index % 2 else (sticky, "/predict")
             try:
-                status, body = get(*target)
-                if status == 200 and isinstance(body, dict):
-                    answers.append(int(str(body["port"])))
+                connections[target].request("GET", path)
+                response = connections[target].getresponse()
+                body = json.loads(response.read())
+                if response.status == 200 and response.getheader("X-Deployer-Revision") is None:
+                    answers.append(int(body["port"]))
                 else:
-                    failures.append(f"{status} {body}")
-            except OSError as exc:
+                    failures.append(f"{response.status} {body}")
+            except (OSError, http.client.HTTPException) as exc:
                 failures.append(repr(exc))
-            time.sleep(0.01)
+                connections[target].close()
+            time.sleep(0.005)
+        for connection in connections.values():
+            connection.close()
         done.set()
 
     worker = threading.Thread(target=loop)
@@ -236,14 +252,15 @@ def test_switching_upstreams_under_a_steady_request_loop_loses_nothing(
     steps = [(first.port, second.port), (second.port,), (second.port, first.port), (first.port,), (second.port,),
              (first.port,)]
     for revision, ports in enumerate(steps, start=2):
-        time.sleep(0.3)
-        generations.append(gateway.apply(table(*ports, revision=revision)))
-        assert gateway.generation() == generations[-1]
+        time.sleep(0.2)
+        assert gateway.apply(table(*ports, revision=revision)) == edge
+        inner.append(gateway.inner.generation())
     worker.join(60)
     assert done.is_set()
     assert failures == []
-    assert len(answers) == 300 and {first.port, second.port} <= set(answers)
-    assert len(set(generations)) == len(generations)  # every change made a new generation
+    assert len(answers) == 400 and {first.port, second.port} <= set(answers)
+    assert len(set(inner)) == len(inner)  # every switch made a new generation of the inner nginx ...
+    assert gateway.generation() == edge and workers(gateway) == facing  # ... and never reloaded the facing one
     # After the last switch, new requests reach only the last table's upstream.
     assert {get(sticky, "/x")[1]["port"] for _ in range(10)} == {first.port}  # type: ignore[index]
 
@@ -260,7 +277,8 @@ def test_a_config_nginx_t_rejects_leaves_the_previous_one_live(
     live = gateway.apply([route])
     live_text = gateway.backend.live_file.read_text()
     routes_template = templates / "nginx" / "routes.conf.j2"
-    routes_template.write_text(routes_template.read_text().replace("keepalive 16;", "keepalive 16;\nbogus_directive;"))
+    routes_template.write_text(routes_template.read_text().replace("proxy_connect_timeout 2s;",
+                                                                 "proxy_connect_timeout 2s;\nbogus_directive;"))
     with pytest.raises(GatewayRejected) as caught:
         gateway.apply([replace(route, upstreams=(upstreams[1].port,))])
     assert str(caught.value).startswith('[emerg] unknown directive "bogus_directive" in ')
@@ -329,6 +347,26 @@ def test_a_killed_nginx_is_restarted_by_the_next_check_and_a_second_gateway_adop
     assert masters == [new]
     assert twin.apply([route, Route("image", 2, (upstreams[1].port,), path="/ai/image/")]) != live
     assert master_pid(twin) == new and gateway.generation() == twin.generation()
+
+
+def test_a_killed_inner_nginx_is_restarted_with_its_sockets_and_routes_again(
+        gateways: Gateways, upstreams: list[Upstream]) -> None:
+    gateway = gateways.make()
+    assert gateway.inner is not None
+    route = Route("text-classify", 1, (upstreams[0].port,), port=free_port(), path="/ai/text-classify/")
+    gateway.apply([route])
+    inner = gateway.inner.generation()
+    pid_file = gateway.backend.live_file.parent / "inner" / "nginx.pid"
+    old = int(pid_file.read_text())
+    os.kill(old, signal.SIGKILL)  # its socket files stay behind: a new master must not trip on them
+    wait_for(lambda: not Path(f"/proc/{old}").exists() or "Z" in Path(f"/proc/{old}/stat").read_text().split()[2],
+             5, "the master to die")
+    note = gateway.check()
+    assert note is not None and note.startswith(f"the gateway's inner nginx (pid {old}) exited; restarted it")
+    assert int(pid_file.read_text()) != old and gateway.inner.generation() == inner
+    for port, path in ((listen_port(gateway), "/ai/text-classify/x"), (route.port, "/x")):
+        status, body = get(port or 0, path)
+        assert status == 200 and isinstance(body, dict) and body["port"] == upstreams[0].port
 
 
 def test_applies_from_two_threads_are_serialised(gateways: Gateways, upstreams: list[Upstream]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import signal
@@ -249,3 +251,29 @@ def test_an_unreachable_supervisord_is_runtime_unavailable(tmp_path: Path) -> No
         external.check()
     with pytest.raises(RuntimeUnavailable):
         external.observe()
+
+
+def test_a_pass_lists_processes_through_deployers_compact_listing(runtime: SupervisorRuntime, workdir: Path) -> None:
+    """The embedded supervisord loads deployer's listing; it says what getAllProcessInfo says."""
+    runtime.apply(deployment(workdir, free_port()))
+    compact = {info["name"]: info for info in json.loads(runtime.rpc.call("deployer.listProcesses"))}
+    full = {info["name"]: info for info in runtime.rpc.call("getAllProcessInfo")}
+    assert compact.keys() == full.keys() == {"web"}
+    assert all(compact["web"][key] == full["web"][key] for key in ("group", "statename", "pid", "stdout_logfile"))
+    seen = runtime.observe()["web"]
+    assert (seen.state, seen.pid) == (ServiceState.RUNNING, full["web"]["pid"])
+
+
+def test_a_supervisord_without_the_listing_is_still_observed(
+        state_dir: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One started by an older deployer (no extension in its config) answers getAllProcessInfo instead."""
+    from deployer.runtimes.supervisor import embedded
+
+    plain = functools.partial(embedded.supervisord_conf, extension=False)
+    monkeypatch.setattr(embedded, "supervisord_conf", lambda **paths: plain(**{**paths, "extension": False}))
+    runtime = SupervisorRuntime(state_dir, templates_dir=TEMPLATES)
+    runtime.ensure_running()
+    with pytest.raises(ApplyError, match="listProcesses"):
+        runtime.rpc.call("deployer.listProcesses")
+    runtime.apply(deployment(workdir, free_port()))
+    assert runtime.observe()["web"].state is ServiceState.RUNNING

@@ -7,7 +7,7 @@ the route switch, then the old slot is drained and stopped. A failed gate stops 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -34,7 +34,9 @@ class RecordingGateway:
             raise GatewayUnavailable("nginx not found: apt-get install nginx")
         return None
 
-    def apply(self, routes: Sequence[Route]) -> str:
+    def apply(self, routes: Sequence[Route], *, handover: Callable[[], None] | None = None) -> str:
+        if handover is not None:  # as nginx does: after the candidate passed nginx -t, before the reload
+            handover()
         if self.refuse:
             raise DeployerError("nginx: [emerg] bind() to 127.0.0.1:9100 failed (98: Address already in use)")
         self.tables.append(tuple(routes))

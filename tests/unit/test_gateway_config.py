@@ -36,9 +36,12 @@ def _config(tmp_path: Path, templates: Path = ROOT / "templates", **values: Any)
     return GatewayConfig(state_dir=tmp_path / "state", templates_dir=templates, listen="127.0.0.1:18080", **values)
 
 
-def _render(tmp_path: Path, routes: list[Route], **values: Any) -> tuple[str, str]:
+def _render(tmp_path: Path, routes: list[Route], *, inner: bool = False, **values: Any) -> tuple[str, str]:
+    """The client-facing config (or, ``inner``, the inner nginx's) for ``routes``."""
     gateway = build_gateway(_config(tmp_path, **values))
-    rendered = gateway.backend.renderer.render(check_routes(routes, listen_port=18080))
+    tier = gateway.inner if inner else gateway.backend
+    assert tier is not None
+    rendered = tier.renderer.render(check_routes(routes, listen_port=18080))
     return rendered.text, rendered.generation
 
 
@@ -117,9 +120,17 @@ def test_rendering_is_deterministic_and_the_generation_follows_content(tmp_path:
     again, same = _render(tmp_path, [IMAGE, TEXT])
     assert (again, same) == (text, generation)
     assert generation_of(text) == generation
-    _, moved = _render(tmp_path, [replace(TEXT, upstreams=(9804,)), IMAGE])
     _, drained = _render(tmp_path, [TEXT, IMAGE], drain=3.0)
-    assert len({generation, moved, drained}) == 3
+    _, gone = _render(tmp_path, [TEXT])
+    assert len({generation, drained, gone}) == 3
+    # A slot switch (another upstream, another revision) changes only the inner nginx's config: the
+    # client-facing one, holding the clients' connections, is not reloaded by a redeploy.
+    switched = [replace(TEXT, upstreams=(9804,), revision=4), IMAGE]
+    assert _render(tmp_path, switched) == (text, generation)
+    inner, inner_generation = _render(tmp_path, [TEXT, IMAGE], inner=True)
+    assert generation_of(inner) == inner_generation
+    assert _render(tmp_path, switched, inner=True)[1] != inner_generation
+    assert _render(tmp_path, [replace(TEXT, revision=4), IMAGE], inner=True)[1] != inner_generation
 
 
 def test_the_config_holds_routes_marker_and_state_paths(tmp_path: Path) -> None:
@@ -131,17 +142,30 @@ def test_the_config_holds_routes_marker_and_state_paths(tmp_path: Path) -> None:
                     ("uwsgi", "uwsgi"), ("scgi", "scgi"))),
                  f"access_log {home}/access.log deployer_json;", "listen 127.0.0.1:18080;",
                  "listen 127.0.0.1:8801;", "upstream svc_text_classify {",
-                 "server 127.0.0.1:9802 max_fails=1 fail_timeout=2s;", "server 127.0.0.1:9803 max_fails=1",
+                 "server unix:inner/sockets/text-classify.sock;", "server unix:inner/sockets/image-recognise.sock;",
                  "location /ai/text-classify/ {", "proxy_pass http://svc_text_classify/;",
                  "proxy_pass http://svc_image_recognise;", "proxy_set_header X-Forwarded-Prefix /ai/text-classify;",
-                 "set $deployer_service text-classify;", 'set $deployer_revision "3";', 'set $deployer_revision "";',
-                 "proxy_next_upstream error timeout;", "proxy_http_version 1.1;", "worker_shutdown_timeout 10000ms;",
+                 "set $deployer_service text-classify;", '"revision":"$upstream_http_x_deployer_revision"',
+                 "proxy_hide_header X-Deployer-Revision;", "proxy_http_version 1.1;",
+                 "worker_shutdown_timeout 10000ms;",
                  "location = /.deployer/generation {", f'return 200 "{generation}\\n";'):
         assert line in text, line
+    for absent in ("9801", "9802", "keepalive", 'set $deployer_revision "3";'):  # slots and revisions: the inner's
+        assert absent not in text, absent
     # The sticky port proxies the URI as it came: nothing to strip there.
     sticky = text[text.index("listen 127.0.0.1:8801;"):]
     assert "proxy_pass http://svc_text_classify;" in sticky and "X-Forwarded-Prefix" not in sticky
     assert text.count(f'return 200 "{generation}\\n";') == 2  # the listener and the sticky port
+
+    inner, inner_generation = _render(tmp_path, [TEXT, IMAGE], inner=True)
+    home = home / "inner"
+    for line in (f"pid {home}/nginx.pid;", f"error_log {home}/error.log warn;", f"proxy_temp_path {home}/temp/proxy;",
+                 "listen unix:control.sock;", f'return 200 "{inner_generation}\\n";',
+                 "listen unix:sockets/text-classify.sock;", "server 127.0.0.1:9801 max_fails=1 fail_timeout=2s;",
+                 "server 127.0.0.1:9802 max_fails=1", "server 127.0.0.1:9803 max_fails=1", "keepalive 16;",
+                 'add_header X-Deployer-Revision "3" always;', 'add_header X-Deployer-Revision "" always;',
+                 "proxy_next_upstream error timeout;", "proxy_set_header Host $http_host;", "access_log off;"):
+        assert line in inner, line
 
 
 def test_external_mode_renders_only_http_level_blocks(tmp_path: Path) -> None:
@@ -197,7 +221,8 @@ def test_nginx_t_refusal_carries_nginxs_words_and_keeps_the_live_file(tmp_path: 
     live.write_text("# the live config\n")
     table = check_routes([TEXT], listen_port=18080)
     rendered = backend.renderer.render(table)
-    broken = replace(rendered, text=rendered.text.replace("keepalive 16;", "keepalive 16;\n    bogus_directive on;"))
+    broken = replace(rendered, text=rendered.text.replace("proxy_connect_timeout 2s;",
+                                                                "proxy_connect_timeout 2s;\n    bogus_directive on;"))
     with pytest.raises(GatewayRejected) as caught:
         backend.install(broken, live.read_text())
     message = str(caught.value)

@@ -29,6 +29,7 @@ class FakeBuild:
     reused: bool = True
     duration: float = 0.0
     output_tail: str = ""
+    summary: str = ""
 
 
 class FakeBuilder:

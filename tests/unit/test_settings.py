@@ -129,7 +129,7 @@ def test_secrets_from_the_environment_stay_secret() -> None:
         ({"DEPLOYER_RUNTIME": "k8s"},
          "DEPLOYER_RUNTIME: runtime: Input should be 'supervisor', 'docker' or 'swarm' (got 'k8s')"),
         ({"DEPLOYER_STATE_DIR": "s", "DEPLOYER_RECONCILE__WORKERS": "99"},
-         "DEPLOYER_RECONCILE__WORKERS: [reconcile] workers: Input should be less than or equal to 32 (got '99')"),
+         "DEPLOYER_RECONCILE__WORKERS: [reconcile] workers: Input should be less than or equal to 64 (got '99')"),
         ({"DEPLOYER_GITEA__ALLOWED_OWNERS": "acme"},
          """DEPLOYER_GITEA__ALLOWED_OWNERS: [gitea] allowed_owners: Input should be a valid list (got 'acme'); """
          """write it as JSON, e.g. ["acme"]"""),

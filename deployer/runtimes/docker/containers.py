@@ -8,9 +8,11 @@ container and starts the old one again, so the host keeps what ran before.
 
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import docker.errors
@@ -204,7 +206,29 @@ class DockerRuntime:
             host_config=host_config, detach=True,
             use_config_proxy=False, stop_timeout=self.stop_timeout,
         )
-        return str(created["Id"])
+        container = str(created["Id"])
+        try:
+            self._copy_files(container, image, deployment)
+        except docker.errors.APIError as exc:
+            self._discard([{"id": container}])
+            raise ApplyError(f"service {deployment.name}: cannot copy its 'files:' into the container: "
+                             f"{explanation(exc)}") from exc
+        return container
+
+    def _copy_files(self, container: str, image: str, deployment: Deployment) -> None:
+        """``files:`` copied into the created container before it starts, mode 0600, under the image's WORKDIR.
+
+        Never into the image (its layers would keep a secret for anyone who can pull or inspect
+        it, and for every rollback), nor a bind mount of a host file: the copy lives in the
+        container's own layer and goes with it. The owner is the image's USER when it is numeric
+        (``1000`` or ``1000:1000``), else root.
+        """
+        if not deployment.files:
+            return
+        config = self.engine.api().inspect_image(image).get("Config") or {}
+        base = PurePosixPath(config.get("WorkingDir") or "/")
+        uid, gid = _numeric_user(str(config.get("User") or ""))
+        self.engine.api().put_archive(container, "/", _archive(base, deployment.files, uid, gid))
 
     def _replace(self, deployment: Deployment, new: str, old: list[dict[str, Any]]) -> None:
         was_running = [row for row in old if row["state"] in ("running", "restarting")]
@@ -327,3 +351,22 @@ def port_conflict(name: str, address: str, port: int, detail: str) -> ApplyError
         f"service {name}: port {address}:{port} is already in use by another process ({detail}); "
         "free the port or choose another in service.yaml", reason=Reason.PORT_CONFLICT,
     )
+
+
+def _numeric_user(user: str) -> tuple[int, int]:
+    """(uid, gid) of an image's USER when written as numbers; root otherwise."""
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit():
+        return 0, 0
+    return int(uid), int(gid) if gid.isdigit() else 0
+
+
+def _archive(base: PurePosixPath, files: tuple[tuple[str, bytes], ...], uid: int, gid: int) -> bytes:
+    """A tar of the files only (no folder entries: existing folders of the image keep their modes)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path, data in files:
+            info = tarfile.TarInfo(str(base / path).lstrip("/"))
+            info.size, info.mode, info.uid, info.gid = len(data), 0o600, uid, gid
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -58,8 +58,10 @@ class EmbeddedSupervisord:
         supervisord autostarts every program as soon as it reads the include dir.
         """
         paths = self.paths
+        # Only a supervisord on deployer's own interpreter can import deployer's extension.
         conf = supervisord_conf(socket=paths.socket, home=paths.home, pid_file=paths.pid_file,
-                                include_dir=paths.include_dir, log_dir=paths.log_dir)
+                                include_dir=paths.include_dir, log_dir=paths.log_dir,
+                                extension=_executable(_beside_python()))
         if not paths.config_file.exists() or paths.config_file.read_text(encoding="utf-8") != conf:
             write_atomic(paths.config_file, conf)
         if self.answers():
@@ -129,9 +131,17 @@ class EmbeddedSupervisord:
             time.sleep(_POLL_SECONDS)
 
 
+def _beside_python() -> Path:
+    return Path(sys.executable).parent / "supervisord"
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
 def _find_supervisord() -> str:
-    beside = Path(sys.executable).parent / "supervisord"
-    if beside.is_file() and os.access(beside, os.X_OK):
+    beside = _beside_python()
+    if _executable(beside):
         return str(beside)
     found = shutil.which("supervisord")
     if found is None:

@@ -104,8 +104,19 @@ def read_tail(path: Path, max_bytes: int) -> str:
         return ""
 
 
-def supervisord_conf(*, socket: Path, home: Path, pid_file: Path, include_dir: Path, log_dir: Path) -> str:
-    """The embedded supervisord's config; its own log and working directory are under ``home``."""
+_EXTENSION = """
+[rpcinterface:deployer]
+supervisor.rpcinterface_factory = deployer.runtimes.supervisord_ext:make_interface
+"""
+
+
+def supervisord_conf(*, socket: Path, home: Path, pid_file: Path, include_dir: Path, log_dir: Path,
+                     extension: bool = False) -> str:
+    """The embedded supervisord's config; its own log and working directory are under ``home``.
+
+    ``extension`` loads deployer's listing method (``runtimes/supervisord_ext.py``): only for a
+    supervisord that runs on deployer's own Python, the one that can import it.
+    """
     values = {
         "socket": socket,
         "logfile": home / "supervisord.log",
@@ -114,7 +125,8 @@ def supervisord_conf(*, socket: Path, home: Path, pid_file: Path, include_dir: P
         "directory": home,
         "include": include_dir / "*.conf",
     }
-    return _SUPERVISORD_CONF.format(**{key: conf_path(value) for key, value in values.items()})
+    paths = {key: conf_path(value) for key, value in values.items()}
+    return _SUPERVISORD_CONF.format(**paths, extension=_EXTENSION if extension else "")
 
 
 def conf_path(path: Path) -> str:
@@ -143,7 +155,7 @@ nodaemon=false
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
+{extension}
 ; For operators: supervisorctl -c this-file status
 [supervisorctl]
 serverurl=unix://{socket}

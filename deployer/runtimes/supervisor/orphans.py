@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from deployer.host import alive
+from deployer.host import alive, listening_tcp_ports
 
 log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.05
@@ -107,6 +107,9 @@ def reap(holders: Iterable[PortHolder], *, grace: float) -> list[Orphan]:
 
 
 def _listeners(ports: Collection[int]) -> list[Any]:
+    listening = listening_tcp_ports()
+    if listening is not None:  # nothing listens on these ports: no need to find owners
+        ports = set(ports) & listening
     if not ports:
         return []
     try:

@@ -40,6 +40,8 @@ _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 # configparser reads ";" or "#" after whitespace as an inline comment, even inside quotes.
 _INLINE_COMMENT = re.compile(r"\s[;#]")
+# A quote that opens a quoted span: at the start or after a character that is not a letter or digit.
+_OPENING_QUOTE = re.compile(r"(?<![A-Za-z0-9])['\"]")
 # port and body-hash are optional: files written before they existed still read back.
 _HEADER = re.compile(
     r"^; deployer: service=(?P<name>[a-z][a-z0-9-]*) revision=(?P<revision>[0-9]+)"
@@ -318,12 +320,16 @@ def _compare_environment(parsed: dict[str, str], expected: Mapping[str, str], wh
 
 
 def redact(message: str) -> str:
-    """``message`` with everything from its first to its last quote hidden.
+    """``message`` with everything from its first opening quote to its last quote hidden.
 
     Parser messages quote the offending text (an environment string may hold secrets);
-    a value may itself contain quotes, so nothing between the outermost ones is kept.
+    a value may itself contain quotes, so nothing between the outermost ones is kept. An
+    apostrophe inside a word ("can't") opens no quote: such a message is never cut there.
     """
-    quotes = [index for index, char in enumerate(message) if char in "'\""]
-    if not quotes:
+    opening = _OPENING_QUOTE.search(message)
+    if opening is None:
         return message
-    return f"{message[:quotes[0]]}'<hidden>'{message[quotes[-1] + 1:]}"
+    last = max(message.rfind("'"), message.rfind('"'))
+    if last <= opening.start():
+        return message
+    return f"{message[:opening.start()]}'<hidden>'{message[last + 1:]}"

@@ -61,11 +61,12 @@ class SupervisorRpc:
         self.timeout = timeout
 
     def call(self, method: str, *args: Any, ok: Collection[int] = (), timeout: float | None = None) -> Any:
-        """``supervisor.<method>(*args)``; faults in ``ok`` return None, others raise a deployer error."""
+        """``supervisor.<method>(*args)`` (or ``namespace.method``, dotted); faults in ``ok`` return
+        None, others raise a deployer error."""
         limit = self.timeout if timeout is None else timeout
         transport = _TimedTransport(self.socket_path, limit)
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        function: Callable[..., Any] = getattr(proxy.supervisor, method)
+        function: Callable[..., Any] = getattr(proxy, method if "." in method else f"supervisor.{method}")
         try:
             return function(*args)
         except xmlrpc.client.Fault as fault:
@@ -84,9 +85,11 @@ class SupervisorRpc:
             transport.close()
 
     def _fault_error(self, method: str, fault: xmlrpc.client.Fault) -> ApplyError | RuntimeUnavailable:
-        text = redact(str(fault.faultString))
+        text = str(fault.faultString)
         if fault.faultCode == Faults.SHUTDOWN_STATE:
             return RuntimeUnavailable(f"supervisord at {self.socket_path} is shutting down")
-        if fault.faultCode == Faults.CANT_REREAD:
-            return ApplyError(f"supervisord cannot re-read its program files in {self.include_dir}: {text}")
+        if fault.faultCode == Faults.CANT_REREAD:  # a parser message: it may quote an environment value
+            return ApplyError(f"supervisord cannot re-read its program files in {self.include_dir}: {redact(text)}")
+        # The other faults name a program or its command (from git, no secret): shown whole, as
+        # "NO_FILE: can't find command 'uvicorn'" (service output is masked by the store anyway).
         return ApplyError(f"supervisord {method}: {text}")

@@ -8,6 +8,7 @@ reconnects. Drift is observed truthfully: edited or missing files, stopped progr
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Collection
@@ -38,6 +39,7 @@ __all__ = ["EMBEDDED", "StartFailed", "SupervisorRuntime"]
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
+_LISTING_RETRY_SECONDS = 60.0
 RUNTIME_NAME = "supervisor"
 # AF_UNIX paths are limited to 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
@@ -100,6 +102,7 @@ class SupervisorRuntime:
         if len(str(self.socket_path).encode()) > _MAX_SOCKET_PATH:
             raise ConfigError(f"supervisor socket path {self.socket_path} is too long for a unix socket")
         self.rpc = SupervisorRpc(self.socket_path, include_dir=self.include_dir, timeout=rpc_timeout)
+        self._no_listing_until = 0.0  # monotonic time before which supervisord lacks the compact listing
         self.embedded_supervisord = EmbeddedSupervisord(
             SupervisorPaths(self.home, self.socket_path, self.include_dir, self.log_dir), self.rpc)
 
@@ -126,7 +129,7 @@ class SupervisorRuntime:
         program is not loaded reads ``stopped``. A service that is not running and whose port
         is held by another process says so in ``detail``.
         """
-        processes = {info["name"]: info for info in self._call("getAllProcessInfo") if info["group"] == info["name"]}
+        processes = {info["name"]: info for info in self._list_processes() if info["group"] == info["name"]}
         files = read_program_files(self.include_dir)
         actual = {name: _actual(name, program, processes.get(name)) for name, program in files.items()}
         for name in processes.keys() - files.keys():
@@ -245,6 +248,20 @@ class SupervisorRuntime:
         with contextlib.suppress(RuntimeUnavailable, ApplyError):  # none answering: no live children
             pids.add(int(self._call("getPID")))
         return pids
+
+    def _list_processes(self) -> list[dict[str, Any]]:
+        """Every process: deployer's compact listing where supervisord has it, else getAllProcessInfo.
+
+        The embedded supervisord loads the listing (``runtimes/supervisord_ext.py``); one started by
+        an older deployer, or an operator's own, answers UNKNOWN_METHOD, asked again a minute later
+        (it may have been restarted with the extension meanwhile).
+        """
+        if time.monotonic() >= self._no_listing_until:
+            text = self._call("deployer.listProcesses", ok={Faults.UNKNOWN_METHOD})
+            if text is not None:
+                return list(json.loads(text))
+            self._no_listing_until = time.monotonic() + _LISTING_RETRY_SECONDS
+        return list(self._call("getAllProcessInfo"))
 
     def _owns(self, info: dict[str, Any]) -> bool:
         """Every program of the embedded supervisord is deployer's; elsewhere, those logging into our dir."""

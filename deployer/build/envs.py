@@ -1,6 +1,6 @@
 """Per-service Python environments, cached by what they install and which interpreter runs them.
 
-The cache key covers the requirements (file text, or pyproject's dependency list)
+The cache key covers the requirements (file text, pyproject's dependency list, the lock)
 and the interpreter, never the service's code: a code-only push reuses the
 environment. Each one is built in a fresh directory and published by atomically
 renaming a symlink onto its key, so no caller ever sees a half-built environment.
@@ -17,9 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from deployer.build.interpreters import Interpreter, Interpreters
+from deployer.build.project import Kind, Requirements, resolve_requirements
 from deployer.errors import BuildError, ConfigError
-from deployer.safety import is_contained
 
 INSTALLERS = ("auto", "uv", "pip")
 TAIL_CHARS = 4000
@@ -46,16 +45,10 @@ class BuildResult:
     reused: bool
     duration: float
     output_tail: str = ""
+    summary: str = ""  # which file, which lock, which interpreter: for the build step's record
 
 
-@dataclass(frozen=True)
-class Requirements:
-    """What an environment installs: ``kind`` and ``content`` go into the key, ``args`` to the installer."""
-
-    kind: str
-    content: str
-    args: tuple[str, ...] = ()
-    origin: str = ""
+_Step = tuple[str, list[str], Path, dict[str, str]]  # what, argv, where, extra environment
 
 
 def python_for(env_dir: Path) -> Path:
@@ -80,78 +73,93 @@ class EnvBuilder:
         self._uv = _find_uv() if installer in ("auto", "uv") else None
         if installer == "uv" and self._uv is None:
             raise ConfigError("build installer 'uv' is configured but no uv executable was found")
-        self._python = python or sys.executable
-        self._interpreter: tuple[str, str] | None = None
-        self._interpreter_lock = threading.Lock()
+        # A uv.lock is read by uv whichever installer is configured: pip cannot read it.
+        self._lock_reader = self._uv or _find_uv()
+        self._interpreters = Interpreters(python or sys.executable, self._lock_reader)
 
     @property
     def installer(self) -> str:
         return "uv" if self._uv else "pip"
 
     def ensure(self, service_dir: Path, requirements: str | None) -> BuildResult:
-        """The environment for ``service_dir``'s requirements, built now or reused.
-
-        ``requirements`` names a requirements file or ``pyproject.toml`` (relative to
-        ``service_dir``); None picks pyproject's dependencies, else ``requirements.txt``,
-        else an empty environment. From pyproject only ``[project].dependencies`` are
-        installed, never the project itself: installing the project would tie the
-        environment to the code, so every code-only push would reinstall it. The service
-        still imports its own modules because it runs in its folder.
-        """
+        """The environment for ``service_dir``'s requirements (see ``resolve_requirements``), built or reused."""
         started = time.monotonic()
         spec = resolve_requirements(service_dir, requirements)
-        key = self.key_for(spec)
+        interpreter = self._interpreters.choose(spec.python, service_dir)
+        key = _key(spec, interpreter)
+        summary = f"{spec.describe()}; Python {interpreter.release} ({interpreter.path})"
+        if spec.python is not None:
+            summary += f" for {spec.python.spec} in {spec.python.origin}"
         link = self.root / key[:_DIR_KEY_CHARS]
         if link.is_dir():
-            return BuildResult(link, key, True, time.monotonic() - started)
+            return BuildResult(link, key, True, time.monotonic() - started, summary=summary)
         deadline = started + self.timeout
         with self._key_lock(key, deadline):
             if link.is_dir():  # built by whoever held the lock before us
-                return BuildResult(link, key, True, time.monotonic() - started)
-            tail = self._build(service_dir, spec, link, deadline)
-        return BuildResult(link, key, False, time.monotonic() - started, tail)
+                return BuildResult(link, key, True, time.monotonic() - started, summary=summary)
+            tail = self._build(service_dir, spec, interpreter, link, deadline)
+        return BuildResult(link, key, False, time.monotonic() - started, tail, summary)
 
-    def key_for(self, spec: Requirements) -> str:
-        interpreter, version = self.interpreter()
-        material = json.dumps([spec.kind, spec.content, interpreter, version], separators=(",", ":"))
-        return hashlib.sha256(material.encode()).hexdigest()
+    def key_for(self, spec: Requirements, service_dir: Path = Path(".")) -> str:
+        """The cache key of ``spec``'s environment (with the interpreter it would be made from)."""
+        return _key(spec, self._interpreters.choose(spec.python, service_dir))
 
     def interpreter(self) -> tuple[str, str]:
-        """(real path, ``sys.version``) of the interpreter environments are made from; asked once."""
-        with self._interpreter_lock:
-            if self._interpreter is None:
-                self._interpreter = _probe_interpreter(self._python)
-            return self._interpreter
+        """(real path, ``sys.version``) of the configured interpreter; asked once."""
+        default = self._interpreters.default()
+        return default.path, default.version
 
-    def _build(self, service_dir: Path, spec: Requirements, link: Path, deadline: float) -> str:
+    def _build(self, service_dir: Path, spec: Requirements, interpreter: Interpreter, link: Path,
+               deadline: float) -> str:
         staging = self.root / ".build"
         staging.mkdir(parents=True, exist_ok=True)
         _remove_stale(staging, link)
         env_dir = staging / f"{link.name}-{uuid.uuid4().hex[:8]}"
         with tempfile.TemporaryFile() as log:
             try:
-                for step, argv in self._commands(env_dir, spec):
-                    _run(step, argv, service_dir, deadline, log)
+                _run("creating the environment", self._create(env_dir, interpreter), service_dir, deadline, log)
+                for step, argv, cwd, extra in self._installs(service_dir, env_dir, spec):
+                    _run(step, argv, cwd, deadline, log, extra)
             except BuildError:
                 shutil.rmtree(env_dir, ignore_errors=True)
                 raise
             _publish(env_dir, link)
             return _tail(log)
 
-    def _commands(self, env_dir: Path, spec: Requirements) -> list[tuple[str, list[str]]]:
-        interpreter = self.interpreter()[0]
+    def _create(self, env_dir: Path, interpreter: Interpreter) -> list[str]:
+        if self._uv:
+            return [self._uv, "venv", "--quiet", "--no-python-downloads", "--python", interpreter.path, str(env_dir)]
+        return [interpreter.path, "-m", "venv", str(env_dir)]
+
+    def _installs(self, service_dir: Path, env_dir: Path, spec: Requirements) -> list[_Step]:
+        """The install steps, after the environment exists (a lock's constraints are written into it)."""
+        if spec.kind == Kind.UV_LOCK:
+            return [self._uv_sync(service_dir, env_dir, spec)]
+        args = list(spec.args)
+        if spec.constraints:
+            args += ["-c", str(_write_constraints(env_dir, spec.constraints, hashes=bool(self._uv)))]
+        if self._uv and spec.hashed and spec.kind == Kind.REQUIREMENTS:
+            args.append("--require-hashes")  # what pip does by itself when a file holds hashes
+        if not args:
+            return []
         python = str(python_for(env_dir))
         if self._uv:
-            create = [self._uv, "venv", "--quiet", "--no-python-downloads", "--python", interpreter, str(env_dir)]
-            install = [self._uv, "pip", "install", "--python", python, *spec.args]
+            install = [self._uv, "pip", "install", "--python", python, *args]
         else:
-            create = [interpreter, "-m", "venv", str(env_dir)]
             # "python -m pip" rather than bin/pip: no shebang, so no shebang length limit.
-            install = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *spec.args]
-        steps = [("creating the environment", create)]
-        if spec.args:
-            steps.append((f"installing {spec.origin}", install))
-        return steps
+            install = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *args]
+        return [(f"installing {spec.origin}" + (f" locked by {spec.lock}" if spec.lock else ""), install,
+                 service_dir, {})]
+
+    def _uv_sync(self, service_dir: Path, env_dir: Path, spec: Requirements) -> _Step:
+        """``uv sync --frozen`` into our environment: the lock's exact versions, sources and hashes."""
+        if self._lock_reader is None:
+            raise BuildError(f"{service_dir / spec.lock}: installing from a uv lock needs uv, which is not "
+                             "installed here; install uv (a dependency of deployer) or remove the lock")
+        argv = [self._lock_reader, "sync", "--frozen", "--no-install-project", "--no-dev", "--no-python-downloads",
+                "--python", str(python_for(env_dir))]
+        project = service_dir / Path(spec.origin).parent
+        return f"installing {spec.lock}", argv, project, {"UV_PROJECT_ENVIRONMENT": str(env_dir)}
 
     @contextmanager
     def _key_lock(self, key: str, deadline: float) -> Iterator[None]:
@@ -173,66 +181,9 @@ class EnvBuilder:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def resolve_requirements(service_dir: Path, requirements: str | None) -> Requirements:
-    """Decide what an environment for ``service_dir`` installs (see ``EnvBuilder.ensure``)."""
-    if requirements is not None:
-        path = _inside(service_dir, requirements)
-        if path.name == "pyproject.toml":
-            return _from_pyproject(path, requirements)
-        return _from_file(path, requirements)
-    pyproject = service_dir / "pyproject.toml"
-    if pyproject.is_file():
-        spec = _from_pyproject(_inside(service_dir, "pyproject.toml"), "pyproject.toml")
-        if spec.args:
-            return spec
-    if (service_dir / "requirements.txt").is_file():
-        return _from_file(_inside(service_dir, "requirements.txt"), "requirements.txt")
-    return Requirements("none", "")
-
-
-def _inside(service_dir: Path, relative: str) -> Path:
-    """``relative`` resolved, refusing anything (a symlink included) that leads out of the repository."""
-    path = service_dir / relative
-    root = _repo_root(service_dir)
-    if not is_contained(root, service_dir.relative_to(root) / relative):
-        raise BuildError(f"{path}: requirements must stay inside the repository (a symlink leads out)")
-    if not path.is_file():
-        raise BuildError(f"{path}: requirements file not found; fix 'requirements' in service.yaml")
-    return path
-
-
-def _repo_root(service_dir: Path) -> Path:
-    """The checkout holding ``service_dir`` (nearest folder with ``.git``), else the folder itself."""
-    for folder in (service_dir, *service_dir.parents):
-        if (folder / ".git").exists():
-            return folder
-    return service_dir
-
-
-def _from_file(path: Path, origin: str) -> Requirements:
-    content = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Requirements("requirements", content, ("-r", origin), origin)
-
-
-def _from_pyproject(path: Path, origin: str) -> Requirements:
-    try:
-        project = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BuildError(f"{path}: not valid TOML: {exc}") from exc
-    if "dependencies" in project.get("dynamic", []):
-        raise BuildError(f"{path}: [project].dependencies is dynamic; list the dependencies or use a requirements file")
-    dependencies = project.get("dependencies", [])
-    if not isinstance(dependencies, list) or not all(_is_requirement(d) for d in dependencies):
-        raise BuildError(f"{path}: [project].dependencies must be a list of requirement strings")
-    if not dependencies:
-        return Requirements("none", "", (), origin)
-    ordered = sorted(dependencies)  # order does not change what gets installed
-    return Requirements("pyproject", json.dumps(ordered), tuple(ordered), origin)
-
-
-def _is_requirement(value: object) -> bool:
-    # A leading "-" would be read as an installer option, not a requirement.
-    return isinstance(value, str) and bool(value.strip()) and not value.startswith("-")
+def _key(spec: Requirements, interpreter: Interpreter) -> str:
+    material = json.dumps([spec.kind, spec.content, interpreter.path, interpreter.version], separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _find_uv() -> str | None:
@@ -240,19 +191,6 @@ def _find_uv() -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("uv")
-
-
-def _probe_interpreter(python: str) -> tuple[str, str]:
-    found = python if os.sep in python else shutil.which(python)
-    if not found or not Path(found).is_file():
-        raise BuildError(f"python interpreter {python!r} for service environments not found")
-    try:
-        done = subprocess.run(
-            [found, "-c", "import sys; print(sys.version)"], capture_output=True, text=True, timeout=30, check=True
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BuildError(f"python interpreter {found} does not run: {exc}") from exc
-    return os.path.realpath(found), done.stdout.strip()
 
 
 def _installer_environment() -> dict[str, str]:
@@ -264,7 +202,20 @@ def _installer_environment() -> dict[str, str]:
     }
 
 
-def _run(step: str, argv: list[str], cwd: Path, deadline: float, log: IO[bytes]) -> None:
+def _write_constraints(env_dir: Path, pins: tuple[str, ...], *, hashes: bool) -> Path:
+    """A lock's pins as a constraints file kept in the environment (a record of what was locked).
+
+    pip cannot check hashes given in constraints while it resolves ranges, so for pip they are
+    left out and only the versions bind; uv checks them.
+    """
+    lines = pins if hashes else tuple(pin.split(" --hash=")[0] for pin in pins)
+    path = env_dir / "deployer-constraints.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _run(step: str, argv: list[str], cwd: Path, deadline: float, log: IO[bytes],
+         extra: dict[str, str] | None = None) -> None:
     """Run one installer step in ``cwd`` (relative paths in a requirements file resolve there)."""
     log.write(f"$ {' '.join(argv)}\n".encode())
     log.flush()
@@ -272,7 +223,7 @@ def _run(step: str, argv: list[str], cwd: Path, deadline: float, log: IO[bytes])
     try:
         process = subprocess.Popen(
             argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=_installer_environment(), start_new_session=True,
+            env={**_installer_environment(), **(extra or {})}, start_new_session=True,
         )
     except OSError as exc:
         raise BuildError(f"{cwd}: {step}: cannot run {argv[0]}: {exc}", output=_tail(log)) from exc
