@@ -27,6 +27,7 @@ from deployer.gitea import GiteaClient, StatusReporter, WebhookError, clone_url
 from deployer.hooks import HookRunner
 from deployer.metrics import Metrics
 from deployer.model.status import Trigger
+from deployer.operations import Operations
 from deployer.ports import holder, is_free
 from deployer.reconcile import HostChecks, Reconciler, ReconcilerConfig, SourceSpec, assemble
 from deployer.reconcile.events import EventBus
@@ -56,6 +57,7 @@ class Daemon:
     status: StatusReporter
     gateway: NginxGateway | None
     app: Starlette
+    operations: Operations
 
 
 def templates_dir(settings: Settings) -> Path:
@@ -128,12 +130,13 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
         routing=GiteaRouting(tuple(settings.gitea.allowed_owners), settings.gitea.repo_prefix,
                              settings.gitea.branch, settings.gitea.clone_base or settings.gitea.url),
     )
+    operations = Operations(workers=settings.reconcile.workers * 2)  # stop/start/restart batches, bounded
     daemon = Daemon(settings, store, runtimes, reconciler, queue, scheduler, webhook, status, gateway,
-                    app=Starlette())
+                    app=Starlette(), operations=operations)
     deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, metrics=metrics,
                    api_token=api_token, checks=_checks(daemon), gitea_url=settings.gitea.url,
                    gateway_url=f"http://{settings.gateway.listen}" if gateway is not None else "",
-                   traffic=traffic.read if traffic is not None else None)
+                   traffic=traffic.read if traffic is not None else None, operations=operations)
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
 
@@ -284,6 +287,7 @@ def stop(daemon: Daemon) -> None:
     """Stop taking webhooks, let running passes finish, close the store."""
     daemon.webhook.stop()
     daemon.scheduler.stop()
+    daemon.operations.shutdown()
     daemon.queue.stop(timeout=60)
     daemon.status.stop(timeout=5)
     daemon.store.close()

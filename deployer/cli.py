@@ -13,12 +13,16 @@ import json
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployer import __version__
-from deployer.errors import DeployerError, ManifestError
+from deployer.errors import ConfigError, DeployerError, ManifestError
 from deployer.settings import Settings
+
+if TYPE_CHECKING:  # the gitea commands import them when run: the other commands start faster
+    from deployer.gitea import CheckTargets, GiteaClient, HookMemory
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -86,11 +90,44 @@ def _parser() -> argparse.ArgumentParser:
         command = _remote(commands, remote, name, helptext, _act, service=True)
         command.add_argument("revision", type=int, nargs="?")
         command.add_argument("--why", default="")
+    for name, helptext in (("stop", "stop services and keep them stopped until started"),
+                           ("start", "start stopped services (deploys the wanted revision through the gate)"),
+                           ("restart", "restart services through the gate (blue/green behind the gateway)")):
+        command = _remote(commands, remote, name, helptext, _operate)
+        command.add_argument("services", nargs="*", metavar="NAME")
+        command.add_argument("--group", help="every service of this group")
+        command.add_argument("--source", help="every service of this source")
+        command.add_argument("--all", action="store_true", help="every service")
+        command.add_argument("--why", default="")
+        command.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the outcome")
     for name, helptext in (("unpin", "follow the branch again"), ("resume", "reconcile a suspended service again"),
                            ("suspend", "stop reconciling a service, leaving it as it is")):
         command = _remote(commands, remote, name, helptext, _act, service=True)
         command.add_argument("--why", default="")
+    _gitea_commands(commands, common)
     return parser
+
+
+def _gitea_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    gitea = commands.add_parser("gitea", help="Gitea onboarding: check the connection, set up the push webhook")
+    gitea.set_defaults(run=lambda args: _usage(gitea))
+    verbs = gitea.add_subparsers(dest="gitea_command", metavar="COMMAND")
+    check = verbs.add_parser("check", parents=[common],
+                             help="reach [gitea] url, authenticate, read every followed owner and repository")
+    check.add_argument("--repo", action="append", default=[], metavar="OWNER/NAME", help="check this one too")
+    check.set_defaults(run=_gitea_check)
+    hook = verbs.add_parser("hook", parents=[common],
+                            help="create or repair deployer's push webhook on a repository or an organisation")
+    hook.add_argument("repo", nargs="?", metavar="OWNER/NAME")
+    hook.add_argument("--owner", help="an organisation: one hook for every repository of it")
+    hook.add_argument("--branch", help="the branch filter (default [gitea] branch)")
+    hook.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    hook.set_defaults(run=_gitea_hook)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
 
 
 def _remote(commands: Any, parent: argparse.ArgumentParser, name: str, helptext: str, run: Any, *,
@@ -281,6 +318,111 @@ def _act(args: argparse.Namespace) -> int:
     attempt = wait_for_attempt(client, args.service, after_id=newest, revision=revision, timeout=600, echo=print)
     print(f"{attempt['outcome']}: {attempt['reason']}: {attempt['message']}")
     return EXIT_OK if attempt["outcome"] == "succeeded" else EXIT_FAILURE
+
+
+@dataclass(frozen=True)
+class GiteaOnboarding:
+    """What ``deployer gitea check|hook`` work with, from the same settings as the daemon."""
+
+    client: GiteaClient
+    targets: CheckTargets
+    webhook_secret: str | None
+    branch: str
+    memory: HookMemory
+
+
+def _gitea(settings: Settings) -> GiteaOnboarding:
+    """The Gitea client, what to check and the hook memory, from the daemon's own settings (imports kept light)."""
+    from deployer.gitea import CheckTargets, GiteaClient, HookMemory
+
+    if not settings.gitea.url:
+        raise ConfigError("[gitea] url is not set (or DEPLOYER_GITEA_URL): which Gitea should deployer talk to?")
+    try:
+        client = GiteaClient(settings.gitea.url, settings.gitea_token)
+    except ValueError as exc:
+        raise ConfigError(f"[gitea] url: {exc}") from None
+    hook_url = (settings.server.public_url or f"http://{settings.server.listen}").rstrip("/") + "/hooks/gitea"
+    targets = CheckTargets(_followed_repositories(settings), tuple(settings.gitea.allowed_owners), hook_url)
+    return GiteaOnboarding(client, targets, settings.webhook_secret, settings.gitea.branch,
+                           HookMemory(settings.paths.state_dir / "gitea-hooks.json"))
+
+
+def _followed_repositories(settings: Settings) -> tuple[str, ...]:
+    """``[[sources]]`` that are repositories of this Gitea (URL under ``url`` or ``clone_base``), as OWNER/NAME."""
+    from deployer.safety import strip_credentials
+
+    bases = [strip_credentials(base).rstrip("/") + "/" for base in (settings.gitea.url, settings.gitea.clone_base)
+             if base]
+    found = []
+    for entry in settings.sources:
+        url = strip_credentials(entry.url)
+        for base in bases:
+            if url.startswith(base):
+                owner, _, name = url[len(base):].strip("/").removesuffix(".git").partition("/")
+                if owner and name and "/" not in name:
+                    found.append(f"{owner}/{name}")
+                break
+    return tuple(dict.fromkeys(found))
+
+
+def _gitea_check(args: argparse.Namespace) -> int:
+    from deployer.gitea import CheckTargets, check
+
+    onboarding = _gitea(_settings(args.config))
+    targets = onboarding.targets
+    repos = tuple(dict.fromkeys([*targets.repos, *args.repo]))
+    with onboarding.client:
+        lines = check(onboarding.client, CheckTargets(repos, targets.owners, targets.hook_url))
+    for line in lines:
+        print(f"{'note' if line.note else 'ok' if line.ok else 'FAIL':<5} {line.what}: {line.detail}")
+    return EXIT_OK if all(line.ok for line in lines) else EXIT_FAILURE
+
+
+def _gitea_hook(args: argparse.Namespace) -> int:
+    from deployer.gitea import GiteaRejected, HookSpec, ensure_hook, split_repo
+
+    if bool(args.repo) == bool(args.owner):
+        print("deployer gitea hook: name one repository (OWNER/NAME) or --owner ORG", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        scope = f"repos/{'/'.join(split_repo(args.repo))}" if args.repo else f"orgs/{args.owner.strip()}"
+    except ValueError as exc:
+        print(f"deployer gitea hook: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    onboarding = _gitea(_settings(args.config))
+    if not onboarding.webhook_secret:
+        raise ConfigError("no webhook secret is configured ([gitea] webhook_secret_file or "
+                          "DEPLOYER_WEBHOOK_SECRET): deployer refuses unsigned deliveries, so set one first")
+    spec = HookSpec(onboarding.targets.hook_url, onboarding.webhook_secret, args.branch or onboarding.branch)
+    with onboarding.client:
+        try:
+            change = ensure_hook(onboarding.client, scope, spec, onboarding.memory, dry_run=args.dry_run)
+        except GiteaRejected as exc:
+            if exc.status_code != 404:
+                raise
+            what = (f"no organisation {args.owner!r} (a user's repositories need a hook each: "
+                    "`deployer gitea hook OWNER/NAME`)" if args.owner else f"no repository {args.repo!r}")
+            raise GiteaRejected(f"{what}, or the token cannot see it (gitea answered 404)", status_code=404) from None
+    print(change.describe(dry_run=args.dry_run))
+    return EXIT_OK
+
+
+def _operate(args: argparse.Namespace) -> int:
+    """stop/start/restart: one operation over the services named; one line per service as each ends."""
+    from deployer.client import follow_operation
+
+    if not (args.services or args.group or args.source or args.all):
+        print(f"deployer {args.command}: name services, or --group G, --source S or --all", file=sys.stderr)
+        return EXIT_USAGE
+    body: dict[str, Any] = {"who": f"{getpass.getuser()}@{socket.gethostname()}", "why": args.why,
+                            "services": args.services, "group": args.group, "source": args.source, "all": args.all}
+    client = _client(args)
+    operation = client.post(f"/api/actions/{args.command}", body)
+    final = follow_operation(client, operation, timeout=args.timeout,
+                             echo=None if args.json else print)
+    if args.json:
+        _print_json(final)
+    return EXIT_FAILURE if any(item["ok"] is False for item in final["items"]) else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -129,3 +129,32 @@ def wait_for_attempt(client: ApiClient, service: str, *, after_id: int, revision
                 return dict(attempt)
         time.sleep(0.5)
     raise ClientError(f"{service}: no finished attempt after {timeout:g}s; see `deployer status`")
+
+
+def follow_operation(client: ApiClient, operation: dict[str, Any], *, timeout: float,
+                     echo: Callable[[str], None] | None) -> dict[str, Any]:
+    """Poll ``/api/operations/{id}`` until every service is done, echoing one line per service as it ends.
+
+    A service not done by ``timeout`` counts as failed ("still running"): its attempt goes on in the daemon.
+    """
+    deadline = time.monotonic() + timeout
+    shown: set[str] = set()
+    width = max((len(item["service"]) for item in operation["items"]), default=0)
+    while True:
+        for item in operation["items"]:
+            if item["state"] == "done" and item["service"] not in shown:
+                shown.add(item["service"])
+                if echo is not None:
+                    echo(f"{item['service']:<{width}}  {item['outcome'] or '-':<11}  {item['message']}")
+        if operation["done"]:
+            return operation
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+        operation = client.get(f"/api/operations/{operation['id']}")
+    for item in operation["items"]:
+        if item["state"] != "done":
+            item.update(ok=False, outcome="unknown", message=f"still {item['state']} after {timeout:g}s")
+            if echo is not None:
+                echo(f"{item['service']:<{width}}  {'unknown':<11}  {item['message']}")
+    return operation

@@ -34,6 +34,8 @@ class Reason(StrEnum):
     CRASH_LOOP = "CrashLoop"  # passed its gate, died later (its runtime restarts it)
     RECOVERED = "Recovered"  # after a crash loop, answers its health check again
     INTERNAL_ERROR = "InternalError"
+    STOPPED = "Stopped"
+    RESTARTED = "Restarted"
 
 
 class DeployerError(Exception):

@@ -1,8 +1,9 @@
-"""Operator actions: pin, unpin, suspend, resume, roll back — kept in the store with who/why/when.
+"""Operator actions: pin, unpin, suspend, resume, roll back, stop, start — kept in the store with who/why/when.
 
 These only record intent and say which source needs a pass; the reconciler
 does the work on that pass (a pin makes the pinned revision the desired one,
-a suspension turns every change for the service into a noop).
+a suspension turns every change for the service into a noop, a stop makes
+"stopped" the desired state until a start clears it).
 """
 
 from __future__ import annotations
@@ -70,6 +71,18 @@ class Operator:
         view = self._service(service)
         cleared = self.store.overrides.clear(service, OverrideKind.SUSPENDED, who=who)
         message = f"{service} resumed" if cleared else f"{service} was not suspended"
+        return Done(service, view.source, message)
+
+    def stop(self, service: str, *, who: str, why: str = "") -> Done:
+        """The desired state becomes "stopped": passes, pushes and restarts of deployer keep it until started."""
+        view = self._service(service)
+        override = self.store.overrides.set(service, OverrideKind.STOPPED, who=who, why=why)
+        return Done(service, view.source, f"{service} stopped: it stays stopped until `deployer start`", override)
+
+    def start(self, service: str, *, who: str) -> Done:
+        view = self._service(service)
+        cleared = self.store.overrides.clear(service, OverrideKind.STOPPED, who=who)
+        message = f"{service} started" if cleared else f"{service} was not stopped"
         return Done(service, view.source, message)
 
     def _service(self, name: str) -> ServiceView:

@@ -1,8 +1,12 @@
-"""A small stand-in for Gitea's REST API: version and commit statuses (WEBHOOKS.md §3).
+"""A small stand-in for Gitea's REST API: version, user, repositories, webhooks and commit statuses (WEBHOOKS.md §3).
 
 Faithful where a client can tell: auth schemes and middleware order, no state
 validation, trimmed fields, ``status`` (not ``state``) in answers, per-commit
-``id``, 500 for an unknown commit. ``GiteaStandIn`` serves it under uvicorn on
+``id``, 500 for an unknown commit. Webhooks (repository and organisation): a hook
+never shows its secret, ``active`` defaults to false, empty ``events`` means push,
+an edit replaces events and branch filter and cannot change the secret, hooks need
+an admin; ``updated_at`` has Gitea's one-second resolution; ``edit_hook_by_hand``
+is the web UI (which can change the secret). ``GiteaStandIn`` serves it under uvicorn on
 127.0.0.1; ``down()`` closes the port so clients see refused connections.
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import socket
 import threading
@@ -46,6 +51,7 @@ class ApiError(Exception):
 class Token:
     user: str
     scopes: frozenset[str] = frozenset({"all"})
+    admin: bool = True  # of every repository and organisation here (hooks need it)
 
     def allows(self, scope: str) -> bool:
         category = scope.partition(":")[2]
@@ -91,6 +97,9 @@ class World:
     rows: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     failures: list[int] = field(default_factory=list)
     requests: list[SeenRequest] = field(default_factory=list)
+    orgs: set[str] = field(default_factory=set)
+    hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "repos/o/r" or "orgs/o" -> hooks
+    hook_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -134,8 +143,21 @@ class GiteaApp:
 
     def routes(self) -> list[Route]:
         repo = "/api/v1/repos/{owner}/{repo}"
+        org = "/api/v1/orgs/{org}"
         return [
             Route("/api/v1/version", self._wrap(self.version, scope=None)),
+            Route("/api/v1/user", self._wrap(self.user, scope="read:user")),
+            Route("/api/v1/users/{name}", self._wrap(self.owner, scope="read:user")),
+            Route(repo, self._wrap(self.repository, scope="read:repository")),
+            Route(f"{repo}/hooks", self._wrap(self.list_hooks, scope="read:repository")),
+            Route(f"{repo}/hooks", self._wrap(self.create_hook, scope="write:repository"), methods=["POST"]),
+            Route(f"{repo}/hooks/{{id}}", self._wrap(self.edit_hook, scope="write:repository"), methods=["PATCH"]),
+            Route(f"{repo}/hooks/{{id}}", self._wrap(self.delete_hook, scope="write:repository"), methods=["DELETE"]),
+            Route(f"{org}/hooks", self._wrap(self.list_hooks, scope="read:organization")),
+            Route(f"{org}/hooks", self._wrap(self.create_hook, scope="write:organization"), methods=["POST"]),
+            Route(f"{org}/hooks/{{id}}", self._wrap(self.edit_hook, scope="write:organization"), methods=["PATCH"]),
+            Route(f"{org}/hooks/{{id}}", self._wrap(self.delete_hook, scope="write:organization"),
+                  methods=["DELETE"]),
             Route(f"{repo}/statuses/{{sha}}", self._wrap(self.create_status, scope="write:repository"),
                   methods=["POST"]),
             Route(f"{repo}/statuses/{{sha}}", self._wrap(self.list_statuses, scope="read:repository")),
@@ -182,6 +204,117 @@ class GiteaApp:
 
     def version(self, request: Request, token: Token | None) -> Response:
         return JSONResponse({"version": VERSION})
+
+    def user(self, request: Request, token: Token | None) -> Response:
+        if token is None:
+            raise ApiError(401, "Only signed in user is allowed to call APIs.")
+        return JSONResponse(_user(token.user, self.world))
+
+    def owner(self, request: Request, token: Token | None) -> Response:
+        name = request.path_params["name"]
+        known = {repo.owner.lower() for repo in self.world.repos.values()} | {o.lower() for o in self.world.orgs} \
+            | {t.user.lower() for t in self.world.tokens.values()}
+        if name.lower() not in known:
+            raise ApiError(404, f"user redirect does not exist [name: {name.lower()}]")
+        return JSONResponse({**_user(name, self.world), "visibility": "public"})
+
+    def repository(self, request: Request, token: Token | None) -> Response:
+        repo = self._repo(request)
+        admin = token is not None and token.admin
+        return JSONResponse({"id": repo.id, "name": repo.name, "full_name": repo.full_name,
+                             "owner": _user(repo.owner, self.world), "private": False, "empty": not repo.shas,
+                             "default_branch": next(iter(repo.branches), "main"),
+                             "html_url": f"{self.world.root_url}{repo.full_name}",
+                             "clone_url": f"{self.world.root_url}{repo.full_name}.git",
+                             "permissions": {"admin": admin, "push": token is not None, "pull": True}})
+
+    # -- webhooks (routers/api/v1/utils/hook.go) ---------------------------------------
+
+    def _hook_scope(self, request: Request, token: Token | None) -> str:
+        if "org" in request.path_params:
+            org = request.path_params["org"].lower()
+            if org not in {o.lower() for o in self.world.orgs}:
+                raise ApiError(404, "GetOrgByName")
+            scope = f"orgs/{org}"
+        else:
+            scope = f"repos/{self._repo(request).full_name.lower()}"
+        if token is None:
+            raise ApiError(401, "token is required")
+        if not token.admin:
+            raise ApiError(403, "Must be an organization owner" if scope.startswith("orgs/") else
+                           "user should be the owner or admin of the repository")
+        return scope
+
+    def list_hooks(self, request: Request, token: Token | None) -> Response:
+        hooks = self.world.hooks.get(self._hook_scope(request, token), [])
+        page, limit = _paging(request)
+        return JSONResponse([_public_hook(hook) for hook in hooks[(page - 1) * limit: page * limit]],
+                            headers={"X-Total-Count": str(len(hooks))})
+
+    def create_hook(self, request: Request, token: Token | None) -> Response:
+        scope = self._hook_scope(request, token)
+        form = self._object_form(request)
+        config = form.get("config") if isinstance(form.get("config"), dict) else {}
+        if form.get("type") not in ("gitea", "gogs", "slack", "discord", "dingtalk", "telegram", "msteams",
+                                    "feishu", "matrix", "wechatwork", "packagist"):
+            raise ApiError(422, "Invalid hook type")
+        url = str(config.get("url") or "")
+        if not url.startswith(("http://", "https://")):
+            raise ApiError(422, "Invalid url")
+        if config.get("content_type") not in ("json", "form"):
+            raise ApiError(422, "Invalid content type")
+        now = _stamp()
+        hook = {"id": next(self.world.hook_ids), "type": form["type"], "url": url,
+                "content_type": config["content_type"], "secret": str(config.get("secret") or ""),
+                "events": list(form.get("events") or []) or ["push"], "branch_filter": str(form.get("branch_filter")
+                                                                                          or ""),
+                "authorization_header": str(form.get("authorization_header") or ""),
+                "active": form.get("active") is True, "created_at": now, "updated_at": now}
+        self.world.hooks.setdefault(scope, []).append(hook)
+        return JSONResponse(_public_hook(hook), status_code=201)
+
+    def edit_hook(self, request: Request, token: Token | None) -> Response:
+        hook = self._hook(request, token)
+        form = self._object_form(request)
+        config = form.get("config") if isinstance(form.get("config"), dict) else {}
+        if config.get("url"):
+            hook["url"] = str(config["url"])
+        if config.get("content_type"):
+            if config["content_type"] not in ("json", "form"):
+                raise ApiError(422, "Invalid content type")
+            hook["content_type"] = config["content_type"]
+        # editHook replaces these even when omitted; the secret is not among the keys it reads
+        hook["events"] = list(form.get("events") or []) or ["push"]
+        hook["branch_filter"] = str(form.get("branch_filter") or "")
+        hook["authorization_header"] = str(form.get("authorization_header") or "")
+        if isinstance(form.get("active"), bool):
+            hook["active"] = form["active"]
+        hook["updated_at"] = _stamp()
+        return JSONResponse(_public_hook(hook))
+
+    def delete_hook(self, request: Request, token: Token | None) -> Response:
+        hook = self._hook(request, token)
+        for hooks in self.world.hooks.values():
+            if hook in hooks:
+                hooks.remove(hook)
+        return Response(status_code=204)
+
+    def _hook(self, request: Request, token: Token | None) -> dict[str, Any]:
+        hooks = self.world.hooks.get(self._hook_scope(request, token), [])
+        wanted = request.path_params["id"]
+        found = next((hook for hook in hooks if str(hook["id"]) == wanted), None)
+        if found is None:
+            raise ApiError(404, "The target couldn't be found.")
+        return found
+
+    def _object_form(self, request: Request) -> dict[str, Any]:
+        try:
+            data = json.loads(request.state.raw_body or b"{}")
+        except ValueError as exc:
+            raise ApiError(422, f"invalid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(422, "expected a JSON object")
+        return data
 
     def create_status(self, request: Request, token: Token | None) -> Response:
         repo = self._repo(request)
@@ -251,6 +384,19 @@ class GiteaApp:
                                                 "owner": _user(repo.owner, self.world)},
             "commit_url": f"{api}/commits/{sha}", "url": f"{api}/commits/{sha}/status",
         }, headers={"X-Total-Count": str(len(latest))})
+
+
+def _stamp() -> str:
+    """Gitea's timestamps: whole seconds (timeutil.TimeStamp)."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _public_hook(hook: dict[str, Any]) -> dict[str, Any]:
+    """services/webhook/general.go ToHook: config holds url and content_type, never the secret."""
+    return {"id": hook["id"], "type": hook["type"], "branch_filter": hook["branch_filter"],
+            "config": {"url": hook["url"], "content_type": hook["content_type"]}, "events": list(hook["events"]),
+            "authorization_header": hook["authorization_header"], "active": hook["active"],
+            "updated_at": hook["updated_at"], "created_at": hook["created_at"]}
 
 
 def _paging(request: Request) -> tuple[int, int]:
@@ -338,9 +484,25 @@ class GiteaStandIn:
             self.world.repos[repo.full_name.lower()] = repo
             return repo
 
-    def add_token(self, token: str, user: str, scopes: Iterable[str] = ("all",)) -> None:
+    def add_token(self, token: str, user: str, scopes: Iterable[str] = ("all",), *, admin: bool = True) -> None:
         with self.world.lock:
-            self.world.tokens[token] = Token(user, frozenset(scopes))
+            self.world.tokens[token] = Token(user, frozenset(scopes), admin)
+
+    def add_org(self, name: str) -> None:
+        with self.world.lock:
+            self.world.orgs.add(name)
+
+    def hooks(self, scope: str) -> list[dict[str, Any]]:
+        """Every hook of ``scope`` (``repos/owner/name`` or ``orgs/org``, lower case) as stored, secret included."""
+        with self.world.lock:
+            return [dict(hook) for hook in self.world.hooks.get(scope, [])]
+
+    def edit_hook_by_hand(self, scope: str, hook_id: int, **changes: Any) -> None:
+        """What a person does in the web UI (the secret too); ``updated_at`` moves, as Gitea's does."""
+        with self.world.lock:
+            hook = next(hook for hook in self.world.hooks[scope] if hook["id"] == hook_id)
+            hook.update(changes)
+            hook["updated_at"] = _stamp()
 
     def statuses(self, repo: str, sha: str) -> list[dict[str, Any]]:
         """Every status of ``repo``@``sha``, oldest first."""
@@ -363,6 +525,8 @@ class GiteaStandIn:
             self.world.rows.clear()
             self.world.requests.clear()
             self.world.failures.clear()
+            self.world.orgs.clear()
+            self.world.hooks.clear()
             self.world.tokens = {self.token: Token("deployer-bot")}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import signal
@@ -197,7 +198,9 @@ def queue_drained(daemon: Daemon, timeout: float = 60) -> None:
     wait_for(empty, timeout, "the daemon's work queue to drain")
 
 
-def start_daemon(config: Path, state_dir: Path, env: dict[str, str] | None = None, timeout: float = 30) -> Daemon:
+def start_daemon(config: Path, state_dir: Path, env: dict[str, str] | None = None, timeout: float = 90) -> Daemon:
+    """``deployer serve`` started and answering ``/healthz``; one that never does is stopped with what it started
+    (on a loaded machine start-up can take tens of seconds: the default allows for it)."""
     listen = _listen_of(config)
     log_path = state_dir.parent / "daemon.log"
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -213,8 +216,20 @@ def start_daemon(config: Path, state_dir: Path, env: dict[str, str] | None = Non
             raise AssertionError(f"daemon exited with {process.returncode}:\n{daemon.log()}")
         return daemon.get("/healthz").status_code == 200
 
-    wait_for(up, timeout, "the daemon's /healthz")
+    try:
+        wait_for(up, timeout, "the daemon's /healthz")
+    except BaseException:
+        daemon.stop()  # a daemon left running would start supervisord again after the test stopped it
+        stop_supervisord(state_dir)
+        _stop_nginx(state_dir)
+        raise
     return daemon
+
+
+def _stop_nginx(state_dir: Path) -> None:
+    """The embedded gateway's nginx, if the daemon started one (it outlives the daemon by design)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int((state_dir / "gateway" / "nginx.pid").read_text().strip()), signal.SIGQUIT)
 
 
 def stop_supervisord(state_dir: Path) -> None:

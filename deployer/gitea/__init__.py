@@ -2,7 +2,8 @@
 
 ``webhook``: push payloads, signatures and filtering as pure functions (the Starlette
 receiver in ``deployer.web.webhook`` calls them); ``client``: the REST client;
-``status``: which commit state an outcome becomes and the background reporter.
+``status``: which commit state an outcome becomes and the background reporter;
+``onboard``: the connection check and deployer's push webhook made or repaired.
 """
 
 from deployer.gitea.client import (
@@ -14,6 +15,7 @@ from deployer.gitea.client import (
     description_text,
     split_repo,
 )
+from deployer.gitea.onboard import CheckLine, CheckTargets, HookChange, HookMemory, HookSpec, check, ensure_hook
 from deployer.gitea.status import StatusReporter, state_for
 from deployer.gitea.webhook import (
     PushEvent,
@@ -27,16 +29,23 @@ from deployer.gitea.webhook import (
 
 __all__ = [
     "DESCRIPTION_LIMIT",
+    "CheckLine",
+    "CheckTargets",
     "CommitState",
     "GiteaClient",
     "GiteaError",
     "GiteaRejected",
+    "HookChange",
+    "HookMemory",
+    "HookSpec",
     "PushEvent",
     "StatusReporter",
     "WebhookError",
+    "check",
     "classify",
     "clone_url",
     "description_text",
+    "ensure_hook",
     "extract_payload",
     "parse_push",
     "split_repo",

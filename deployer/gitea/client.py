@@ -1,4 +1,4 @@
-"""Gitea REST adapter: server version and commit statuses over httpx.
+"""Gitea REST adapter: server version, the token's user, repositories, webhooks and commit statuses over httpx.
 
 ``GiteaClient`` turns transport and HTTP failures into ``GiteaError`` (transient)
 or ``GiteaRejected`` (stalled); no message carries the token or URL credentials.
@@ -7,6 +7,8 @@ Gitea's behaviour: shared gitea/WEBHOOKS.md §3.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -38,12 +40,42 @@ class CommitState(StrEnum):
 
 
 class GiteaError(TransientError):
-    """Gitea unreachable, timed out, or answered 5xx/429: retry with backoff."""
+    """Gitea unreachable, timed out, or answered 5xx/429: retry with backoff.
 
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+    ``kind`` says why it could not be reached, from the exception's type: ``dns``, ``tls``,
+    ``refused``, ``timeout`` (empty when Gitea answered, or for anything else).
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None,
+                 kind: str = "") -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retry_after = retry_after
+        self.kind = kind
+
+
+_UNREACHABLE_HINTS = {
+    "dns": "the host name does not resolve; check [gitea] url",
+    "tls": "the TLS handshake failed (certificate not trusted, or http spoken to https); check [gitea] url",
+    "refused": "nothing listens there; is Gitea running, and is the port right?",
+    "timeout": "no answer in time; a firewall, or the wrong host?",
+}
+
+
+def unreachable_kind(exc: BaseException) -> str:
+    """Why a request could not be sent, read from the exception chain's types (never from its text)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return "dns"
+        if isinstance(seen, ssl.SSLError):
+            return "tls"
+        if isinstance(seen, ConnectionRefusedError):
+            return "refused"
+        if isinstance(seen, httpx.TimeoutException | TimeoutError):
+            return "timeout"
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 class GiteaRejected(StalledError):
@@ -142,6 +174,62 @@ class GiteaClient:
             raise GiteaRejected(f"GET {path}: expected a list of statuses")
         return [item for item in body if isinstance(item, dict)]
 
+    def user(self) -> dict[str, Any]:
+        """The user the token authenticates (``GET /user``)."""
+        if self._token is None:
+            raise GiteaRejected("no gitea token configured: set [gitea] token_file or DEPLOYER_GITEA_TOKEN",
+                                status_code=401)
+        return self._object(self._request("GET", "/user", auth=True), "GET /user")
+
+    def repository(self, repo: str) -> dict[str, Any]:
+        """``GET /repos/{owner}/{repo}``: 404 when it does not exist or the token cannot see it."""
+        path = self._repo_path(repo)
+        return self._object(self._request("GET", path, auth=True), f"GET {path}")
+
+    def owner(self, name: str) -> dict[str, Any]:
+        """``GET /users/{name}``: a user or an organisation (Gitea answers both there)."""
+        path = f"/users/{quote(name, safe='')}"
+        return self._object(self._request("GET", path, auth=True), f"GET {path}")
+
+    def hooks(self, scope: str) -> list[dict[str, Any]]:
+        """Every webhook of ``scope`` (``repos/OWNER/NAME`` or ``orgs/ORG``), page by page until an empty one."""
+        found: list[dict[str, Any]] = []
+        for page in range(1, 100):
+            path = self._hooks_path(scope)
+            body = self._json(self._request("GET", path, auth=True, params={"page": page, "limit": 50}),
+                              f"GET {path}")
+            if not isinstance(body, list):
+                raise GiteaRejected(f"GET {path}: expected a list of hooks")
+            if not body:
+                break
+            found.extend(item for item in body if isinstance(item, dict))
+        return found
+
+    def create_hook(self, scope: str, hook: dict[str, Any]) -> dict[str, Any]:
+        path = self._hooks_path(scope)
+        return self._object(self._request("POST", path, auth=True, json=hook), f"POST {path}")
+
+    def edit_hook(self, scope: str, hook_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        path = f"{self._hooks_path(scope)}/{int(hook_id)}"
+        return self._object(self._request("PATCH", path, auth=True, json=changes), f"PATCH {path}")
+
+    def delete_hook(self, scope: str, hook_id: int) -> None:
+        self._request("DELETE", f"{self._hooks_path(scope)}/{int(hook_id)}", auth=True)
+
+    def _hooks_path(self, scope: str) -> str:
+        kind, _, name = scope.partition("/")
+        if kind == "repos":
+            return self._repo_path(name, "hooks")
+        if kind == "orgs" and name and "/" not in name:
+            return f"/orgs/{quote(name, safe='')}/hooks"
+        raise ValueError(f"hook scope must be repos/OWNER/NAME or orgs/ORG (got {scope!r})")
+
+    def _object(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        body = self._json(response, what)
+        if not isinstance(body, dict):
+            raise GiteaRejected(f"gitea {what}: expected a JSON object")
+        return body
+
     def _repo_path(self, repo: str, *rest: str) -> str:
         owner, name = split_repo(repo)
         return "/".join(["/repos", quote(owner, safe=""), quote(name, safe=""), *rest])
@@ -152,7 +240,10 @@ class GiteaClient:
         try:
             response = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.TransportError as exc:
-            raise GiteaError(self._scrub(f"gitea unreachable at {self.url}: {type(exc).__name__} {exc}")) from exc
+            kind = unreachable_kind(exc)
+            hint = f"; {_UNREACHABLE_HINTS[kind]}" if kind else ""
+            raise GiteaError(self._scrub(f"gitea unreachable at {self.url}: {type(exc).__name__} {exc}{hint}"),
+                             kind=kind) from exc
         self._check(response, f"{method} {path}")
         return response
 

@@ -23,6 +23,7 @@ class Trigger(StrEnum):
     STARTUP = "startup"
     ROLLBACK = "rollback"
     DRIFT = "drift"
+    RESTART = "restart"  # an operator's restart of the running revision (``deployer restart``)
 
 
 class DeliveryResult(StrEnum):
@@ -101,6 +102,7 @@ class SnapshotView:
 class OverrideKind(StrEnum):
     PINNED = "pinned"
     SUSPENDED = "suspended"
+    STOPPED = "stopped"  # desired state "stopped" until started: passes keep it stopped, new commits wait
 
 
 @dataclass(frozen=True)

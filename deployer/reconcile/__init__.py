@@ -1,8 +1,9 @@
 """Reconciling: one room per job, and the small ``Reconciler`` that orchestrates a pass.
 
 ``sources`` (the followed repositories), ``resolve`` (a commit into desired
-services), ``planning`` (pins, suspensions, held failures, down runtimes → a
-plan), ``rollout`` (one service: build, hooks, apply, gate, put back), ``observe``
+services), ``planning`` (pins, stops, suspensions, held failures, down runtimes → a
+plan), ``rollout`` (one service: build, hooks, apply, gate, put back), ``actions`` (stop,
+start, restart by hand), ``observe``
 (listings, probes, snapshots), ``demos``, ``events``; ``passes`` ties them together.
 ``assemble`` builds the rooms the same way for the daemon and for tests.
 """
@@ -19,6 +20,7 @@ from deployer.demo import DemoLimits
 from deployer.gateway import Route
 from deployer.health import HttpChecks, Probe
 from deployer.hooks import HookRunner
+from deployer.reconcile.actions import ActionDone, ServiceActions
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, Steps
@@ -33,8 +35,8 @@ from deployer.runtimes.base import Runtime
 from deployer.secrets import SecretStore
 from deployer.store import Store
 
-__all__ = ["GatewayPort", "HostChecks", "PassResult", "Reconciler", "ReconcilerConfig", "Route", "SourceSpec",
-           "assemble"]
+__all__ = ["ActionDone", "GatewayPort", "HostChecks", "PassResult", "Reconciler", "ReconcilerConfig", "Route",
+           "SourceSpec", "assemble"]
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,15 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router,
                          builds=threading.BoundedSemaphore(config.builds))
     recorder = Recorder(store, sources, events)
+    rollout = Rollout(store, parts, gate, observer, events)
     rooms = Rooms(
         sources=sources,
         resolver=Resolver(store, runtimes, default_runtime=config.default_runtime, port_bounds=config.port_bounds,
                           secrets=secrets),
         ports=ClaimedPorts(store, config.port_bounds, is_free=host.port_is_free, holder=host.port_holder,
                            grace=config.port_grace),
-        observer=observer, rollout=Rollout(store, parts, gate, observer, events), demos=demos, secrets=secrets,
-        events=events, recorder=recorder,
+        observer=observer, rollout=rollout, demos=demos, secrets=secrets,
+        events=events, recorder=recorder, actions=ServiceActions(store, rollout, observer),
     )
     events.subscribe(recorder.on_event)
     return Reconciler(store, rooms, prune=config.prune, parallel=config.parallel)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from deployer.model.desired import DesiredService
 from deployer.model.events import PassFinished
 from deployer.model.plan import Action, ActionKind, Plan
 from deployer.model.status import Outcome, RevisionView, SnapshotView, Trigger
+from deployer.reconcile.actions import ActionDone, ServiceActions
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.observe import Listing, Observer, by_service, health_url
@@ -68,6 +69,7 @@ class _Pass:
     trigger: Trigger
     actual: dict[str, ActualService] = field(default_factory=dict)
     strays: dict[str, list[str]] = field(default_factory=dict)
+    listed_at: float = 0.0  # time.monotonic() just before the listing
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Rooms:
     secrets: SecretStore
     events: EventBus
     recorder: Recorder
+    actions: ServiceActions
 
 
 class Reconciler:
@@ -95,6 +98,7 @@ class Reconciler:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._recorded: dict[str, _Recorded] = {}  # source -> last clean resolution
+        self._acted: dict[str, float] = {}  # service -> when an operator's stop/start/restart last ended
         self._unfetched: set[str] = set()  # sources whose last fetch failed
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
         self._unverified = {view.name for view in store.views.services()
@@ -228,6 +232,26 @@ class Reconciler:
         with self._lock(name):
             return revision.id, self.rooms.demos.run(desired, revision.id, None)
 
+    def stop(self, name: str, *, note: str) -> ActionDone:
+        """``deployer stop``: the serving instance stopped now (the override keeps it so at every pass)."""
+        return self._by_hand(name, lambda: self.rooms.actions.stop(name, note=note))
+
+    def start(self, name: str, *, note: str) -> ActionDone:
+        """``deployer start``: the wanted revision deployed now, through the gate."""
+        return self._by_hand(name, lambda: self.rooms.actions.start(name, note=note))
+
+    def restart(self, name: str, *, note: str) -> ActionDone:
+        """``deployer restart``: the running revision rolled out again, through the gate (blue/green behind it)."""
+        return self._by_hand(name, lambda: self.rooms.actions.restart(name, note=note))
+
+    def _by_hand(self, name: str, act: Callable[[], ActionDone]) -> ActionDone:
+        """Under the service's lock; a pass that listed before it ended leaves the service to the next pass."""
+        with self._lock(name):
+            try:
+                return act()
+            finally:
+                self._acted[name] = time.monotonic()
+
     def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger, *,
                verify_only: bool = False) -> Outcome:
         with self._lock(desired.name):
@@ -262,6 +286,7 @@ class Reconciler:
         pins = {pin.revision for kinds in overrides.values() for pin in kinds.values() if pin.revision is not None}
         pinned = {revision_id: revision for revision_id in pins
                   if (revision := self.store.history.get_revision(revision_id)) is not None}
+        listed_at = time.monotonic()
         listing = self.rooms.observer.list()
         wanted = set(resolution.desired) | inventory
         routed = {service: slot for service, (slot, _) in self.store.slots.routed().items()}
@@ -273,11 +298,12 @@ class Reconciler:
             down=listing.down, runtime_of=runtime_of, overrides=overrides, pinned=pinned, prune=self.prune,
             relocate=self._relocations(resolution.desired, actual, routed)))
         failed = {action.service: why for action in planned.changing()
-                  if action.desired is not None and action.kind is not ActionKind.REMOVE
+                  if action.desired is not None and action.kind not in (ActionKind.REMOVE, ActionKind.STOP)
                   and action.service not in retry
                   and (why := self.store.history.last_failure(action.service, action.desired.spec_hash)) is not None}
         planned = hold_failed(planned, failed) if failed else planned
-        return _Pass(planned, listing, trigger, actual, {key: value for key, value in strays.items() if key in wanted})
+        return _Pass(planned, listing, trigger, actual, {key: value for key, value in strays.items() if key in wanted},
+                     listed_at)
 
     def _relocations(self, desired: Mapping[str, DesiredService], actual: Mapping[str, ActualService],
                      routed: Mapping[str, str]) -> dict[str, str]:
@@ -331,6 +357,10 @@ class Reconciler:
 
     def _execute_isolated(self, action: Action, current: _Pass) -> str:
         with self._lock(action.service):
+            if self._acted.get(action.service, 0.0) > current.listed_at:
+                # an operator's stop/start/restart ran since the listing: what it saw is stale (acting on it
+                # would start a service just stopped, or record a slot just drained); the next pass sees anew
+                return "deferred"
             try:
                 return self._execute(action, current)
             except Exception:  # one service's bug must not stop the others
@@ -344,7 +374,10 @@ class Reconciler:
             return "waiting"
         if action.kind is ActionKind.REMOVE:
             return self.rooms.rollout.remove(name, self.rooms.observer.runtime_holding(name, listing))
-        if action.kind is ActionKind.NOOP and action.desired is not None and name in self._unverified:
+        if action.kind is ActionKind.STOP:  # an operator stopped it and something started it again
+            return self.rooms.actions.stop(name, note=action.reason, trigger=Trigger.DRIFT).outcome
+        if action.kind is ActionKind.NOOP and action.desired is not None and name in self._unverified \
+                and name not in planned.stopped:  # a stopped service is not gated (that would start it)
             self._unverified.discard(name)  # applied before a crash, never gated
             return self.rooms.rollout.deploy(action.desired, planned.revisions[name], Trigger.STARTUP,
                                              verify_only=True).value
@@ -363,6 +396,9 @@ class Reconciler:
         if name in planned.suspended:
             self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port, instance=instance)
             return "suspended"
+        if name in planned.stopped:
+            self.rooms.observer.record(name, action.desired, seen, note=action.reason, port=port)
+            return "stopped"
         revision = planned.revisions.get(name)
         self.rooms.observer.record(name, action.desired, seen, port=port, instance=instance,
                                    revision=revision.id if revision is not None else None)

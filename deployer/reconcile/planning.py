@@ -1,4 +1,4 @@
-"""Planning a pass: the branch's desired state, bent by pins, suspensions, held failures and down runtimes.
+"""Planning a pass: the branch's desired state, bent by pins, stops, suspensions, held failures and down runtimes.
 
 ``plan_pass`` is pure: the pass gathers its inputs (one listing, the overrides,
 the pinned revisions, which specs failed before) and gets back the plan, what
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
-from deployer.model.actual import ActualService
+from deployer.model.actual import ActualService, ServiceState
 from deployer.model.desired import DesiredService
 from deployer.model.plan import Action, ActionKind, Plan, plan
 from deployer.model.status import OverrideKind, OverrideView, RevisionView
@@ -38,6 +38,7 @@ class PassPlan:
     waiting: frozenset[str] = frozenset()  # their runtime is unreachable
     suspended: frozenset[str] = frozenset()  # an operator suspended them; changes are only shown
     held: frozenset[str] = frozenset()  # their wanted spec failed before: a new commit or a --retry
+    stopped: frozenset[str] = frozenset()  # an operator stopped them: kept stopped, new revisions only recorded
 
     def changing(self) -> list[Action]:
         return [action for action in self.plan.actions if action.changes]
@@ -50,10 +51,11 @@ def plan_pass(inputs: PassInputs) -> PassPlan:
     planned = plan({name: want for name, want in desired.items() if name not in waiting}, inputs.actual,
                    set(inputs.inventory) - set(waiting), prune=inputs.prune)
     held = [Action(name, ActionKind.NOOP, reason, desired.get(name)) for name, reason in sorted(waiting.items())]
-    moved = [_relocated(action, inputs) for action in planned.actions]
+    moved = [_stopped(_relocated(action, inputs), inputs, revisions) for action in planned.actions]
     actions = [_suspended(action, inputs) for action in [*moved, *held]]
     suspended = frozenset(a.service for a, b in zip(actions, [*moved, *held], strict=True) if a is not b)
-    return PassPlan(Plan(tuple(actions)), revisions, frozenset(waiting), suspended)
+    stopped = frozenset(name for name in inputs.overrides if OverrideKind.STOPPED in inputs.overrides[name])
+    return PassPlan(Plan(tuple(actions)), revisions, frozenset(waiting), suspended, stopped=stopped)
 
 
 def hold_failed(planned: PassPlan, failed: Mapping[str, str]) -> PassPlan:
@@ -64,7 +66,7 @@ def hold_failed(planned: PassPlan, failed: Mapping[str, str]) -> PassPlan:
     """
     actions = []
     for action in planned.plan.actions:
-        if action.service in failed and action.changes and action.kind is not ActionKind.REMOVE:
+        if action.service in failed and action.changes and action.kind not in _NOT_DEPLOYS:
             revision = planned.revisions.get(action.service)
             label = f"revision {revision.id}" if revision is not None else "this spec"
             action = Action(action.service, ActionKind.NOOP,
@@ -73,7 +75,8 @@ def hold_failed(planned: PassPlan, failed: Mapping[str, str]) -> PassPlan:
                             action.desired)
         actions.append(action)
     held = frozenset(failed) & {action.service for action in planned.changing()}
-    return PassPlan(Plan(tuple(actions)), planned.revisions, planned.waiting, planned.suspended, held)
+    return PassPlan(Plan(tuple(actions)), planned.revisions, planned.waiting, planned.suspended, held,
+                    planned.stopped)
 
 
 def _short(why: str, limit: int = 160) -> str:
@@ -108,6 +111,32 @@ def _relocated(action: Action, inputs: PassInputs) -> Action:
     if why is None or action.desired is None or action.kind not in (ActionKind.NOOP, ActionKind.START):
         return action
     return Action(action.service, ActionKind.UPDATE, why, action.desired)
+
+
+_NOT_DEPLOYS = (ActionKind.REMOVE, ActionKind.STOP)
+_UP = (ServiceState.RUNNING, ServiceState.STARTING)
+
+
+def _stopped(action: Action, inputs: PassInputs, revisions: Mapping[str, RevisionView]) -> Action:
+    """An operator's stop is the desired state: a running instance is stopped, nothing is started or updated.
+
+    A new commit is recorded (its revision exists) but waits for ``deployer start``; a service no
+    manifest wants any more is still removed.
+    """
+    stop = inputs.overrides.get(action.service, {}).get(OverrideKind.STOPPED)
+    if stop is None or action.kind is ActionKind.REMOVE:
+        return action
+    why = f"stopped by {stop.who}" + (f": {stop.why}" if stop.why else "")
+    seen = inputs.actual.get(action.service)
+    if seen is not None and seen.present and seen.state in _UP:
+        return Action(action.service, ActionKind.STOP, f"{why} (desired state: stopped)", action.desired)
+    if action.kind in (ActionKind.CREATE, ActionKind.UPDATE):
+        revision = revisions.get(action.service)
+        label = f"revision {revision.id} ({revision.sha[:7]})" if revision is not None else "a new revision"
+        return Action(action.service, ActionKind.NOOP,
+                      f"{why}; {label} recorded, not started while stopped (`deployer start` starts it)",
+                      action.desired)
+    return Action(action.service, ActionKind.NOOP, f"{why}; `deployer start` starts it", action.desired)
 
 
 def _suspended(action: Action, inputs: PassInputs) -> Action:

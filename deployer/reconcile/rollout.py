@@ -89,11 +89,11 @@ class Rollout:
     # -- one attempt -----------------------------------------------------------------
 
     def deploy(self, desired: DesiredService, revision: RevisionView, trigger: Trigger, *,
-               verify_only: bool = False) -> Outcome:
+               verify_only: bool = False, note: str = "") -> Outcome:
         """Build, start and gate one revision; put the last good one back on failure. Always records.
 
         ``verify_only`` runs just the gate: for a revision that was already applied when a deploy
-        was interrupted, so it is not trusted unchecked.
+        was interrupted, so it is not trusted unchecked. ``note`` (who asked, and why) ends the message.
         """
         attempt = self._store.history.start_attempt(desired.name, revision.id, trigger)
         started = time.monotonic()
@@ -125,7 +125,9 @@ class Rollout:
                 message += "; no earlier revision, nothing serves"
         except DeployerError as exc:
             reason, message = exc.reason.value, readable_paths(str(exc))
-            good = self._roll_back(desired.name, revision.id, attempt)
+            # a restart puts back what ran (the same revision, started again); a deploy the last good one before it
+            good = self._roll_back(desired.name, revision.id, attempt,
+                                   again=revision if trigger is Trigger.RESTART else None)
             if good is not None:
                 outcome, rolled_back_to = Outcome.ROLLED_BACK, good.id
                 running = DesiredService.model_validate(good.spec)
@@ -136,6 +138,7 @@ class Rollout:
             log.exception("%s: deploy crashed", desired.name)
             message = f"internal error: {type(exc).__name__}"
         finally:
+            message += f" ({note})" if note else ""
             self._store.history.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
             self._events.publish(AttemptFinished(desired.name, desired.source, desired.sha, revision.id, attempt,
                                                  trigger, outcome, reason, message, time.monotonic() - started))
@@ -361,9 +364,10 @@ class Rollout:
                                     for entry in desired.files)
         return ready
 
-    def _roll_back(self, name: str, failed_revision: int, attempt: int) -> RevisionView | None:
-        """Put the last good revision back; return it, or None when there is none or it fails too."""
-        good = self._store.history.last_good_revision(name, exclude=failed_revision)
+    def _roll_back(self, name: str, failed_revision: int, attempt: int, *,
+                   again: RevisionView | None = None) -> RevisionView | None:
+        """Put the last good revision (or ``again``) back; return it, or None when there is none or it fails too."""
+        good = again or self._store.history.last_good_revision(name, exclude=failed_revision)
         if good is None:
             return None
         try:
@@ -454,5 +458,6 @@ class _Handover:
 
 
 def _success_reason(trigger: Trigger) -> str:
-    return (Reason.DRIFT_CORRECTED if trigger is Trigger.DRIFT else Reason.RECONCILIATION_SUCCEEDED).value
+    reasons = {Trigger.DRIFT: Reason.DRIFT_CORRECTED, Trigger.RESTART: Reason.RESTARTED}
+    return reasons.get(trigger, Reason.RECONCILIATION_SUCCEEDED).value
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from deployer.model.status import DeliveryResult
 from deployer.safety import strip_credentials
@@ -105,6 +105,19 @@ class Deliveries:
                  .order_by(DeliveryRow.id.desc()).limit(limit))
         with self._db.transaction("recent_accepted") as session:
             return [(repository, ref, after) for repository, ref, after in session.execute(query)]
+
+    def last_by_repository(self) -> dict[str, datetime]:
+        """When a signed push last arrived, per repository (lower case): the webhook is known to be delivering."""
+        delivered = (DeliveryResult.ACCEPTED.value, DeliveryResult.DUPLICATE.value, DeliveryResult.IGNORED.value)
+        query = (select(DeliveryRow.repository, func.max(DeliveryRow.received_at))
+                 .where(DeliveryRow.result.in_(delivered), DeliveryRow.repository != "")
+                 .group_by(DeliveryRow.repository))
+        found: dict[str, datetime] = {}
+        with self._db.transaction("last_deliveries") as session:
+            for repository, received in session.execute(query):
+                key = repository.lower()
+                found[key] = max(received, found[key]) if key in found else received
+        return found
 
     def recent(self, limit: int = 50) -> list[DeliveryView]:
         with self._db.transaction("recent_deliveries") as session:

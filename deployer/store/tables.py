@@ -236,10 +236,10 @@ class SnapshotRow(Base):
 
 
 class OverrideRow(Base):
-    """An operator override (pin to a revision, suspend). Cleared rows stay, as history."""
+    """An operator override (pin to a revision, suspend, stop). Cleared rows stay, as history."""
 
     __tablename__ = "overrides"
-    __table_args__ = (CheckConstraint("kind IN ('pinned', 'suspended')", name="kind"),)
+    __table_args__ = (CheckConstraint("kind IN ('pinned', 'suspended', 'stopped')", name="kind"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     service: Mapped[str] = mapped_column(String(NAME), index=True)

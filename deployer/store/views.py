@@ -80,8 +80,8 @@ def _service_views(session: Session, rows: Sequence[ServiceRow]) -> list[Service
 
 
 def _override_label(kinds: set[str]) -> str | None:
-    """What the overview shows: suspended outranks pinned (nothing happens to the service at all)."""
-    for kind in (OverrideKind.SUSPENDED.value, OverrideKind.PINNED.value):
+    """What the overview shows: stopped outranks suspended, which outranks pinned (nothing happens at all)."""
+    for kind in (OverrideKind.STOPPED.value, OverrideKind.SUSPENDED.value, OverrideKind.PINNED.value):
         if kind in kinds:
             return kind
     return None

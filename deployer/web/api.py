@@ -2,14 +2,16 @@
 
 Reads come from the store (``/api/plan`` asks the reconciler for a dry run); the
 shapes are in ``serializers``. Service logs and every POST need the API bearer token
-(``auth``). Actions only record intent and request a pass, answering 202; a refusal
-is raised as a typed error and answered by the app's handlers (``errors``).
+(``auth``). Overrides only record intent and request a pass, answering 202; stop, start
+and restart (one service or a batch) record intent, then run as an ``Operation`` the caller
+follows at ``/api/operations/{id}``. A refusal is raised as a typed error and answered by
+the app's handlers (``errors``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,8 +21,9 @@ from starlette.responses import JSONResponse, Response
 from deployer.errors import NotFound, UnknownService
 from deployer.model.diff import spec_diff
 from deployer.model.status import RevisionView, Trigger
+from deployer.operations import Operations
 from deployer.operator import Done, Operator
-from deployer.reconcile import Reconciler
+from deployer.reconcile import ActionDone, Reconciler
 from deployer.scheduler import WorkQueue
 from deployer.store import Store
 from deployer.web.auth import require_token
@@ -32,12 +35,14 @@ from deployer.web.serializers import (
     change_json,
     demo_json,
     demo_result_json,
+    operation_json,
     override_json,
     revision_json,
     service_json,
 )
 
 ACTIONS = ("rollback", "pin", "unpin", "suspend", "resume")
+RUN_ACTIONS = ("stop", "start", "restart")  # run now, as an operation, on one service or a batch
 MAX_BODY = 65536  # of a POST's JSON body read; the rest is ignored
 
 
@@ -45,8 +50,9 @@ class Api:
     """The ``/api`` routes."""
 
     def __init__(self, store: Store, reconciler: Reconciler, queue: WorkQueue, *, api_token: str | None,
-                 gateway_url: str = "") -> None:
+                 gateway_url: str = "", operations: Operations | None = None) -> None:
         self.store = store
+        self.operations = operations or Operations()
         self.gateway_url = gateway_url
         self.reconciler = reconciler
         self.queue = queue
@@ -143,6 +149,8 @@ class Api:
         require_token(request, self.api_token)
         name, action = request.path_params["name"], request.path_params["action"]
         body = await _json_body(request)
+        if action in RUN_ACTIONS:
+            return await self._run_action(action, {**body, "services": [name]})
         with refused_as(Conflict):
             done = await run_in_threadpool(self._act, name, action, body)
         trigger = Trigger.ROLLBACK if action == "rollback" else Trigger.CLI
@@ -166,7 +174,76 @@ class Api:
                 return self.operator.suspend(name, who=who, why=why)
             case "resume":
                 return self.operator.resume(name, who=who)
-        raise NotFound(f"unknown action {action!r} ({', '.join(ACTIONS)})")
+        raise NotFound(f"unknown action {action!r} ({', '.join((*ACTIONS, *RUN_ACTIONS))})")
+
+    async def batch(self, request: Request) -> Response:
+        """``POST /api/actions/{stop,start,restart}`` with ``services``, ``group``, ``source`` or ``all``."""
+        require_token(request, self.api_token)
+        action = request.path_params["action"]
+        if action not in RUN_ACTIONS:
+            raise NotFound(f"unknown action {action!r} ({', '.join(RUN_ACTIONS)})")
+        return await self._run_action(action, await _json_body(request))
+
+    async def operation(self, request: Request) -> Response:
+        try:
+            found = self.operations.get(int(request.path_params["id"]))
+        except ValueError:
+            found = None
+        if found is None:
+            raise NotFound(f"no operation {request.path_params['id']!r} (operations are kept in memory; "
+                           "see `deployer status` and the attempts)")
+        return JSONResponse(operation_json(found))
+
+    async def _run_action(self, action: str, body: dict[str, Any]) -> Response:
+        who, why = str(body.get("who") or "api")[:200], str(body.get("why") or "")[:2000]
+        names = await run_in_threadpool(self._select, body)
+        with refused_as(Conflict):
+            await run_in_threadpool(self._record_intent, action, names, who, why)
+        note = f"{who}: {why}" if why else who
+        work = {name: self._work(action, name, note) for name in names}
+        operation = self.operations.submit(action, work)
+        return JSONResponse(operation_json(operation), status_code=202)
+
+    def _record_intent(self, action: str, names: list[str], who: str, why: str) -> None:
+        """A stop or a start is the desired state from now on, before it is carried out (a crash keeps it)."""
+        for name in names:
+            if action == "stop":
+                self.operator.stop(name, who=who, why=why)
+            elif action == "start":
+                self.operator.start(name, who=who)
+
+    def _work(self, action: str, name: str, note: str) -> Callable[[], ActionDone]:
+        run = {"stop": self.reconciler.stop, "start": self.reconciler.start,
+               "restart": self.reconciler.restart}[action]
+        return lambda: run(name, note=note)
+
+    def _select(self, body: Mapping[str, Any]) -> list[str]:
+        """The services a batch names: a list, a group, a source or all; an unknown one refuses the whole batch."""
+        views = self.store.views.services()
+        known = {view.name for view in views}
+        chosen: list[str] = []
+        if body.get("all") is True:
+            chosen += sorted(known)
+        if body.get("group"):
+            members = self.store.views.groups().get(str(body["group"]))
+            if not members:
+                raise NotFound(f"no group named {str(body['group'])[:64]!r} (see `deployer status` or /api/groups)")
+            chosen += members
+        if body.get("source"):
+            of_source = [view.name for view in views if view.source == str(body["source"])]
+            if not of_source:
+                raise NotFound(f"no services from a source named {str(body['source'])[:120]!r}")
+            chosen += of_source
+        services = body.get("services") or []
+        if not isinstance(services, list) or not all(isinstance(name, str) for name in services):
+            raise BadRequest("services must be a list of service names")
+        for name in services:
+            if name not in known:
+                raise UnknownService(name[:64])
+        chosen += services
+        if not chosen:
+            raise BadRequest("name the services: \"services\": [NAME…], \"group\", \"source\" or \"all\": true")
+        return list(dict.fromkeys(chosen))
 
     async def demo(self, request: Request) -> Response:
         require_token(request, self.api_token)

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from deployer.metrics import Metrics
 from deployer.model.traffic import RevisionTraffic
+from deployer.operations import Operations
 from deployer.reconcile import Reconciler
 from deployer.scheduler import WorkQueue
 from deployer.store import Store
@@ -44,6 +45,7 @@ class WebDeps:
     gitea_url: str = ""  # commits of sources that are Gitea repositories link to it
     gateway_url: str = ""  # the gateway's base URL when it is on: /api/services gives each path's URL
     traffic: Callable[[], Iterable[RevisionTraffic]] | None = None  # what the gateway counted, when it is on
+    operations: Operations | None = None  # long operator actions (stop, start, restart) run here
 
 
 def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None
@@ -52,7 +54,8 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
     showcase = Showcase(deps.store, demos.state_dir, demos.limits)
     pages = Pages(deps.store, deps.reconciler, showcase, refresh_seconds=deps.refresh_seconds,
                   gitea_url=deps.gitea_url, traffic=deps.traffic)
-    api = Api(deps.store, deps.reconciler, deps.queue, api_token=deps.api_token, gateway_url=deps.gateway_url)
+    api = Api(deps.store, deps.reconciler, deps.queue, api_token=deps.api_token, gateway_url=deps.gateway_url,
+              operations=deps.operations)
     monitoring = Monitoring(deps.checks, deps.metrics)
     return Starlette(routes=[
         Route("/hooks/gitea", deps.webhook.handle, methods=["POST"]),
@@ -73,6 +76,8 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/api/services/{name}/logs", api.logs),
         Route("/api/plan", api.plan),
         Route("/api/reconcile", api.reconcile, methods=["POST"]),
+        Route("/api/actions/{action}", api.batch, methods=["POST"]),
+        Route("/api/operations/{id}", api.operation),
         Route("/api/services/{name}/{action}", api.act, methods=["POST"]),
         Route("/healthz", monitoring.healthz),
         Route("/metrics", monitoring.metrics),

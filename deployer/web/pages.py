@@ -33,6 +33,7 @@ from deployer.web.presenters import (
     service_detail,
     status_tone,
     traffic_of,
+    webhook_delivery,
 )
 from deployer.web.showcase import Showcase
 
@@ -64,7 +65,9 @@ class Pages:
 
     def _overview(self) -> dict[str, Any]:
         rows = overview_rows(self.store.views.services(), self.store.overrides.active())
-        return {"rows": rows, "sources": self.store.sources.all(),
+        sources, delivered = self.store.sources.all(), self.store.deliveries.last_by_repository()
+        return {"rows": rows, "sources": sources,
+                "webhooks": {source.name: webhook_delivery(source, delivered) for source in sources},
                 "failing": [row for row in rows if row.condition.tone is Tone.BAD],
                 "drifting": [row for row in rows if row.condition.tone is Tone.WARN],
                 "source_errors": sorted(self.reconciler.sources.errors().items()),

@@ -83,10 +83,12 @@ class Condition:
 
 
 def condition(view: ServiceView) -> Condition:
-    """Deploying > failing > unhealthy > suspended > pending > drifting > pinned > healthy."""
+    """Deploying > stopped > failing > unhealthy > suspended > pending > drifting > pinned > healthy."""
     attempt = view.last_attempt
     if attempt is not None and attempt.outcome == Outcome.RUNNING.value:
         return Condition(Tone.BUSY, "deploying", f"attempt {attempt.id} ({attempt.trigger}) in progress")
+    if view.override == OverrideKind.STOPPED.value:
+        return Condition(Tone.IDLE, "stopped", _stopped(view))
     if view.state == "failed" or (attempt is not None and attempt.outcome in _FAILED):
         return Condition(Tone.BAD, "failing", _failure(view, attempt))
     if view.state == "running" and not view.healthy:
@@ -101,6 +103,13 @@ def condition(view: ServiceView) -> Condition:
     if view.override == OverrideKind.PINNED.value:
         return Condition(Tone.OK, "pinned", f"held at revision {view.running_revision}")
     return Condition(Tone.OK, "healthy")
+
+
+def _stopped(view: ServiceView) -> str:
+    waiting = view.desired_revision is not None and view.desired_revision != view.running_revision
+    new = (f"; revision {view.desired_revision} ({short(view.desired_sha)}) recorded, not started while stopped"
+           if waiting else "")
+    return f"stopped by an operator{new}; `deployer start {view.name}` starts it"
 
 
 def _failure(view: ServiceView, attempt: AttemptView | None) -> str:
@@ -201,6 +210,16 @@ class CommitLinks:
         if not sha.strip("0"):  # git's "no commit" (a created or deleted branch, a test delivery)
             return None
         return f"{self.base}/{quote(repository)}/commit/{sha}"
+
+
+def webhook_delivery(source: SourceRecord, last: Mapping[str, datetime]) -> datetime | None:
+    """When a signed push for ``source`` last arrived (None: only polled), matched like the receiver does:
+    by its name (``owner/repo``) or by its URL ending in that repository."""
+    found = last.get(source.name.lower())
+    if found is not None:
+        return found
+    parts = source.url.rstrip("/").removesuffix(".git").replace(":", "/").split("/")
+    return last.get("/".join(parts[-2:]).lower()) if len(parts) >= 2 else None
 
 
 def commit_links(gitea_url: str, sources: Iterable[SourceRecord]) -> CommitLinks:

@@ -12,6 +12,7 @@ from deployer.demo import DemoResult
 from deployer.model.diff import MASK, Change, flatten
 from deployer.model.plan import Action
 from deployer.model.status import AttemptView, DemoView, OverrideView, RevisionView, ServiceView
+from deployer.operations import Operation
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -131,4 +132,16 @@ def demo_result_json(result: DemoResult) -> dict[str, Any]:
     return {
         "name": result.name, "ok": result.ok, "status": result.status, "latency_ms": result.latency_ms,
         "content_type": result.content_type, "text": result.text, "problems": "; ".join(result.problems),
+    }
+
+
+def operation_json(operation: Operation) -> dict[str, Any]:
+    """An operation and each service's outcome so far (``ok`` null until that service is done)."""
+    return {
+        "id": operation.id,
+        "action": operation.action,
+        "created_at": iso(operation.created_at),
+        "done": operation.done,
+        "items": [{"service": item.service, "state": item.state, "ok": item.ok, "outcome": item.outcome,
+                   "message": item.message, "attempt": item.attempt} for item in operation.items],
     }

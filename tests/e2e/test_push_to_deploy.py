@@ -469,6 +469,7 @@ def test_status_page_and_health(world: dict[str, Any]) -> None:
     page = daemon.get("/")
     assert page.status_code == 200 and "text-classify" in page.text
     assert SECRET not in page.text
+    assert "last delivery" in page.text and "polled only" not in page.text  # the source's webhook delivers
     health = daemon.get("/healthz").json()
     assert health["status"] == "ok" and set(health["checks"]) >= {"store", "scheduler", "supervisor"}
     listing = daemon.get("/api/services").json()

@@ -700,3 +700,26 @@ def test_deliveries_in_a_batch_and_the_dedupe_memory(store: Store) -> None:
     assert len(store.deliveries.recent(10)) == 6
     assert store.deliveries.recent_accepted(2) == [("acme/x", "refs/heads/main", f"{5:040x}"),
                                         ("acme/x", "refs/heads/main", f"{3:040x}")]
+
+
+def test_last_delivery_per_repository_counts_signed_pushes_only(store: Store) -> None:
+    store.deliveries.record([Delivery("d-1", "push", "acme/models", "refs/heads/main", SHA_A,
+                                      DeliveryResult.REJECTED, "401: wrong signature")])
+    assert store.deliveries.last_by_repository() == {}
+    store.deliveries.record([Delivery("d-2", "push", "Acme/Models", "refs/tags/v1", SHA_A, DeliveryResult.IGNORED,
+                                      "tag push"),
+                             Delivery("d-3", "push", "acme/other", "refs/heads/main", SHA_B,
+                                      DeliveryResult.DUPLICATE, "seen")])
+    last = store.deliveries.last_by_repository()
+    assert set(last) == {"acme/models", "acme/other"}
+    assert_utc(last["acme/models"])
+
+
+def test_a_stopped_override_is_kept_and_cleared_like_the_others(store: Store) -> None:
+    from deployer.model.status import OverrideKind
+
+    store.overrides.set("svc", OverrideKind.STOPPED, who="ada", why="free the GPU")
+    store.overrides.set("svc", OverrideKind.SUSPENDED, who="bob")
+    assert set(store.overrides.active()["svc"]) == {OverrideKind.STOPPED, OverrideKind.SUSPENDED}
+    assert store.overrides.clear("svc", OverrideKind.STOPPED, who="cy")
+    assert set(store.overrides.active()["svc"]) == {OverrideKind.SUSPENDED}

@@ -47,3 +47,31 @@ def test_deeply_nested_json_bodies_are_a_400(daemon: Daemon) -> None:
 def test_a_revision_given_as_digits_is_accepted_as_a_number(daemon: Daemon) -> None:
     response = post(daemon, "/api/services/anything/pin", b'{"revision": "12"}')
     assert response.status_code == 404  # parsed fine; the service does not exist
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    (b"{}", 400, "name the services"),
+    (b'{"services": "op-a"}', 400, "services must be a list"),
+    (b'{"services": [1, 2]}', 400, "services must be a list"),
+    (b'{"services": ["nope"]}', 404, "no service named 'nope'"),
+    (b'{"group": "nope"}', 404, "no group named 'nope'"),
+    (b'{"source": "nope"}', 404, "no services from a source named 'nope'"),
+    (b'{"all": "yes"}', 400, "name the services"),
+])
+def test_a_batch_that_names_no_known_service_is_refused_whole(daemon: Daemon, body: bytes, status: int,
+                                                               says: str) -> None:
+    for action in ("stop", "start", "restart"):
+        response = post(daemon, f"/api/actions/{action}", body)
+        assert response.status_code == status, response.text
+        assert says in response.json()["error"]
+
+
+def test_operator_actions_need_the_token_and_unknown_ones_are_404(daemon: Daemon) -> None:
+    for path in ("/api/actions/stop", "/api/services/anything/restart"):
+        response = httpx.post(daemon.url + path, json={"all": True}, timeout=10)
+        assert response.status_code == 401, response.text
+    assert post(daemon, "/api/actions/explode", b'{"all": true}').status_code == 404
+    assert post(daemon, "/api/services/anything/stop", b"{}").status_code == 404
+    for operation in ("12345", "abc"):
+        response = httpx.get(f"{daemon.url}/api/operations/{operation}", timeout=10)
+        assert response.status_code == 404 and "no operation" in response.json()["error"]
