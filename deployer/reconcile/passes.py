@@ -376,11 +376,13 @@ class Reconciler:
             return self.rooms.rollout.remove(name, self.rooms.observer.runtime_holding(name, listing))
         if action.kind is ActionKind.STOP:  # an operator stopped it and something started it again
             return self.rooms.actions.stop(name, note=action.reason, trigger=Trigger.DRIFT).outcome
-        if action.kind is ActionKind.NOOP and action.desired is not None and name in self._unverified \
+        unrecorded = name in self.rooms.rollout.unrecorded  # applied while the database failed, never recorded
+        if action.kind is ActionKind.NOOP and action.desired is not None \
+                and (name in self._unverified or unrecorded) \
                 and name not in planned.stopped:  # a stopped service is not gated (that would start it)
             self._unverified.discard(name)  # applied before a crash, never gated
-            return self.rooms.rollout.deploy(action.desired, planned.revisions[name], Trigger.STARTUP,
-                                             verify_only=True).value
+            return self.rooms.rollout.deploy(action.desired, planned.revisions[name],
+                                             Trigger.DRIFT if unrecorded else Trigger.STARTUP, verify_only=True).value
         if action.kind is ActionKind.NOOP or action.desired is None:
             return self._leave(action, current)
         return self._apply(action.desired, action, current)

@@ -36,7 +36,7 @@ from deployer.reconcile.sources import SourceRegistry
 from deployer.runtimes.base import BuildsImages, Runtime
 from deployer.safety import UnsafePath, write_inside
 from deployer.secrets import SecretStore
-from deployer.store import Store
+from deployer.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ class Rollout:
         self._events = events
         self._steps = Steps(store)
         self._hook_steps = HookSteps(parts.hooks, self._steps)
+        # Services whose last attempt could not be written (the database failed): what runs was
+        # never recorded, so the next pass gates it again (verify_only) and records it.
+        self.unrecorded: set[str] = set()
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -96,6 +99,7 @@ class Rollout:
         was interrupted, so it is not trusted unchecked. ``note`` (who asked, and why) ends the message.
         """
         attempt = self._store.history.start_attempt(desired.name, revision.id, trigger)
+        self.unrecorded.discard(desired.name)
         started = time.monotonic()
         outcome, reason, message, rolled_back_to = Outcome.FAILED, Reason.INTERNAL_ERROR.value, "", None
         self._events.publish(AttemptStarted(desired.name, desired.source, desired.sha, revision.id, attempt, trigger))
@@ -114,6 +118,12 @@ class Rollout:
             message += f" ({how})" if how else ""
             if verify_only:
                 message += " (verified after an interrupted deploy)"
+        except StoreError as exc:
+            # The database failed, not the revision: nothing is rolled back or stopped for that. What
+            # runs is left as it is; the next pass compares it with what is wanted once writes work.
+            message = f"not recorded: {exc}"
+            self.unrecorded.add(desired.name)
+            log.error("%s: cannot record this deploy (%s); what runs is left as it is", desired.name, exc)
         except NotSwitched as exc:
             reason, message = exc.reason.value, readable_paths(str(exc))
             kept = previous.running_revision if previous is not None else None
@@ -139,7 +149,11 @@ class Rollout:
             message = f"internal error: {type(exc).__name__}"
         finally:
             message += f" ({note})" if note else ""
-            self._store.history.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
+            try:
+                self._store.history.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
+            except StoreError as exc:  # left RUNNING; the service's next attempt ends it as interrupted
+                self.unrecorded.add(desired.name)
+                log.error("%s: cannot record the end of attempt %d: %s", desired.name, attempt, exc)
             self._events.publish(AttemptFinished(desired.name, desired.source, desired.sha, revision.id, attempt,
                                                  trigger, outcome, reason, message, time.monotonic() - started))
             self._observe_after(running)

@@ -73,6 +73,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 def test_a_full_state_dir_fails_clearly_keeps_serving_and_recovers(world: dict[str, Any]) -> None:
     daemon, repo, state = world["daemon"], world["repo"], world["state"]
     serving(daemon, "disky", "v1", 60)
+    wait_idle_history(daemon, "disky")  # the first attempt's end is written before the disk fills
     port = state_of(daemon, "disky")["port"]
     with RequestLoop(port) as loop:
         filler = fill(state)
@@ -93,3 +94,32 @@ def test_a_full_state_dir_fails_clearly_keeps_serving_and_recovers(world: dict[s
     took = serving(daemon, "disky", "v2", 60)  # no poll is due: the failed fetch is retried by every pass
     wait_idle_history(daemon, "disky")
     assert took < 60
+
+
+SLOW_BOOT = "import time\ntime.sleep(3)  # loading the model\n"
+
+
+def test_a_disk_that_fills_during_a_gate_leaves_the_healthy_revision_running(world: dict[str, Any]) -> None:
+    """The gate passes but the end of the attempt cannot be written: the store failed, not the revision,
+    so nothing is rolled back or stopped; once space returns the history is completed."""
+    daemon, repo, state = world["daemon"], world["repo"], world["state"]
+    serving(daemon, "disky", "v1", 60)
+    wait_idle_history(daemon, "disky")
+    publish(repo, "disky", "v2", **{"boot.py": SLOW_BOOT})
+    repo.commit({"server.py": SLOW_BOOT + (repo.work / "server.py").read_text()}, "v2 boots slowly")
+    assert daemon.request_pass(TOKEN).status_code == 202
+
+    def gating() -> bool:
+        attempt = (state_of(daemon, "disky")["attempts"] or [{}])[0]
+        return attempt.get("outcome") == "running" and any(step["name"] == "apply" for step in attempt["steps"])
+
+    wait_for(gating, 60, "the v2 deploy waiting on its health gate", interval=0.05)
+    filler = fill(state)
+    port = state_of(daemon, "disky")["port"]
+    wait_for(lambda: answer(port) == "v2", 30, "v2 answering after its gate")
+    with RequestLoop(port) as loop:  # not stopped or rolled back for a failed write
+        wait_for(lambda: loop.sent >= 40, 30, "40 requests to v2")
+    loop.assert_served()
+    filler.unlink()
+    wait_idle_history(daemon, "disky")
+    assert answer(port) == "v2"
