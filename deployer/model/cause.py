@@ -28,14 +28,19 @@ def readable_paths(text: str) -> str:
     return _SITE_PACKAGES.sub(lambda match: f"{match['where']}/", text)
 
 
-def root_cause(output: str, *, limit: int = MAX_CAUSE) -> str:
-    """The cause of a failure from a process's output, once; empty when the output says nothing."""
+def root_cause(output: str, *, limit: int = MAX_CAUSE, errors_only: bool = False) -> str:
+    """The cause of a failure from a process's output, once; empty when the output says nothing.
+
+    ``errors_only``: lines that read like errors or nothing (a process that runs but answers its
+    health path wrongly logs ordinary lines, which are no cause)."""
     lines = [line.rstrip() for line in readable_paths(output).splitlines()]
     cause, end = _from_traceback(lines)
     later = [index for index in range(end, len(lines)) if _ERRORISH.search(lines[index])]
     # An error said right after the traceback is its epilogue ("Application startup failed"); one said
     # further on is a newer failure (a crash loop's log holds the runs before it too).
     if not cause or (later and later[0] - end > 2):
+        if errors_only and not later:
+            return cause
         cause = _last_distinct([lines[index] for index in later] or lines[end:])
     return cause if len(cause) <= limit else cause[: limit - 1] + "…"
 

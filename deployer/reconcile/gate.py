@@ -103,7 +103,7 @@ class Gate:
                                           failed=_Watch(runtime, deployment.name))
             except DeployerError as exc:
                 step.output = readable_paths(runtime.logs(deployment.name, OUTPUT_KEPT))
-                cause = root_cause(step.output)
+                cause = root_cause(step.output, errors_only=True)
                 if cause:
                     raise HealthCheckFailed(f"{cause} — {exc}") from exc  # the cause first: a commit status is short
                 raise

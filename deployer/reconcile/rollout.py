@@ -39,6 +39,7 @@ from deployer.secrets import SecretStore
 from deployer.store import Store, StoreError
 
 log = logging.getLogger(__name__)
+UNRECORDED_MESSAGE = "this attempt's end could not be recorded (the database failed); a later attempt took over"
 
 SLOTTED_RUNTIMES = ("supervisor", "docker")  # swarm keeps its own start-first update
 _HANDOVER_POLL_SECONDS = 0.002
@@ -87,7 +88,7 @@ class Rollout:
         self._hook_steps = HookSteps(parts.hooks, self._steps)
         # Services whose last attempt could not be written (the database failed): what runs was
         # never recorded, so the next pass gates it again (verify_only) and records it.
-        self.unrecorded: set[str] = set()
+        self.unrecorded: dict[str, int] = {}  # service -> its attempt left RUNNING in the store
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class Rollout:
         was interrupted, so it is not trusted unchecked. ``note`` (who asked, and why) ends the message.
         """
         attempt = self._store.history.start_attempt(desired.name, revision.id, trigger)
-        self.unrecorded.discard(desired.name)
+        self._end_unrecorded(desired.name)
         started = time.monotonic()
         outcome, reason, message, rolled_back_to = Outcome.FAILED, Reason.INTERNAL_ERROR.value, "", None
         self._events.publish(AttemptStarted(desired.name, desired.source, desired.sha, revision.id, attempt, trigger))
@@ -122,7 +123,7 @@ class Rollout:
             # The database failed, not the revision: nothing is rolled back or stopped for that. What
             # runs is left as it is; the next pass compares it with what is wanted once writes work.
             message = f"not recorded: {exc}"
-            self.unrecorded.add(desired.name)
+            self.unrecorded[desired.name] = attempt
             log.error("%s: cannot record this deploy (%s); what runs is left as it is", desired.name, exc)
         except NotSwitched as exc:
             reason, message = exc.reason.value, readable_paths(str(exc))
@@ -152,7 +153,7 @@ class Rollout:
             try:
                 self._store.history.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
             except StoreError as exc:  # left RUNNING; the service's next attempt ends it as interrupted
-                self.unrecorded.add(desired.name)
+                self.unrecorded[desired.name] = attempt
                 log.error("%s: cannot record the end of attempt %d: %s", desired.name, attempt, exc)
             self._events.publish(AttemptFinished(desired.name, desired.source, desired.sha, revision.id, attempt,
                                                  trigger, outcome, reason, message, time.monotonic() - started))
@@ -160,6 +161,13 @@ class Rollout:
         log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message,
                  extra={"service": desired.name, "revision": revision.id, "attempt": attempt})
         return outcome
+
+    def _end_unrecorded(self, name: str) -> None:
+        """The attempt whose end could not be written, ended now that the store writes again."""
+        stale = self.unrecorded.pop(name, None)
+        if stale is not None:
+            self._store.history.finish_attempt(stale, Outcome.INTERRUPTED, Reason.INTERRUPTED.value,
+                                               UNRECORDED_MESSAGE)
 
     def remove(self, name: str, runtime: Runtime | None) -> str:
         """Stop and uninstall a service no manifest wants any more (every slot), and release what it held."""

@@ -22,7 +22,6 @@ from deployer.store.tables import OUTPUT_TAIL_CHARS, AttemptRow, RevisionRow, St
 NOT_THE_REVISIONS_FAULT = (Reason.PORT_CONFLICT.value, Reason.RUNTIME_UNAVAILABLE.value, Reason.SECRET_MISSING.value,
                            Reason.GATEWAY_FAILED.value)
 INTERRUPTED_MESSAGE = "deployer stopped before this attempt finished; the next reconcile tries again"
-UNRECORDED_MESSAGE = "this attempt's end could not be recorded (the database failed); a later attempt took over"
 
 
 class History:
@@ -101,16 +100,9 @@ class History:
     # -- attempts and steps ------------------------------------------------
 
     def start_attempt(self, service: str, revision_id: int | None, trigger: Trigger) -> int:
-        """A new attempt. One service's attempts never overlap (its lock), so one still RUNNING here
-        is one whose end could not be written (the database failed): it ends as INTERRUPTED."""
         row = AttemptRow(service=service, revision_id=revision_id, trigger=Trigger(trigger).value,
                          outcome=Outcome.RUNNING.value, started_at=utcnow())
-        unfinished = select(AttemptRow).where(AttemptRow.service == service,
-                                              AttemptRow.outcome == Outcome.RUNNING.value)
         with self._db.transaction("start_attempt", write=True) as session:
-            for stale in session.scalars(unfinished):
-                stale.outcome, stale.reason = Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value
-                stale.message, stale.finished_at = UNRECORDED_MESSAGE, utcnow()
             session.add(row)
             session.flush()
             return row.id

@@ -19,20 +19,8 @@ import httpx
 import pytest
 
 from tests.helpers import GitRepo, start_daemon, stop_supervisord, wait_for, write_config
+from tests.reliability.harness import SERVER
 
-SERVER = """import http.server, os, sys
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        found = self.path in ("/health", "/info")
-        body = os.environ.get("GREETING", "hi").encode() if found else b"no"
-        self.send_response(200 if found else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-"""
 HANGS = 120  # seconds a never-healthy gate waits: far longer than the test may take
 
 

@@ -233,3 +233,12 @@ def test_plan_says_exactly_what_the_next_pass_does(world: dict[str, Any], case: 
     planned = _planned(world)
     assert planned == _passed(world)
     assert _passed(world) == _planned(world), "and again once that pass is done"
+
+
+def test_a_health_failure_takes_only_error_lines_as_its_cause() -> None:
+    """A process that runs but answers its health path wrongly logs ordinary lines: they are no cause."""
+    ordinary = 'text-classify listening on 127.0.0.1:8800\n127.0.0.1 "GET /nope HTTP/1.1" 404 -\n'
+    assert root_cause(ordinary, errors_only=True) == ""
+    assert root_cause(ordinary)  # elsewhere (a start that failed) the last lines are all there is
+    broken = ordinary + "OSError: model.bin: No such file or directory\n"
+    assert root_cause(broken, errors_only=True) == "OSError: model.bin: No such file or directory"
