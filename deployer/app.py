@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from deployer.web.app import WebDeps, build_app
 from deployer.web.webhook import GiteaRouting, WebhookReceiver
 
 log = logging.getLogger("deployer")
+SWITCH_INTERVAL = 0.0005  # seconds
 LOW_DISK = 16 * 1024 * 1024  # bytes free in the state dir below which /healthz fails
 
 
@@ -296,6 +298,10 @@ def stop(daemon: Daemon) -> None:
 
 def serve(settings: Settings, *, config_dir: Path | None = None, log_level: str = "INFO",
           log_format: str = "text") -> None:
+    # Acknowledgements share the interpreter with the passes' threads: a waiting thread gets the GIL
+    # after at most this long (CPython's default is 5 ms), so a burst of passes cannot starve the
+    # event loop that answers Gitea (bench/webhook_burst.py).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     secrets = secret_store(settings)
     logs.configure(log_level, log_format, secrets.mask)
     daemon = build(settings, config_dir=config_dir, secrets=secrets)

@@ -135,7 +135,7 @@ class ReconcileSettings(Section):
     poll_interval: float = Field(default=60, gt=0)
     prune: bool = True
     allow_empty: bool = False
-    workers: int = Field(default=8, ge=1, le=64)  # sources reconciled at once (a waiting gate holds one)
+    workers: int = Field(default=3, ge=1, le=64)  # sources reconciled at once (a waiting gate holds one)
     parallel: int = Field(default=4, ge=1, le=64)  # services of one source deployed at once
     builds: int = Field(default=2, ge=1, le=32)  # environment and image builds at once, all sources
 

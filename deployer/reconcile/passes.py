@@ -38,6 +38,7 @@ from deployer.source import GitSource
 from deployer.store import Store, StoreError
 
 log = logging.getLogger(__name__)
+PLANNING_AT_ONCE = 2  # sources fetching, resolving and planning at the same time
 
 
 
@@ -100,6 +101,10 @@ class Reconciler:
         self._recorded: dict[str, _Recorded] = {}  # source -> last clean resolution
         self._acted: dict[str, float] = {}  # service -> when an operator's stop/start/restart last ended
         self._unfetched: set[str] = set()  # sources whose last fetch failed
+        # Passes wait on gates for long, but think (fetch, resolve, record, plan) only briefly: the
+        # thinking is bounded so that many sources at once cannot starve the event loop that answers
+        # webhooks (they share one interpreter), while waiting sources hold nothing.
+        self._planning = threading.BoundedSemaphore(PLANNING_AT_ONCE)
         # Services whose last deploy was cut short (daemon killed): gate them before trusting them.
         self._unverified = {view.name for view in store.views.services()
                             if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
@@ -148,6 +153,21 @@ class Reconciler:
 
     def _reconcile_source(self, name: str, *, trigger: Trigger, fetch: bool, retry: Set[str]) -> PassResult:
         result = PassResult(source=name)
+        with self._planning:  # fetch, resolve, record, plan: CPU work, a few sources at a time
+            prepared = self._prepare(name, result, trigger=trigger, fetch=fetch, retry=retry)
+        if prepared is None:
+            return result
+        current, problems = prepared
+        for service, error in problems:  # under the service's lock, which a deploy may hold: outside the slot
+            with self._lock(service):
+                self.rooms.recorder.service_problem(service, error, trigger)
+            result.outcomes[service] = "stalled"
+        result.outcomes.update(self._execute_all(current))
+        return result
+
+    def _prepare(self, name: str, result: PassResult, *, trigger: Trigger, fetch: bool,
+                 retry: Set[str]) -> tuple[_Pass, list[tuple[str, DeployerError]]] | None:
+        """The pass up to its plan; None when the source cannot be read (``result.error`` says why)."""
         source = self.sources.get(name)
         # A fetch that failed (remote down, disk full) is tried again by every pass, not only at the next poll.
         fetch = fetch or name in self._unfetched
@@ -160,7 +180,7 @@ class Reconciler:
             self.sources.set_error(name, result.error)
             if fetch:
                 self._unfetched.add(name)
-            return result
+            return None
         self._unfetched.discard(name)
         self.sources.clear_error(name)
         self.store.sources.set_head(name, result.sha)
@@ -168,16 +188,11 @@ class Reconciler:
         recorded = self._recorded_commit(source, result.sha, trigger)
         if recorded is None:
             result.error = f"{MANIFEST} at {result.sha[:7]} is invalid"
-            return result
-        for service, error in sorted(recorded.resolution.errors.items()):
-            with self._lock(service):
-                self.rooms.recorder.service_problem(service, error, trigger)
-            result.outcomes[service] = "stalled"
+            return None
         current = self._plan(name, recorded, trigger, retry)
         result.plan = current.planned.plan
         self._probe_unknown(current)
-        result.outcomes.update(self._execute_all(current))
-        return result
+        return current, sorted(recorded.resolution.errors.items())
 
     def preview(self, *, fetch: bool = False) -> list[tuple[str, Action]]:
         """What a scheduled pass would do now for every source (after a fetch, if asked). Changes nothing."""
