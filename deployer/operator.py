@@ -57,33 +57,32 @@ class Operator:
                     done.override)
 
     def unpin(self, service: str, *, who: str) -> Done:
-        view = self._service(service)
-        cleared = self.store.overrides.clear(service, OverrideKind.PINNED, who=who)
-        message = f"{service} unpinned; it follows its branch again" if cleared else f"{service} was not pinned"
-        return Done(service, view.source, message)
+        return self._clear(service, OverrideKind.PINNED, who, f"{service} unpinned; it follows its branch again",
+                           f"{service} was not pinned")
 
     def suspend(self, service: str, *, who: str, why: str = "") -> Done:
-        view = self._service(service)
-        override = self.store.overrides.set(service, OverrideKind.SUSPENDED, who=who, why=why)
-        return Done(service, view.source, f"{service} suspended: deployer leaves it as it is", override)
+        return self._set(service, OverrideKind.SUSPENDED, who, why, f"{service} suspended: deployer leaves it as it is")
 
     def resume(self, service: str, *, who: str) -> Done:
-        view = self._service(service)
-        cleared = self.store.overrides.clear(service, OverrideKind.SUSPENDED, who=who)
-        message = f"{service} resumed" if cleared else f"{service} was not suspended"
-        return Done(service, view.source, message)
+        return self._clear(service, OverrideKind.SUSPENDED, who, f"{service} resumed", f"{service} was not suspended")
 
     def stop(self, service: str, *, who: str, why: str = "") -> Done:
         """The desired state becomes "stopped": passes, pushes and restarts of deployer keep it until started."""
-        view = self._service(service)
-        override = self.store.overrides.set(service, OverrideKind.STOPPED, who=who, why=why)
-        return Done(service, view.source, f"{service} stopped: it stays stopped until `deployer start`", override)
+        return self._set(service, OverrideKind.STOPPED, who, why,
+                         f"{service} stopped: it stays stopped until `deployer start`")
 
     def start(self, service: str, *, who: str) -> Done:
+        return self._clear(service, OverrideKind.STOPPED, who, f"{service} started", f"{service} was not stopped")
+
+    def _set(self, service: str, kind: OverrideKind, who: str, why: str, message: str) -> Done:
         view = self._service(service)
-        cleared = self.store.overrides.clear(service, OverrideKind.STOPPED, who=who)
-        message = f"{service} started" if cleared else f"{service} was not stopped"
-        return Done(service, view.source, message)
+        override = self.store.overrides.set(service, kind, who=who, why=why)
+        return Done(service, view.source, message, override)
+
+    def _clear(self, service: str, kind: OverrideKind, who: str, cleared: str, absent: str) -> Done:
+        view = self._service(service)
+        done = self.store.overrides.clear(service, kind, who=who)
+        return Done(service, view.source, cleared if done else absent)
 
     def _service(self, name: str) -> ServiceView:
         view = self.store.views.service(name)
