@@ -10,12 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -287,3 +288,22 @@ state_dir = "{root / 'state'}"
 
 def local_source(name: str, url: str = "repo.git") -> str:
     return f'[[sources]]\nurl = "{url}"\nname = "{name}"\n'
+
+
+class Background:
+    """A loop on a thread of its own for the length of a ``with`` block (``_run`` watches ``_stop``)."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        raise NotImplementedError

@@ -19,7 +19,16 @@ import httpx
 import pytest
 
 from tests.conftest import unavailable
-from tests.helpers import GitRepo, free_port, local_source, start_daemon, stop_supervisord, wait_for, write_config
+from tests.helpers import (
+    Background,
+    GitRepo,
+    free_port,
+    local_source,
+    start_daemon,
+    stop_supervisord,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -102,21 +111,12 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
         tear_down(world)
 
 
-class Loop:
+class Loop(Background):
     """Requests through the gateway path and the sticky port, side by side, counting failures."""
 
     def __init__(self, urls: list[str]) -> None:
+        super().__init__()
         self.urls, self.answers, self.failures, self.versions = urls, 0, [], set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Loop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         # Keep-alive, as most clients are: connections are reused across every switch. httpx does not retry a

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.helpers import (
+    Background,
     Daemon,
     GitRepo,
     local_source,
@@ -112,23 +113,14 @@ def answers(port: int) -> bool:
         return False
 
 
-class LieDetector:
+class LieDetector(Background):
     """Polls the API while probing the port: a "healthy" bracketed by two refused probes is a lie."""
 
     def __init__(self, daemon: Daemon, port: int) -> None:
+        super().__init__()
         self.daemon, self.port = daemon, port
         self.lies: list[str] = []
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> LieDetector:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -4,17 +4,14 @@ within a stated time after the fault cleared."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
-from tests.helpers import Daemon, GitRepo, wait_for
+from tests.helpers import Background, Daemon, GitRepo, wait_for
 
 SERVER = """import http.server, os, sys
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -60,28 +57,15 @@ def serving(daemon: Daemon, name: str, greeting: str, timeout: float) -> float:
     return time.monotonic() - started
 
 
-@dataclass
-class RequestLoop:
+class RequestLoop(Background):
     """Calls a service's port every ``interval`` seconds on a thread of its own, a fresh connection each
     time, and counts what did not answer 200."""
 
-    port: int
-    interval: float = 0.05
-    sent: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> RequestLoop:
-        self._thread = threading.Thread(target=self._run, name="request-loop", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+    def __init__(self, port: int, interval: float = 0.05) -> None:
+        super().__init__()
+        self.port, self.interval = port, interval
+        self.sent = 0
+        self.failures: Counter[str] = Counter()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
