@@ -72,7 +72,9 @@ def install() -> None:
     from deployer.reconcile import Reconciler
     from deployer.reconcile import resolve as resolve_module
     from deployer.reconcile.demos import DemoRunner
+    from deployer.reconcile.execute import PassExecutor
     from deployer.reconcile.observe import Observer
+    from deployer.reconcile.planner import PassPlanner
     from deployer.reconcile.resolve import Resolver
     from deployer.reconcile.rollout import Gate, Rollout
     from deployer.runtimes.docker import DockerRuntime, ImageBuilder, SwarmRuntime
@@ -95,8 +97,9 @@ def install() -> None:
     _methods(ImageBuilder, "images", ["ensure", "prune", "exists", "recipe"])
     _methods(SwarmRuntime, "swarm", ["check", "observe", "apply", "build", "logs"])
     # The reconciler's rooms: the pass, one service's rollout, its gate, observation, resolution, demos.
-    _methods(Reconciler, "rec", ["reconcile_source", "deploy", "_recorded_commit", "_plan", "_probe_unknown",
-                                 "_execute_isolated", "_apply", "_leave"])
+    _methods(Reconciler, "rec", ["reconcile_source", "deploy"])
+    _methods(PassPlanner, "rec", ["_recorded_commit", "_plan", "_probe_unknown"])
+    _methods(PassExecutor, "rec", ["_execute_isolated", "_apply", "_leave"])
     _methods(Rollout, "rollout", ["deploy", "remove", "_roll_out", "_prepare", "_hooks", "_roll_back",
                                   "_observe_after"])
     _methods(Gate, "gate", ["check"])
