@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 UNRECORDED_MESSAGE = "this attempt's end could not be recorded (the database failed); a later attempt took over"
 
 
-
 @dataclass(frozen=True)
 class RolloutParts:
     """What a rollout works with besides the store: built once by the composition root."""
