@@ -2,9 +2,11 @@
 
 ``sources`` (the followed repositories), ``resolve`` (a commit into desired
 services), ``planning`` (pins, stops, suspensions, held failures, down runtimes → a
-plan), ``rollout`` (one service: build, hooks, apply, gate, put back), ``actions`` (stop,
-start, restart by hand), ``observe``
-(listings, probes, snapshots), ``demos``, ``events``; ``passes`` ties them together.
+plan), ``planner`` (a pass up to its plan), ``execute`` (the plan carried out),
+``rollout`` (one service: build, hooks, apply, gate, put back), ``slots`` (placement and
+the switch behind the gateway), ``actions`` (stop, start, restart by hand), ``observe``
+(listings, probes, snapshots), ``demos``, ``events``, ``locks`` (one per service);
+``passes`` ties them together.
 ``assemble`` builds the rooms the same way for the daemon and for tests.
 """
 

@@ -47,7 +47,7 @@ class ServiceActions:
         runtime = self._rollout.runtime_named(view.runtime)
         if runtime is None:
             raise UnknownService(name, where="on a runtime of this host")
-        place = self._rollout.serving(name)
+        place = self._rollout.slots.serving(name)
         instance = instance_name(name, place.slot)
         seen = runtime.inspect(instance)
         if seen is None or seen.state not in (ServiceState.RUNNING, ServiceState.STARTING):
