@@ -44,13 +44,15 @@ PLANNING_AT_ONCE = 2  # sources fetching, resolving and planning at the same tim
 
 @dataclass
 class PassResult:
-    """What one pass over one source did, for logs, the CLI and tests."""
+    """What one pass over one source did, for logs, the CLI (an operation follows it) and tests."""
 
     source: str
     sha: str | None = None
     plan: Plan | None = None
     error: str | None = None
     outcomes: dict[str, str] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)  # service -> the attempt this pass started for it
+    problems: dict[str, str] = field(default_factory=dict)  # service -> why it cannot be deployed ("stalled")
 
 
 @dataclass
@@ -159,10 +161,10 @@ class Reconciler:
             return result
         current, problems = prepared
         for service, error in problems:  # under the service's lock, which a deploy may hold: outside the slot
-            with self._lock(service):
+            with self._lock(service), self._noting_attempt(service, result):
                 self.rooms.recorder.service_problem(service, error, trigger)
-            result.outcomes[service] = "stalled"
-        result.outcomes.update(self._execute_all(current))
+            result.outcomes[service], result.problems[service] = "stalled", str(error)
+        result.outcomes.update(self._execute_all(current, result))
         return result
 
     def _prepare(self, name: str, result: PassResult, *, trigger: Trigger, fetch: bool,
@@ -233,8 +235,8 @@ class Reconciler:
         """Log tail and ``/info`` for the pages: read now unless read moments ago."""
         return self.rooms.observer.snapshot(name)
 
-    def demo_now(self, name: str) -> tuple[int, list[DemoResult]]:
-        """``deployer demo``: run the demo inputs against the running revision now, and record them."""
+    def demo_target(self, name: str) -> tuple[int, DesiredService]:
+        """The running revision whose demo inputs ``deployer demo`` sends; refused when there is none to send."""
         view = self.store.views.service(name)
         if view is None:
             raise UnknownService(name)
@@ -244,8 +246,16 @@ class Reconciler:
         desired = DesiredService.model_validate(revision.spec)
         if not desired.demo:
             raise StalledError(f"{name}: its manifest has no demo inputs")
+        return revision.id, desired
+
+    def demo_now(self, name: str) -> tuple[int, list[DemoResult]]:
+        """``deployer demo``: run the demo inputs against the running revision now, and record them.
+
+        It waits for a deploy of the service to end (its lock), then reads what runs: the revision
+        that deploy left, not the one that ran when it was asked."""
         with self._lock(name):
-            return revision.id, self.rooms.demos.run(desired, revision.id, None)
+            revision, desired = self.demo_target(name)
+            return revision, self.rooms.demos.run(desired, revision, None)
 
     def stop(self, name: str, *, note: str) -> ActionDone:
         """``deployer stop``: the serving instance stopped now (the override keeps it so at every pass)."""
@@ -354,33 +364,47 @@ class Reconciler:
 
     # -- execution ------------------------------------------------------------------------
 
-    def _execute_all(self, current: _Pass) -> dict[str, str]:
+    def _execute_all(self, current: _Pass, result: PassResult) -> dict[str, str]:
         """Every action of the pass: the steady ones here, the changes side by side (at most
         ``parallel``), so one service's slow gate holds none of its siblings."""
         actions = current.planned.plan.actions
         changes = [action for action in actions if action.changes]
-        outcomes = {action.service: self._execute_isolated(action, current)
+        outcomes = {action.service: self._execute_isolated(action, current, result)
                     for action in actions if not action.changes}
         if len(changes) <= 1 or self.parallel <= 1:
-            outcomes.update((action.service, self._execute_isolated(action, current)) for action in changes)
+            outcomes.update((action.service, self._execute_isolated(action, current, result)) for action in changes)
             return outcomes
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(changes)),
                                 thread_name_prefix=f"{threading.current_thread().name}-deploy") as pool:
-            futures = {action.service: pool.submit(self._execute_isolated, action, current) for action in changes}
+            futures = {action.service: pool.submit(self._execute_isolated, action, current, result)
+                       for action in changes}
         outcomes.update((service, future.result()) for service, future in futures.items())
         return outcomes
 
-    def _execute_isolated(self, action: Action, current: _Pass) -> str:
+    def _execute_isolated(self, action: Action, current: _Pass, result: PassResult) -> str:
         with self._lock(action.service):
             if self._acted.get(action.service, 0.0) > current.listed_at:
                 # an operator's stop/start/restart ran since the listing: what it saw is stale (acting on it
                 # would start a service just stopped, or record a slot just drained); the next pass sees anew
                 return "deferred"
             try:
-                return self._execute(action, current)
+                with self._noting_attempt(action.service, result):
+                    return self._execute(action, current)
             except Exception:  # one service's bug must not stop the others
                 log.exception("%s: unexpected error while reconciling", action.service)
                 return "error"
+
+    @contextmanager
+    def _noting_attempt(self, service: str, result: PassResult) -> Iterator[None]:
+        """The attempt started for ``service`` within the block, in ``result.attempts`` (under its lock:
+        only this pass starts one meanwhile; one service's key is written by one thread)."""
+        before = self.store.history.newest_started(service)
+        try:
+            yield
+        finally:
+            started = self.store.history.newest_started(service)
+            if started is not None and started != before:
+                result.attempts[service] = started
 
     def _execute(self, action: Action, current: _Pass) -> str:
         name, planned, listing = action.service, current.planned, current.listing
