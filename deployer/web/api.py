@@ -142,17 +142,20 @@ class Api:
                 raise UnknownService(str(service))
             sources = [view.source]
         again = frozenset({str(service)}) if retry else frozenset()  # a held failed spec is tried only when asked
+        since = self.store.history.newest_started(str(service)) if service else None
         passes = {source: self.queue.request(source, Trigger.CLI, fetch=True, retry=again)
                   for source in sources}
         if service:  # the service's line of its source's pass
-            operation = self.operations.track("reconcile", {str(service): passes[sources[0]]}, self._service_line)
+            operation = self.operations.track("reconcile", {str(service): passes[sources[0]]},
+                                              self._service_line(since))
         else:
             operation = self.operations.track("reconcile", passes, source_pass, kind=SOURCE)
         return JSONResponse({**operation_json(operation), "requested": sources, "retry": sorted(again)},
                             status_code=202)
 
-    def _service_line(self, service: str, result: PassResult) -> ItemResult:
-        return service_in_pass(self.store, service, result)
+    def _service_line(self, since: int | None) -> Callable[[str, PassResult], ItemResult]:
+        """A service's line of the pass that served a request made when ``since`` was its newest attempt."""
+        return lambda service, result: service_in_pass(self.store, service, result, since=since)
 
     async def act(self, request: Request) -> Response:
         require_token(request, self.api_token)
@@ -160,6 +163,7 @@ class Api:
         body = await _json_body(request)
         if action in RUN_ACTIONS:
             return await self._run_action(action, {**body, "services": [name]})
+        since = self.store.history.newest_started(name)  # before the override: a running pass may act on it
         with refused_as(Conflict):
             done = await run_in_threadpool(self._act, name, action, body)
         answer = {"service": done.service, "message": done.message,
@@ -169,7 +173,7 @@ class Api:
             return JSONResponse(answer, status_code=202)
         # A rollback names the revision to run: it is deployed even if it failed once before.
         deployed = self.queue.request(done.source, Trigger.ROLLBACK, fetch=False, retry=frozenset({done.service}))
-        operation = self.operations.track("rollback", {done.service: deployed}, self._service_line)
+        operation = self.operations.track("rollback", {done.service: deployed}, self._service_line(since))
         return JSONResponse({**answer, **operation_json(operation)}, status_code=202)
 
     def _act(self, name: str, action: str, body: dict[str, Any]) -> Done:

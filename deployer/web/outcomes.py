@@ -22,19 +22,29 @@ UNCHANGED = frozenset({"noop", "held", "suspended", "stopped", "deferred"})
 LEFT_ALONE = {"noop": "up to date", "deferred": "an operator's action ran meanwhile; the next pass decides"}
 
 
-def service_in_pass(store: Store, service: str, result: PassResult) -> ItemResult:
-    """``service``'s line of the pass that served the request."""
+def service_in_pass(store: Store, service: str, result: PassResult, *, since: int | None) -> ItemResult:
+    """``service``'s line of the pass that served a request made when ``since`` was its newest attempt.
+
+    A pass already running when the request came may have acted on it first (an override it read):
+    when the serving pass started no attempt for the service, a newer attempt than ``since`` is the one.
+    """
     outcome = result.outcomes.get(service)
+    attempt_id = result.attempts.get(service) or _started_since(store, service, since)
+    attempt = store.history.attempt(attempt_id) if attempt_id is not None else None
+    if attempt is not None:
+        ended = result.outcomes.get(service, attempt.outcome) if service in result.attempts else attempt.outcome
+        return ItemResult(ended not in FAILED, ended, f"{attempt.reason}: {attempt.message}", attempt.id,
+                          attempt.revision)
     if outcome is None:
         if result.error:
             return ItemResult(False, "failed", f"the pass of {result.source} did not run: {result.error}")
         return ItemResult(True, "noop", f"not in {result.source}'s pass at {(result.sha or '?')[:7]}")
-    attempt_id = result.attempts.get(service)
-    attempt = store.history.attempt(attempt_id) if attempt_id is not None else None
-    if attempt is not None:
-        return ItemResult(outcome not in FAILED, outcome, f"{attempt.reason}: {attempt.message}", attempt.id,
-                    attempt.revision)
     return ItemResult(outcome not in FAILED, outcome, result.problems.get(service) or _planned(result, service))
+
+
+def _started_since(store: Store, service: str, since: int | None) -> int | None:
+    newest = store.history.newest_started(service)
+    return newest if newest is not None and newest != since else None
 
 
 def _planned(result: PassResult, service: str) -> str:
