@@ -293,28 +293,38 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _followed(args: argparse.Namespace, client: Any, answer: dict[str, Any], steps_after: dict[str, int]) -> int:
-    """An accepted long action (``answer`` holds its operation) followed to its end (unless ``--no-wait``):
-    steps as they appear, a line per item; exit 1 when one failed."""
-    from deployer.client import follow_operation
-
-    if args.no_wait:
-        return _print_json(answer) if args.json else EXIT_OK
-    final = follow_operation(client, answer, timeout=args.timeout, echo=None if args.json else print,
-                             steps_after=steps_after)
+    """An accepted long action (``answer`` holds its operation) followed to its end: exit 1 when an item failed."""
+    final = _follow(args, client, answer, steps_after)
+    if final is None:
+        return EXIT_OK
     if args.json:
         _print_json({**answer, **final})
     return EXIT_FAILURE if any(item["ok"] is False for item in final["items"]) else EXIT_OK
 
 
+def _follow(args: argparse.Namespace, client: Any, answer: dict[str, Any],
+            steps_after: dict[str, int]) -> dict[str, Any] | None:
+    """The operation once done, echoing steps and lines as they come; None with ``--no-wait`` (its id said)."""
+    from deployer.client import follow_operation
+
+    if args.no_wait:
+        if args.json:
+            _print_json(answer)
+        else:
+            print(f"accepted: operation {answer['id']} (GET /api/operations/{answer['id']})")
+        return None
+    return follow_operation(client, answer, timeout=args.timeout, echo=None if args.json else print,
+                            steps_after=steps_after)
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Followed like any long action, then the answers recorded for the revision it ran against."""
-    from deployer.client import follow_operation, table
+    from deployer.client import table
 
     client = _client(args)
-    operation = client.post(f"/api/services/{args.service}/demo", {})
-    if args.no_wait:
-        return _print_json(operation) if args.json else EXIT_OK
-    final = follow_operation(client, operation, timeout=args.timeout, echo=None if args.json else print)
+    final = _follow(args, client, client.post(f"/api/services/{args.service}/demo", {}), {})
+    if final is None:
+        return EXIT_OK
     item = final["items"][0]
     runs = client.get(f"/api/services/{args.service}/demos")["runs"] if item["revision"] is not None else []
     results: list[dict[str, Any]] = next((run["results"] for run in runs if run["revision"] == item["revision"]), [])

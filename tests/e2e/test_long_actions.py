@@ -126,9 +126,6 @@ def test_demo_answers_at_once_while_a_deploy_holds_the_service(world: dict[str, 
     publish(world["repos"]["models"], "slowgate", version, delay=5)
     asked = httpx.post(daemon.url + "/api/reconcile", json={"service": "slowgate"}, headers=AUTH, timeout=10)
     assert asked.status_code == 202, asked.text
-    reconcile = asked.json()
-    assert reconcile["requested"] == ["models"] and reconcile["action"] == "reconcile"
-    assert reconcile["items"][0]["service"] == "slowgate" and reconcile["items"][0]["state"] == "running"
     deploying = wait_for(lambda: (found := newest_attempt(daemon, "slowgate"))["id"] > before
                          and found["outcome"] == "running" and found, 60, "the deploy to start")
 
@@ -141,6 +138,9 @@ def test_demo_answers_at_once_while_a_deploy_holds_the_service(world: dict[str, 
     assert daemon.get("/api/services").status_code == 200 and time.monotonic() - started < 1.0
     assert newest_attempt(daemon, "slowgate")["outcome"] == "running", "the deploy ended too soon to prove anything"
 
+    reconcile = asked.json()
+    assert reconcile["requested"] == ["models"] and reconcile["action"] == "reconcile"
+    assert reconcile["items"][0]["service"] == "slowgate" and reconcile["items"][0]["state"] == "running"
     deployed = operation_done(daemon, reconcile)["items"][0]
     finished = newest_attempt(daemon, "slowgate")
     assert deployed["attempt"] == deploying["id"] == finished["id"] and deployed["ok"], deployed
