@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from deployer.errors import DeployerError
@@ -27,7 +28,13 @@ log = logging.getLogger(__name__)
 
 
 T = TypeVar("T")
-SERVICE, SOURCE = "service", "source"  # what an item's name names
+
+
+class ItemKind(StrEnum):
+    """What an item's name names: a service, or a source (a pass over all of it)."""
+
+    SERVICE = "service"
+    SOURCE = "source"
 
 
 class Result(Protocol):
@@ -63,7 +70,7 @@ class Item:
     message: str = ""
     attempt: int | None = None
     revision: int | None = None
-    kind: str = SERVICE  # or SOURCE: a pass over a whole source
+    kind: ItemKind = ItemKind.SERVICE
 
     def ended(self, result: Result) -> Item:
         return replace(self, state="done", ok=result.ok, outcome=result.outcome, message=result.message,
@@ -102,7 +109,7 @@ class Operations:
         return operation
 
     def track(self, action: str, work: Mapping[str, Future[T]], describe: Callable[[str, T], Result], *,
-              kind: str = SERVICE) -> Operation:
+              kind: ItemKind = ItemKind.SERVICE) -> Operation:
         """Follow work that runs elsewhere (name -> its future): each item runs until its future is done,
         then says what ``describe(name, result)`` makes of the result. No thread waits meanwhile."""
         operation = self._add(action, tuple(Item(name, "running", kind=kind) for name in work))

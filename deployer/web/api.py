@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from deployer.errors import NotFound, UnknownService
 from deployer.model.diff import spec_diff
 from deployer.model.status import RevisionView, Trigger
-from deployer.operations import SOURCE, ItemResult, Operations
+from deployer.operations import ItemKind, ItemResult, Operations
 from deployer.operator import Done, Operator
 from deployer.reconcile import ActionDone, PassResult, Reconciler
 from deployer.scheduler import WorkQueue
@@ -149,7 +149,7 @@ class Api:
             operation = self.operations.track("reconcile", {str(service): passes[sources[0]]},
                                               self._service_line(since))
         else:
-            operation = self.operations.track("reconcile", passes, source_pass, kind=SOURCE)
+            operation = self.operations.track("reconcile", passes, source_pass, kind=ItemKind.SOURCE)
         return JSONResponse({**operation_json(operation), "requested": sources, "retry": sorted(again)},
                             status_code=202)
 

@@ -11,7 +11,7 @@ from typing import Any
 from deployer.model.diff import MASK, Change, flatten
 from deployer.model.plan import Action
 from deployer.model.status import AttemptView, DemoView, OverrideView, RevisionView, ServiceView
-from deployer.operations import SERVICE, SOURCE, Operation
+from deployer.operations import ItemKind, Operation
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -134,8 +134,8 @@ def operation_json(operation: Operation) -> dict[str, Any]:
         "action": operation.action,
         "created_at": iso(operation.created_at),
         "done": operation.done,
-        "items": [{"service": item.name if item.kind == SERVICE else None,
-                   "source": item.name if item.kind == SOURCE else None,
+        "items": [{"service": item.name if item.kind is ItemKind.SERVICE else None,
+                   "source": item.name if item.kind is ItemKind.SOURCE else None,
                    "state": item.state, "ok": item.ok, "outcome": item.outcome, "message": item.message,
                    "attempt": item.attempt, "revision": item.revision} for item in operation.items],
     }

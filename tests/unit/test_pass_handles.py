@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import Future
 
 from deployer.model.status import Trigger
-from deployer.operations import SOURCE, ItemResult, Operations
+from deployer.operations import ItemKind, ItemResult, Operations
 from deployer.scheduler import Request, WorkQueue
 from tests.helpers import wait_for
 
@@ -80,7 +80,7 @@ def test_a_tracked_item_runs_until_its_handle_ends_and_holds_no_thread() -> None
         stopped: Future[str] = Future()
         operation = operations.track("reconcile", {"a": ok, "b": bad, "c": crashed, "d": stopped},
                                      lambda name, result: ItemResult(result == "fine", result, f"{name}: {result}",
-                                                                     attempt=7, revision=3), kind=SOURCE)
+                                                                     attempt=7, revision=3), kind=ItemKind.SOURCE)
         assert [item.state for item in operation.items] == ["running"] * 4 and not operation.done
         ok.set_result("fine")
         bad.set_result("failed")
@@ -90,7 +90,7 @@ def test_a_tracked_item_runs_until_its_handle_ends_and_holds_no_thread() -> None
         assert final is not None and final.done
         by_name = {item.name: item for item in final.items}
         assert by_name["a"].ok and by_name["a"].message == "a: fine" and by_name["a"].attempt == 7
-        assert by_name["a"].revision == 3 and by_name["a"].kind == SOURCE
+        assert by_name["a"].revision == 3 and by_name["a"].kind is ItemKind.SOURCE
         assert by_name["b"].ok is False and by_name["b"].outcome == "failed"
         assert by_name["c"].ok is False and by_name["c"].message == "internal error: RuntimeError"
         assert by_name["d"].ok is False and by_name["d"].outcome == "cancelled"
