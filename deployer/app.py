@@ -30,7 +30,7 @@ from deployer.metrics import Metrics
 from deployer.model.status import Trigger
 from deployer.operations import Operations
 from deployer.ports import holder, is_free
-from deployer.reconcile import HostChecks, Reconciler, ReconcilerConfig, SourceSpec, assemble
+from deployer.reconcile import HostChecks, PassResult, Reconciler, ReconcilerConfig, SourceSpec, assemble
 from deployer.reconcile.events import EventBus
 from deployer.runtimes.base import Runtime
 from deployer.runtimes.docker import DockerRuntime, SwarmRuntime
@@ -53,7 +53,7 @@ class Daemon:
     store: Store
     runtimes: dict[str, Runtime]
     reconciler: Reconciler
-    queue: WorkQueue
+    queue: WorkQueue[PassResult]
     scheduler: Scheduler
     webhook: WebhookReceiver
     status: StatusReporter
@@ -207,8 +207,10 @@ def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, confi
             log.warning("source %s left deployer.toml: removed %s", record.name, ", ".join(removed))
 
 
-def _run_pass(reconciler: Reconciler, request: Request, last_errors: dict[str, str | None]) -> None:
-    """Log a pass only when it changed something or its error is new: one line per step, not per poll."""
+def _run_pass(reconciler: Reconciler, request: Request, last_errors: dict[str, str | None]) -> PassResult:
+    """The pass a request asked for, its result for whoever follows it (``Request.done``).
+
+    Logged only when it changed something or its error is new: one line per step, not per poll."""
     result = reconciler.reconcile_source(request.source, trigger=request.trigger, fetch=request.fetch,
                                          retry=request.retry)
     changed = {name: outcome for name, outcome in result.outcomes.items() if outcome not in ("noop", "held")}
@@ -218,6 +220,7 @@ def _run_pass(reconciler: Reconciler, request: Request, last_errors: dict[str, s
         log.info("pass %s@%s (%s): %s%s", result.source, (result.sha or "?")[:7], request.trigger.value,
                  ", ".join(f"{name}={outcome}" for name, outcome in sorted(changed.items())) or "no changes",
                  f"; {result.error}" if result.error else "")
+    return result
 
 
 def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:

@@ -33,6 +33,7 @@ class ActionDone:
     outcome: str  # stopped, started, restarted, running, skipped, rolled_back, failed
     message: str
     attempt: int | None = None
+    revision: int | None = None
 
 
 class ServiceActions:

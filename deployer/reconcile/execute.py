@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from deployer.errors import DeployerError
 from deployer.model.deployment import instance_name
@@ -19,7 +21,7 @@ from deployer.model.status import Outcome, Trigger
 from deployer.reconcile.actions import ServiceActions
 from deployer.reconcile.locks import ServiceLocks
 from deployer.reconcile.observe import Observer
-from deployer.reconcile.planner import PassView
+from deployer.reconcile.planner import PassResult, PassView
 from deployer.reconcile.record import Recorder
 from deployer.reconcile.rollout import Rollout
 from deployer.secrets import SecretStore
@@ -43,33 +45,47 @@ class PassExecutor:
         self._unverified = {view.name for view in store.views.services()
                             if view.last_attempt is not None and view.last_attempt.outcome == Outcome.INTERRUPTED}
 
-    def execute_all(self, current: PassView) -> dict[str, str]:
+    def execute_all(self, current: PassView, result: PassResult) -> dict[str, str]:
         """Every action of the pass: the steady ones here, the changes side by side (at most
         ``parallel``), so one service's slow gate holds none of its siblings."""
         actions = current.planned.plan.actions
         changes = [action for action in actions if action.changes]
-        outcomes = {action.service: self._execute_isolated(action, current)
+        outcomes = {action.service: self._execute_isolated(action, current, result)
                     for action in actions if not action.changes}
         if len(changes) <= 1 or self.parallel <= 1:
-            outcomes.update((action.service, self._execute_isolated(action, current)) for action in changes)
+            outcomes.update((action.service, self._execute_isolated(action, current, result)) for action in changes)
             return outcomes
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(changes)),
                                 thread_name_prefix=f"{threading.current_thread().name}-deploy") as pool:
-            futures = {action.service: pool.submit(self._execute_isolated, action, current) for action in changes}
+            futures = {action.service: pool.submit(self._execute_isolated, action, current, result)
+                       for action in changes}
         outcomes.update((service, future.result()) for service, future in futures.items())
         return outcomes
 
-    def _execute_isolated(self, action: Action, current: PassView) -> str:
+    def _execute_isolated(self, action: Action, current: PassView, result: PassResult) -> str:
         with self._locks.hold(action.service):
             if self._locks.acted_since(action.service, current.listed_at):
                 # an operator's stop/start/restart ran since the listing: what it saw is stale (acting on it
                 # would start a service just stopped, or record a slot just drained); the next pass sees anew
                 return "deferred"
             try:
-                return self._execute(action, current)
+                with self.noting_attempt(action.service, result):
+                    return self._execute(action, current)
             except Exception:  # one service's bug must not stop the others
                 log.exception("%s: unexpected error while reconciling", action.service)
                 return "error"
+
+    @contextmanager
+    def noting_attempt(self, service: str, result: PassResult) -> Iterator[None]:
+        """The attempt started for ``service`` within the block, in ``result.attempts`` (under its lock:
+        only this pass starts one meanwhile; one service's key is written by one thread)."""
+        before = self._store.history.newest_started(service)
+        try:
+            yield
+        finally:
+            started = self._store.history.newest_started(service)
+            if started is not None and started != before:
+                result.attempts[service] = started
 
     def _execute(self, action: Action, current: PassView) -> str:
         name, planned, listing = action.service, current.planned, current.listing

@@ -118,10 +118,10 @@ class Reconciler:
             return result
         current, problems = prepared
         for service, error in problems:  # under the service's lock, which a deploy may hold: outside the slot
-            with self._locks.hold(service):
+            with self._locks.hold(service), self._executor.noting_attempt(service, result):
                 self.rooms.recorder.service_problem(service, error, trigger)
-            result.outcomes[service] = "stalled"
-        result.outcomes.update(self._executor.execute_all(current))
+            result.outcomes[service], result.problems[service] = "stalled", str(error)
+        result.outcomes.update(self._executor.execute_all(current, result))
         return result
 
     def preview(self, *, fetch: bool = False) -> list[tuple[str, Action]]:
@@ -149,10 +149,17 @@ class Reconciler:
         """Log tail and ``/info`` for the pages: read now unless read moments ago."""
         return self.rooms.observer.snapshot(name)
 
+    def demo_target(self, name: str) -> tuple[int, DesiredService]:
+        """The running revision whose demo inputs ``deployer demo`` sends; refused when there is none to send."""
+        return self.rooms.demos.running(name)
+
     def demo_now(self, name: str) -> tuple[int, list[DemoResult]]:
-        """``deployer demo``: run the demo inputs against the running revision now, and record them."""
-        revision, desired = self.rooms.demos.running(name)
+        """``deployer demo``: run the demo inputs against the running revision now, and record them.
+
+        It waits for a deploy of the service to end (its lock), then reads what runs: the revision
+        that deploy left, not the one that ran when it was asked."""
         with self._locks.hold(name):
+            revision, desired = self.rooms.demos.running(name)
             return revision, self.rooms.demos.run(desired, revision, None)
 
     def stop(self, name: str, *, note: str) -> ActionDone:

@@ -32,13 +32,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PassResult:
-    """What one pass over one source did, for logs, the CLI and tests."""
+    """What one pass over one source did, for logs, the CLI (an operation follows it) and tests."""
 
     source: str
     sha: str | None = None
     plan: Plan | None = None
     error: str | None = None
     outcomes: dict[str, str] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)  # service -> the attempt this pass started for it
+    problems: dict[str, str] = field(default_factory=dict)  # service -> why it cannot be deployed ("stalled")
 
 
 @dataclass

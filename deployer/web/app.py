@@ -19,7 +19,7 @@ from starlette.routing import Route
 from deployer.metrics import Metrics
 from deployer.model.traffic import RevisionTraffic
 from deployer.operations import Operations
-from deployer.reconcile import Reconciler
+from deployer.reconcile import PassResult, Reconciler
 from deployer.scheduler import WorkQueue
 from deployer.store import Store
 from deployer.web.api import Api
@@ -37,7 +37,7 @@ class WebDeps:
     store: Store
     webhook: WebhookReceiver
     reconciler: Reconciler
-    queue: WorkQueue
+    queue: WorkQueue[PassResult]
     metrics: Metrics
     api_token: str | None = None
     checks: Mapping[str, Callable[[], None]] = field(default_factory=dict)
