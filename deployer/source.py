@@ -22,6 +22,8 @@ import git
 from git.exc import GitCommandError, GitError, ODBError
 
 from deployer.errors import ConfigError, SourceError
+from deployer.lfs import Fetched, LfsStore, Pointer, find_pointers, include_pattern, link_in, require_git_lfs
+from deployer.lfs import fetch as lfs_fetch
 from deployer.safety import (
     SOURCE_NAME_RULE,
     is_full_sha,
@@ -33,11 +35,13 @@ from deployer.safety import (
 
 _BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
 _TMP_PREFIX = ".tmp-"
-# A daemon must never wait for a password prompt nobody will answer.
-_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
-# export-ignore / export-subst in a repo's .gitattributes would make `git archive`
-# differ from the commit; $GIT_DIR/info/attributes overrides them.
-_EXACT_ARCHIVE_ATTRIBUTES = "* -export-ignore -export-subst\n"
+# A daemon must never wait for a password prompt nobody will answer. The host's system-wide
+# config is not read: deployer configures what it needs (LFS) itself, on the command line.
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never", "GIT_CONFIG_NOSYSTEM": "1"}
+# export-ignore / export-subst in a repo's .gitattributes would make `git archive` differ from
+# the commit, and a filter (a host's `filter.lfs`) would smudge files on the fly, downloading per
+# checkout; $GIT_DIR/info/attributes overrides them: LFS pointers are replaced by deployer (lfs.py).
+_EXACT_ARCHIVE_ATTRIBUTES = "* -export-ignore -export-subst -filter\n"
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,33 @@ class GitSource:
                 raise SourceError(f"'{relative}' is not a folder at {sha[:12]}")
             return str(entry.hexsha)
 
+    def lfs_pointers(self, sha: str, folder: Path) -> list[Pointer]:
+        """The Git LFS pointer files still in ``folder`` of the checkout of ``sha`` (none once materialised)."""
+        with self._session(f"cannot read the files of {sha[:12]}") as repo:
+            return find_pointers(self.checkouts_dir / self._resolve(repo, sha), folder)
+
+    def materialise_lfs(self, sha: str, folder: Path, pointers: list[Pointer]) -> Fetched:
+        """Fetch what ``pointers`` need into the mirror's LFS store (only what it lacks), then link the real files in.
+
+        ``ArtifactFetchError`` names each file and object still missing (a missing object, an
+        unreachable LFS server, git-lfs not installed); the checkout then keeps its pointers.
+        """
+        store = LfsStore(self.mirror_dir)
+        with self._session(f"cannot fetch the Git LFS files of {sha[:12]} from {self.safe_url}") as repo:
+            full = self._resolve(repo, sha)
+            checkout = self.checkouts_dir / full
+            missing = store.missing(pointers)
+            if missing:
+                needed = list(missing.values())
+                require_git_lfs(repo, needed, _GIT_ENV)
+                lfs_fetch(repo, store, full, include_pattern(checkout, folder), needed, env=_GIT_ENV,
+                          timeout=self.timeout)
+            link_in(checkout, pointers, store)
+        objects = {pointer.oid: pointer.size for pointer in pointers}
+        return Fetched(files=len(pointers), objects=len(objects), fetched_objects=len(missing),
+                       fetched_bytes=sum(pointer.size for pointer in missing.values()),
+                       total_bytes=sum(objects.values()))
+
     def prune_checkouts(self, keep: set[str]) -> list[str]:
         """Remove checkouts of every sha not in ``keep`` (and leftovers of interrupted ones)."""
         removed: list[str] = []
@@ -183,8 +214,7 @@ class GitSource:
             # Repo.clone_from ignores kill_after_timeout, so run the command itself.
             runner = git.Git(str(tmp.parent))
             runner.clone("--mirror", "--", self.url, str(tmp), env=_GIT_ENV, kill_after_timeout=self.timeout)
-            (tmp / "info").mkdir(exist_ok=True)
-            (tmp / "info" / "attributes").write_text(_EXACT_ARCHIVE_ATTRIBUTES, encoding="utf-8")
+            _exact_archives(tmp)
             tmp.rename(self.mirror_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -194,6 +224,7 @@ class GitSource:
             origin = repo.remote("origin")
             if origin.url != self.url:  # the configured URL changed (new host, rotated token)
                 repo.git.remote("set-url", "origin", self.url)
+            _exact_archives(self.mirror_dir)  # a mirror cloned by an earlier version lacks "-filter"
             repo.git.fetch("--prune", "origin", env=_GIT_ENV, kill_after_timeout=self.timeout)
 
     def _resolve(self, repo: git.Repo, sha: str) -> str:
@@ -218,6 +249,13 @@ class GitSource:
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exact_archives(mirror: Path) -> None:
+    attributes = mirror / "info" / "attributes"
+    if not attributes.is_file() or attributes.read_text(encoding="utf-8") != _EXACT_ARCHIVE_ATTRIBUTES:
+        attributes.parent.mkdir(exist_ok=True)
+        attributes.write_text(_EXACT_ARCHIVE_ATTRIBUTES, encoding="utf-8")
 
 
 def _text(message: str | bytes) -> str:

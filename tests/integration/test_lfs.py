@@ -1,0 +1,196 @@
+"""Git LFS weights with real git-lfs and ``file://``-style remotes: pushed to a bare repository as
+Gitea would hold them, fetched once into the mirror's store, linked into checkouts as real files.
+
+The host's git config is made explicit per test (``GIT_CONFIG_SYSTEM``/``GIT_CONFIG_GLOBAL``), with
+and without a ``filter.lfs`` as Debian's package writes it, so the result never depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployer.errors import ArtifactFetchError, Reason
+from deployer.lfs import LfsStore
+from deployer.source import GitSource
+from deployer.store import Store
+from tests.conftest import unavailable
+from tests.helpers import GitRepo, git
+from tests.memory_runtime import MemoryRuntime
+from tests.unit.test_reconcile import Gate, make_reconciler, manifest, run
+
+WEIGHTS = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: far above a pointer's 1024 bytes
+HOST_FILTER = ("[filter \"lfs\"]\n\tclean = git-lfs clean -- %f\n\tsmudge = git-lfs smudge -- %f\n"
+               "\tprocess = git-lfs filter-process\n\trequired = true\n")
+
+
+@pytest.fixture(autouse=True)
+def _git_lfs_installed() -> None:
+    if shutil.which("git-lfs") is None:
+        unavailable("git-lfs is not installed (scripts/services.sh installs it)")
+
+
+@pytest.fixture(params=["host-filter", "no-host-filter"])
+def host_config(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The host's system and global git config: with Debian's ``filter.lfs`` in both, or empty."""
+    config = tmp_path / "host-gitconfig"
+    config.write_text(HOST_FILTER if request.param == "host-filter" else "")
+    monkeypatch.setenv("GIT_CONFIG_SYSTEM", str(config))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.delenv("GIT_CONFIG_NOSYSTEM", raising=False)
+    return str(request.param)
+
+
+def lfs_repo(tmp_path: Path) -> GitRepo:
+    """A bare repository and a work clone whose ``*.bin`` under ``svc/`` are LFS-tracked (pushed by its hook)."""
+    repo = GitRepo.create(tmp_path / "upstream.git", tmp_path / "work")
+    git(repo.work, "lfs", "install", "--local")
+    (repo.work / "svc").mkdir()
+    (repo.work / "svc" / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    return repo
+
+
+def oid(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def remote_object(repo: GitRepo, data: bytes) -> Path:
+    digest = oid(data)
+    return repo.bare / "lfs" / "objects" / digest[:2] / digest[2:4] / digest
+
+
+def materialised(source: GitSource, sha: str) -> tuple[Path, Any]:
+    source.fetch()
+    folder = source.checkout(sha) / "svc"
+    return folder, source.materialise_lfs(sha, folder, source.lfs_pointers(sha, folder))
+
+
+def test_weights_arrive_as_real_read_only_files_and_a_code_only_push_fetches_nothing(
+        tmp_path: Path, host_config: str) -> None:
+    repo = lfs_repo(tmp_path)
+    first = repo.commit({"svc/model.bin": WEIGHTS, "svc/app.py": "print(1)\n"}, "weights")
+    assert remote_object(repo, WEIGHTS).is_file(), "the pre-push hook uploaded the object"
+    source = GitSource("models", str(repo.bare), "main", tmp_path / "state")
+
+    folder, fetched = materialised(source, first)
+    weight = folder / "model.bin"
+    assert weight.read_bytes() == WEIGHTS, host_config
+    assert (fetched.files, fetched.fetched_objects, fetched.fetched_bytes) == (1, 1, len(WEIGHTS))
+    assert weight.stat().st_mode & 0o222 == 0, "read-only"
+    stored = LfsStore(source.mirror_dir).object(oid(WEIGHTS))
+    assert weight.stat().st_ino == stored.stat().st_ino, "a hard link to the source's store"
+    assert source.lfs_pointers(first, folder) == [], "nothing left to replace"
+
+    second = repo.commit({"svc/app.py": "print(2)\n"}, "code only")
+    folder2, fetched2 = materialised(source, second)
+    assert (folder2 / "model.bin").read_bytes() == WEIGHTS
+    assert (fetched2.files, fetched2.fetched_objects, fetched2.fetched_bytes) == (1, 0, 0)
+    assert "fetched 0 object(s), 0 bytes" in fetched2.summary()
+
+    source.prune_checkouts({second})  # the first revision's checkout goes; the store stays whole
+    assert not folder.exists() and stored.read_bytes() == WEIGHTS
+    assert (folder2 / "model.bin").read_bytes() == WEIGHTS
+
+
+def test_only_the_services_folder_is_fetched(tmp_path: Path, host_config: str) -> None:
+    repo = lfs_repo(tmp_path)
+    other = WEIGHTS[::-1]
+    (repo.work / "other").mkdir()
+    (repo.work / "other" / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    sha = repo.commit({"svc/model.bin": WEIGHTS, "other/big.bin": other}, "two folders")
+    source = GitSource("models", str(repo.bare), "main", tmp_path / "state")
+    _folder, fetched = materialised(source, sha)
+    assert fetched.fetched_bytes == len(WEIGHTS)
+    assert not LfsStore(source.mirror_dir).object(oid(other)).exists(), "another folder's object is not fetched"
+    assert (source.checkout(sha) / "other" / "big.bin").stat().st_size < 1024, "still its pointer"
+
+
+def test_a_missing_object_names_the_file_and_its_oid(tmp_path: Path, host_config: str) -> None:
+    repo = lfs_repo(tmp_path)
+    sha = repo.commit({"svc/model.bin": WEIGHTS}, "weights")
+    remote_object(repo, WEIGHTS).unlink()
+    source = GitSource("models", str(repo.bare), "main", tmp_path / "state")
+    with pytest.raises(ArtifactFetchError) as raised:
+        materialised(source, sha)
+    assert raised.value.reason is Reason.ARTIFACT_FETCH_FAILED
+    assert f"svc/model.bin (oid {oid(WEIGHTS)}, {len(WEIGHTS)} bytes)" in str(raised.value)
+    assert "missing" in str(raised.value)
+
+
+def test_an_unreachable_lfs_server_fails_clearly(tmp_path: Path) -> None:
+    repo = lfs_repo(tmp_path)
+    sha = repo.commit({"svc/model.bin": WEIGHTS}, "weights")
+    source = GitSource("models", str(repo.bare), "main", tmp_path / "state")
+    source.fetch()
+    git(source.mirror_dir, "config", "lfs.url", "http://deployer:s3cret-token@127.0.0.1:9/models.git/info/lfs")
+    folder = source.checkout(sha) / "svc"
+    with pytest.raises(ArtifactFetchError) as raised:
+        source.materialise_lfs(sha, folder, source.lfs_pointers(sha, folder))
+    assert "svc/model.bin" in str(raised.value) and "127.0.0.1:9" in str(raised.value)
+    assert "s3cret-token" not in str(raised.value)
+
+
+def test_without_git_lfs_the_attempt_says_so_and_no_pointer_is_taken_for_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = lfs_repo(tmp_path)
+    sha = repo.commit({"svc/model.bin": WEIGHTS}, "weights")
+    only_git = tmp_path / "bin"
+    only_git.mkdir()
+    (only_git / "git").symlink_to(shutil.which("git") or "git")
+    monkeypatch.setenv("PATH", str(only_git))
+    source = GitSource("models", str(repo.bare), "main", tmp_path / "state")
+    with pytest.raises(ArtifactFetchError, match="git-lfs is not installed on this host") as raised:
+        materialised(source, sha)
+    assert "svc/model.bin" in str(raised.value)
+
+
+# -- through the reconciler: steps, reasons and rollback ---------------------------------------
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Any]:
+    repo = lfs_repo(tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    world = {"repo": repo, "store": store, "runtime": MemoryRuntime("supervisor"), "gate": Gate(), "tmp": tmp_path}
+    make_reconciler(world)
+    return world
+
+
+def test_the_attempt_records_what_it_fetched_and_a_missing_object_keeps_the_old_revision(
+        world: dict[str, Any]) -> None:
+    repo, store, runtime = world["repo"], world["store"], world["runtime"]
+    text = manifest({"name": "bert", "path": "svc"})
+    repo.commit({"service.yaml": text, "svc/app.py": "print(1)\n", "svc/model.bin": WEIGHTS}, "weights")
+    assert run(world) == {"bert": "succeeded"}
+    steps = {step.name: step for step in store.history.attempts("bert", 1)[0].steps}
+    assert list(steps)[:3] == ["checkout", "lfs", "build"]
+    assert f"fetched 1 object(s), {len(WEIGHTS)} bytes" in steps["lfs"].output_tail
+    assert (runtime.deployments["bert"].workdir / "model.bin").read_bytes() == WEIGHTS
+
+    repo.commit({"svc/app.py": "print(2)\n"}, "code only")
+    assert run(world) == {"bert": "succeeded"}
+    steps = {step.name: step for step in store.history.attempts("bert", 1)[0].steps}
+    assert "fetched 0 object(s), 0 bytes; 1 already in the source's store" in steps["lfs"].output_tail
+    good = store.views.service("bert")
+    assert good is not None
+
+    newer = WEIGHTS + b"v2"
+    repo.commit({"svc/model.bin": newer}, "new weights, never uploaded")
+    remote_object(repo, newer).unlink()
+    assert run(world) == {"bert": "rolled_back"}
+    attempt = store.history.attempts("bert", 1)[0]
+    assert attempt.reason == Reason.ARTIFACT_FETCH_FAILED.value
+    assert f"svc/model.bin (oid {oid(newer)}" in attempt.message
+    assert attempt.rolled_back_to == good.running_revision
+    failed = next(step for step in attempt.steps if step.name == "lfs")
+    assert not failed.ok and oid(newer) in failed.output_tail
+    running = runtime.deployments["bert"]
+    assert running.revision == good.running_revision
+    assert (running.workdir / "model.bin").read_bytes() == WEIGHTS, "the previous revision's real weights"
+    assert os.path.getsize(running.workdir / "model.bin") == len(WEIGHTS)
