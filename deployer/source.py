@@ -7,6 +7,7 @@ A checkout is ``git archive <sha>`` unpacked into a temp folder and renamed into
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import tarfile
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import git
 from git.exc import GitCommandError, GitError, ODBError
@@ -45,6 +47,27 @@ _EXACT_ARCHIVE_ATTRIBUTES = "* -export-ignore -export-subst -filter\n"
 
 
 @dataclass(frozen=True)
+class HttpToken:
+    """A token git and git-lfs send to every URL under ``base`` (Gitea's clones and its LFS endpoint).
+
+    Basic auth with the token as password, as Gitea takes it, passed as an ``http.<base>.extraHeader``
+    through git's environment (``GIT_CONFIG_COUNT``): never on a command line, in a URL, in the
+    mirror's config or in a message. A source URL with its own user info keeps using that.
+    """
+
+    base: str  # "https://gitea.example/": http(s), ending in "/"
+    token: str
+
+    def covers(self, url: str) -> bool:
+        return url.startswith(self.base) and "@" not in urlsplit(url).netloc
+
+    def env(self) -> dict[str, str]:
+        basic = base64.b64encode(f"deployer:{self.token}".encode()).decode("ascii")
+        return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.{self.base}.extraHeader",
+                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
+
+
+@dataclass(frozen=True)
 class CommitInfo:
     sha: str
     author: str  # "Name <email>"
@@ -60,7 +83,8 @@ class GitSource:
     that serialises mirror operations lives on the instance.
     """
 
-    def __init__(self, name: str, url: str, branch: str, state_dir: Path, *, timeout: float = 300.0) -> None:
+    def __init__(self, name: str, url: str, branch: str, state_dir: Path, *, timeout: float = 300.0,
+                 token: HttpToken | None = None) -> None:
         if not is_source_name(name):
             raise ConfigError(f"source name {name[:120]!r}: {SOURCE_NAME_RULE}")
         if not _BRANCH.fullmatch(branch) or ".." in branch:
@@ -72,6 +96,7 @@ class GitSource:
         self.mirror_dir = state_dir / "mirrors" / f"{name}.git"
         self.checkouts_dir = state_dir / "checkouts" / name
         self._lock = threading.RLock()
+        self._env = {**_GIT_ENV, **(token.env() if token is not None and token.covers(url) else {})}
 
     def __repr__(self) -> str:
         return f"GitSource({self.name!r}, {self.safe_url!r}, branch={self.branch!r})"
@@ -152,8 +177,8 @@ class GitSource:
             missing = store.missing(pointers)
             if missing:
                 needed = list(missing.values())
-                require_git_lfs(repo, needed, _GIT_ENV)
-                lfs_fetch(repo, store, full, include_pattern(checkout, folder), needed, env=_GIT_ENV,
+                require_git_lfs(repo, needed, self._env)
+                lfs_fetch(repo, store, full, include_pattern(checkout, folder), needed, env=self._env,
                           timeout=self.timeout)
             link_in(checkout, pointers, store)
         objects = {pointer.oid: pointer.size for pointer in pointers}
@@ -198,7 +223,7 @@ class GitSource:
         if not (self.mirror_dir / "HEAD").is_file():
             raise SourceError(f"{self.safe_url} has not been fetched yet")
         repo = git.Repo(self.mirror_dir)
-        repo.git.update_environment(**_GIT_ENV)
+        repo.git.update_environment(**self._env)
         try:
             yield repo
         finally:
@@ -213,7 +238,7 @@ class GitSource:
             git.Git.check_unsafe_protocols(self.url)  # refuses ext:: and friends, as Repo.clone_from does
             # Repo.clone_from ignores kill_after_timeout, so run the command itself.
             runner = git.Git(str(tmp.parent))
-            runner.clone("--mirror", "--", self.url, str(tmp), env=_GIT_ENV, kill_after_timeout=self.timeout)
+            runner.clone("--mirror", "--", self.url, str(tmp), env=self._env, kill_after_timeout=self.timeout)
             _exact_archives(tmp)
             tmp.rename(self.mirror_dir)
         finally:
@@ -225,7 +250,7 @@ class GitSource:
             if origin.url != self.url:  # the configured URL changed (new host, rotated token)
                 repo.git.remote("set-url", "origin", self.url)
             _exact_archives(self.mirror_dir)  # a mirror cloned by an earlier version lacks "-filter"
-            repo.git.fetch("--prune", "origin", env=_GIT_ENV, kill_after_timeout=self.timeout)
+            repo.git.fetch("--prune", "origin", env=self._env, kill_after_timeout=self.timeout)
 
     def _resolve(self, repo: git.Repo, sha: str) -> str:
         """The full sha of a commit given by (a prefix of) its sha."""

@@ -7,17 +7,22 @@ and without a ``filter.lfs`` as Debian's package writes it, so the result never 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deployer.errors import ArtifactFetchError, Reason
+from deployer.errors import ArtifactFetchError, Reason, SourceError
 from deployer.lfs import LfsStore
-from deployer.source import GitSource
+from deployer.source import GitSource, HttpToken
 from deployer.store import Store
 from tests.conftest import unavailable
 from tests.helpers import GitRepo, git
@@ -194,3 +199,103 @@ def test_the_attempt_records_what_it_fetched_and_a_missing_object_keeps_the_old_
     assert running.revision == good.running_revision
     assert (running.workdir / "model.bin").read_bytes() == WEIGHTS, "the previous revision's real weights"
     assert os.path.getsize(running.workdir / "model.bin") == len(WEIGHTS)
+
+
+# -- over HTTP with credentials, as from Gitea --------------------------------------------------
+
+
+class _GiteaLike(BaseHTTPRequestHandler):
+    """Git's dumb HTTP protocol and the LFS batch API over one folder of bare repositories, behind basic auth
+    (any user, the token as password: what Gitea accepts)."""
+
+    root: Path
+    token: str
+    seen: list[str]
+
+    def do_GET(self) -> None:
+        if self._authorised():
+            path = self.path.split("?", 1)[0]
+            oid = path.rsplit("/", 1)[-1]
+            name = path.split("/info/lfs/objects/", 1)[0].lstrip("/")
+            target = (self.root / name / "lfs" / "objects" / oid[:2] / oid[2:4] / oid if "/info/lfs/objects/" in path
+                      else self.root / path.lstrip("/"))
+            self._send(200, target.read_bytes()) if target.is_file() else self._send(404, b"")
+
+    def do_POST(self) -> None:
+        if not self._authorised():
+            return
+        name = self.path.split("/info/lfs/", 1)[0]
+        asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        base = f"http://127.0.0.1:{self.server.server_address[1]}{name}/info/lfs/objects"
+        objects = [{"oid": item["oid"], "size": item["size"], "authenticated": False,
+                    "actions": {"download": {"href": f"{base}/{item['oid']}"}}} for item in asked["objects"]]
+        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
+                   "application/vnd.git-lfs+json")
+
+    def _authorised(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        self.seen.append(f"{self.command} {self.path} {'auth' if header else 'anonymous'}")
+        password = base64.b64decode(header.removeprefix("Basic ")).decode().split(":", 1)[-1] if header else ""
+        if password == self.token:
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="gitea"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
+    def _send(self, status: int, body: bytes, kind: str = "application/octet-stream") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def gitea_like(tmp_path: Path) -> Iterator[tuple[str, GitRepo, list[str]]]:
+    """A repository with LFS weights served over HTTP behind ``TOKEN``: (base URL, the repository, requests seen)."""
+    repo = lfs_repo(tmp_path / "gitea" / "acme")
+    repo.commit({"svc/model.bin": WEIGHTS}, "weights")
+    git(repo.bare, "update-server-info")
+    seen: list[str] = []
+    handler = type("Handler", (_GiteaLike,), {"root": tmp_path / "gitea", "token": TOKEN, "seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", repo, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+TOKEN = "gitea-token-0123456789abcdef"
+
+
+def test_the_gitea_token_reaches_the_lfs_endpoint_and_nowhere_else(
+        tmp_path: Path, gitea_like: tuple[str, GitRepo, list[str]]) -> None:
+    base, repo, seen = gitea_like
+    source = GitSource("acme/upstream", f"{base}acme/upstream.git", "main", tmp_path / "state",
+                       token=HttpToken(base, TOKEN))
+    folder, fetched = materialised(source, repo.shas[-1])
+    assert (folder / "model.bin").read_bytes() == WEIGHTS and fetched.fetched_bytes == len(WEIGHTS)
+    assert any(line.startswith("POST /acme/upstream.git/info/lfs/objects/batch auth") for line in seen), seen
+    assert TOKEN not in (source.mirror_dir / "config").read_text(), "the token is never written to the mirror"
+
+
+def test_credentials_in_the_source_url_serve_lfs_too_and_a_wrong_token_is_never_shown(
+        tmp_path: Path, gitea_like: tuple[str, GitRepo, list[str]]) -> None:
+    base, repo, _seen = gitea_like
+    url = f"{base}acme/upstream.git".replace("http://", f"http://deployer:{TOKEN}@")
+    _folder, fetched = materialised(GitSource("acme/upstream", url, "main", tmp_path / "a"), repo.shas[-1])
+    assert fetched.fetched_bytes == len(WEIGHTS)
+
+    wrong = GitSource("acme/upstream", f"{base}acme/upstream.git", "main", tmp_path / "b",
+                      token=HttpToken(base, "wrong-token-ffffffffffff"))
+    with pytest.raises(SourceError) as raised:
+        wrong.fetch()
+    assert "wrong-token" not in str(raised.value)
