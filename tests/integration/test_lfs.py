@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
+from deployer.app import git_token
 from deployer.errors import ArtifactFetchError, Reason, SourceError
 from deployer.lfs import LfsStore
+from deployer.settings import load_settings
 from deployer.source import GitSource, HttpToken
 from deployer.store import Store
 from tests.conftest import unavailable
@@ -299,3 +301,19 @@ def test_credentials_in_the_source_url_serve_lfs_too_and_a_wrong_token_is_never_
     with pytest.raises(SourceError) as raised:
         wrong.fetch()
     assert "wrong-token" not in str(raised.value)
+
+
+@pytest.mark.parametrize(("env", "base"), [
+    ({"DEPLOYER_GITEA__URL": "https://gitea.example", "DEPLOYER_GITEA_TOKEN": TOKEN}, "https://gitea.example/"),
+    ({"DEPLOYER_GITEA__URL": "https://gitea.example", "DEPLOYER_GITEA__CLONE_BASE": "http://gitea:3000/",
+      "DEPLOYER_GITEA_TOKEN": TOKEN}, "http://gitea:3000/"),
+    ({"DEPLOYER_GITEA__URL": "https://gitea.example"}, None),  # no token
+    ({"DEPLOYER_GITEA__CLONE_BASE": "file:///srv/git", "DEPLOYER_GITEA_TOKEN": TOKEN}, None),
+])
+def test_the_token_goes_to_the_gitea_clone_base_only(env: dict[str, str], base: str | None) -> None:
+    token = git_token(load_settings(None, env))
+    assert (token.base if token is not None else None) == base
+    if token is not None:
+        assert token.covers(f"{base}acme/models.git")
+        assert not token.covers(f"{base.replace('://', '://user:pw@')}acme/models.git"), "its own credentials win"
+        assert not token.covers("https://elsewhere.example/acme/models.git")
