@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from deployer.settings import load_settings
 from deployer.source import GitSource, HttpToken
 from deployer.store import Store
 from tests.conftest import unavailable
-from tests.helpers import GitRepo, git
+from tests.docker_fixtures import TEMPLATES, ServiceFolder, http_get
+from tests.helpers import GitRepo, git, wait_for
 from tests.memory_runtime import MemoryRuntime
 from tests.unit.test_reconcile import Gate, make_reconciler, manifest, run
 
@@ -317,3 +319,28 @@ def test_the_token_goes_to_the_gitea_clone_base_only(env: dict[str, str], base: 
         assert token.covers(f"{base}acme/models.git")
         assert not token.covers(f"{base.replace('://', '://user:pw@')}acme/models.git"), "its own credentials win"
         assert not token.covers("https://elsewhere.example/acme/models.git")
+
+
+# -- Docker: the checkout is the build context --------------------------------------------------
+
+
+def test_a_docker_service_gets_the_real_weights_in_its_image(
+        tmp_path: Path, docker_api: Any, busybox_image: str, service_folder: ServiceFolder) -> None:
+    from deployer.runtimes.docker import DockerRuntime
+
+    repo = lfs_repo(tmp_path)
+    sha = repo.commit({"svc/model.bin": WEIGHTS, "svc/www/version": "v1\n",
+                       "svc/Dockerfile": f"FROM {busybox_image}\nCOPY www/version /www/version\n"
+                                         "COPY model.bin /www/model.bin\n"}, "weights in a container")
+    source = GitSource("models", str(repo.bare), "main", tmp_path / "state")
+    folder, _fetched = materialised(source, sha)
+    service = replace(service_folder, path=folder)
+    runtime = DockerRuntime(templates_dir=TEMPLATES, base_image=busybox_image, keep_images=3)
+    deployment = service.deployment(1)
+    runtime.build(deployment)
+    runtime.apply(deployment)
+    try:
+        wait_for(lambda: http_get(service.port).status_code == 200, 20, "the container's /health")
+        assert http_get(service.port, "/model.bin").content == WEIGHTS
+    finally:
+        runtime.remove(service.name)
