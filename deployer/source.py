@@ -44,6 +44,8 @@ _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never", "GIT_CONFIG_
 # the commit, and a filter (a host's `filter.lfs`) would smudge files on the fly, downloading per
 # checkout; $GIT_DIR/info/attributes overrides them: LFS pointers are replaced by deployer (lfs.py).
 _EXACT_ARCHIVE_ATTRIBUTES = "* -export-ignore -export-subst -filter\n"
+# Weights can take a while; a stalled LFS server is caught sooner by git-lfs's own activity timeout.
+LFS_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ class GitSource:
                 needed = list(missing.values())
                 require_git_lfs(repo, needed, self._env)
                 lfs_fetch(repo, store, full, include_pattern(checkout, folder), needed, env=self._env,
-                          timeout=self.timeout)
+                          timeout=max(self.timeout, LFS_TIMEOUT))
             link_in(checkout, pointers, store)
         objects = {pointer.oid: pointer.size for pointer in pointers}
         return Fetched(files=len(pointers), objects=len(objects), fetched_objects=len(missing),

@@ -333,8 +333,8 @@ class Rollout:
     def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str,
                  place: Placement) -> Deployment:
         """Checkout (and its Git LFS files), then build: a Python environment (processes) or an image (containers)."""
-        source = self._parts.sources.get(desired.source)
         with self._steps.step(attempt, f"{prefix}checkout") as step:
+            source = self._parts.sources.get(desired.source)
             checkout = source.checkout(desired.sha)
             workdir = service_dir(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
