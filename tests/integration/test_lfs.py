@@ -205,6 +205,21 @@ def test_the_attempt_records_what_it_fetched_and_a_missing_object_keeps_the_old_
     assert os.path.getsize(running.workdir / "model.bin") == len(WEIGHTS)
 
 
+def test_without_git_lfs_nothing_is_started_from_a_pointer(world: dict[str, Any],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    only_git = world["tmp"] / "bin"
+    only_git.mkdir()
+    (only_git / "git").symlink_to(shutil.which("git") or "git")
+    world["repo"].commit({"service.yaml": manifest({"name": "bert", "path": "svc"}), "svc/app.py": "print(1)\n",
+                          "svc/model.bin": WEIGHTS}, "weights")
+    monkeypatch.setenv("PATH", str(only_git))
+    assert run(world) == {"bert": "failed"}
+    attempt = world["store"].history.attempts("bert", 1)[0]
+    assert attempt.reason == Reason.ARTIFACT_FETCH_FAILED.value
+    assert "git-lfs is not installed on this host" in attempt.message and "svc/model.bin" in attempt.message
+    assert "bert" not in world["runtime"].deployments, "never applied"
+
+
 # -- over HTTP with credentials, as from Gitea --------------------------------------------------
 
 
