@@ -98,6 +98,7 @@ class GitSource:
         self.mirror_dir = state_dir / "mirrors" / f"{name}.git"
         self.checkouts_dir = state_dir / "checkouts" / name
         self._lock = threading.RLock()
+        self._lfs_lock = threading.Lock()  # one LFS download and linking at a time per source
         self._env = {**_GIT_ENV, **(token.env() if token is not None and token.covers(url) else {})}
 
     def __repr__(self) -> str:
@@ -171,9 +172,12 @@ class GitSource:
 
         ``ArtifactFetchError`` names each file and object still missing (a missing object, an
         unreachable LFS server, git-lfs not installed); the checkout then keeps its pointers.
+        A download can take minutes: it holds its own lock, not the mirror's, so the source's
+        fetches and other services' checkouts go on meanwhile (git lets readers share a repository).
         """
         store = LfsStore(self.mirror_dir)
-        with self._session(f"cannot fetch the Git LFS files of {sha[:12]} from {self.safe_url}") as repo:
+        action = f"cannot fetch the Git LFS files of {sha[:12]} from {self.safe_url}"
+        with self._lfs_lock, self._translate(action), self._repo() as repo:
             full = self._resolve(repo, sha)
             checkout = self.checkouts_dir / full
             missing = store.missing(pointers)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -230,6 +231,7 @@ class _GiteaLike(BaseHTTPRequestHandler):
     root: Path
     token: str
     seen: list[str]
+    slow: threading.Event  # while set, object downloads wait (a large model on a slow link)
 
     def do_GET(self) -> None:
         if self._authorised():
@@ -238,6 +240,8 @@ class _GiteaLike(BaseHTTPRequestHandler):
             name = path.split("/info/lfs/objects/", 1)[0].lstrip("/")
             target = (self.root / name / "lfs" / "objects" / oid[:2] / oid[2:4] / oid if "/info/lfs/objects/" in path
                       else self.root / path.lstrip("/"))
+            while "/info/lfs/objects/" in path and self.slow.is_set():
+                time.sleep(0.05)
             self._send(200, target.read_bytes()) if target.is_file() else self._send(404, b"")
 
     def do_POST(self) -> None:
@@ -275,19 +279,21 @@ class _GiteaLike(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def gitea_like(tmp_path: Path) -> Iterator[tuple[str, GitRepo, list[str]]]:
+def gitea_like(tmp_path: Path) -> Iterator[tuple[str, GitRepo, list[str], threading.Event]]:
     """A repository with LFS weights served over HTTP behind ``TOKEN``: (base URL, the repository, requests seen)."""
     repo = lfs_repo(tmp_path / "gitea" / "acme")
     repo.commit({"svc/model.bin": WEIGHTS}, "weights")
     git(repo.bare, "update-server-info")
     seen: list[str] = []
-    handler = type("Handler", (_GiteaLike,), {"root": tmp_path / "gitea", "token": TOKEN, "seen": seen})
+    slow = threading.Event()
+    handler = type("Handler", (_GiteaLike,), {"root": tmp_path / "gitea", "token": TOKEN, "seen": seen, "slow": slow})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", repo, seen
+        yield f"http://127.0.0.1:{server.server_address[1]}/", repo, seen, slow
     finally:
+        slow.clear()
         server.shutdown()
         server.server_close()
 
@@ -296,8 +302,8 @@ TOKEN = "gitea-token-0123456789abcdef"
 
 
 def test_the_gitea_token_reaches_the_lfs_endpoint_and_nowhere_else(
-        tmp_path: Path, gitea_like: tuple[str, GitRepo, list[str]]) -> None:
-    base, repo, seen = gitea_like
+        tmp_path: Path, gitea_like: tuple[str, GitRepo, list[str], threading.Event]) -> None:
+    base, repo, seen, _slow = gitea_like
     source = GitSource("acme/upstream", f"{base}acme/upstream.git", "main", tmp_path / "state",
                        token=HttpToken(base, TOKEN))
     folder, fetched = materialised(source, repo.shas[-1])
@@ -307,8 +313,8 @@ def test_the_gitea_token_reaches_the_lfs_endpoint_and_nowhere_else(
 
 
 def test_credentials_in_the_source_url_serve_lfs_too_and_a_wrong_token_is_never_shown(
-        tmp_path: Path, gitea_like: tuple[str, GitRepo, list[str]]) -> None:
-    base, repo, _seen = gitea_like
+        tmp_path: Path, gitea_like: tuple[str, GitRepo, list[str], threading.Event]) -> None:
+    base, repo, _seen, _slow = gitea_like
     url = f"{base}acme/upstream.git".replace("http://", f"http://deployer:{TOKEN}@")
     _folder, fetched = materialised(GitSource("acme/upstream", url, "main", tmp_path / "a"), repo.shas[-1])
     assert fetched.fetched_bytes == len(WEIGHTS)
@@ -318,6 +324,37 @@ def test_credentials_in_the_source_url_serve_lfs_too_and_a_wrong_token_is_never_
     with pytest.raises(SourceError) as raised:
         wrong.fetch()
     assert "wrong-token" not in str(raised.value)
+
+
+def test_a_slow_lfs_download_does_not_hold_the_sources_other_work(
+        tmp_path: Path, gitea_like: tuple[str, GitRepo, list[str], threading.Event]) -> None:
+    base, repo, seen, slow = gitea_like
+    source = GitSource("acme/upstream", f"{base}acme/upstream.git", "main", tmp_path / "state",
+                       token=HttpToken(base, TOKEN))
+    source.fetch()
+    first = repo.shas[-1]
+    folder = source.checkout(first) / "svc"
+    pointers = source.lfs_pointers(first, folder)
+    slow.set()
+    done: list[Any] = []
+    download = threading.Thread(target=lambda: done.append(source.materialise_lfs(first, folder, pointers)))
+    download.start()
+    release = threading.Timer(5, slow.clear)  # were the mirror held, the fetch below would wait for this
+    release.start()
+    try:
+        wait_for(lambda: any(line.startswith("GET") and "/info/lfs/objects/" in line for line in seen) or None,
+                 30, "the object's download to start")
+        second = repo.commit({"svc/app.py": "print(2)\n"}, "code only, while the weights download")
+        git(repo.bare, "update-server-info")
+        source.fetch()  # the mirror's own lock is free: the download holds only the LFS one
+        assert (source.checkout(second) / "svc" / "app.py").read_text() == "print(2)\n"
+        assert not done, "the download was still going on"
+    finally:
+        release.cancel()
+        slow.clear()
+        download.join(30)
+    assert done and done[0].fetched_bytes == len(WEIGHTS)
+    assert (folder / "model.bin").read_bytes() == WEIGHTS
 
 
 @pytest.mark.parametrize(("env", "base"), [
