@@ -38,6 +38,7 @@ from deployer.runtimes.supervisor import SupervisorRuntime
 from deployer.scheduler import Request, Scheduler, WorkQueue
 from deployer.secrets import SecretStore, local_api_token
 from deployer.settings import Settings, SourceSettings
+from deployer.source import HttpToken
 from deployer.store import Store
 from deployer.web.app import WebDeps, build_app
 from deployer.web.webhook import GiteaRouting, WebhookReceiver
@@ -79,6 +80,14 @@ def source_spec(entry: SourceSettings, config_dir: Path) -> SourceSpec:
     return SourceSpec(name=name, url=url, branch=entry.branch)
 
 
+def git_token(settings: Settings) -> HttpToken | None:
+    """The Gitea token for clones and LFS of the repositories under its http(s) clone base (or url)."""
+    base, token = settings.gitea.clone_base or settings.gitea.url, settings.gitea_token
+    if not token or not base.startswith(("http://", "https://")):
+        return None
+    return HttpToken(base.rstrip("/") + "/", token)
+
+
 def secret_store(settings: Settings) -> SecretStore:
     """Service secrets, and the values masked in every log line, row and page: theirs and the daemon's own."""
     return SecretStore(settings.secrets_dir,
@@ -117,7 +126,8 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
                          demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes,
                                                 settings.demo.timeout),
                          slot_bounds=settings.ports.slot_bounds, drain=settings.gateway.drain,
-                         parallel=settings.reconcile.parallel, builds=settings.reconcile.builds),
+                         parallel=settings.reconcile.parallel, builds=settings.reconcile.builds,
+                         git_token=git_token(settings)),
         HostChecks(port_is_free=is_free, port_holder=holder),
         hooks=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout), events=events, gateway=gateway,
     )

@@ -18,6 +18,7 @@ class Reason(StrEnum):
     DRIFT_CORRECTED = "DriftCorrected"
     PRUNED = "Pruned"
     SOURCE_FETCH_FAILED = "SourceFetchFailed"
+    ARTIFACT_FETCH_FAILED = "ArtifactFetchFailed"  # a model file (a Git LFS object) could not be fetched
     MANIFEST_INVALID = "ManifestInvalid"
     BUILD_FAILED = "BuildFailed"
     APPLY_FAILED = "ApplyFailed"
@@ -89,6 +90,16 @@ class ManifestError(StalledError):
 
 class SourceError(TransientError):
     reason = Reason.SOURCE_FETCH_FAILED
+
+
+class ArtifactFetchError(TransientError):
+    """A file the revision needs from outside git (a Git LFS object) is missing, unreachable or unusable.
+
+    Transient: the object may be uploaded, the server come back or git-lfs be installed without
+    any change in git. The message names each file and its object id.
+    """
+
+    reason = Reason.ARTIFACT_FETCH_FAILED
 
 
 class BuildError(StalledError):

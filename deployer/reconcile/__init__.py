@@ -35,6 +35,7 @@ from deployer.reconcile.routing import GatewayPort, Router
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
 from deployer.runtimes.base import Runtime
 from deployer.secrets import SecretStore
+from deployer.source import HttpToken
 from deployer.store import Store
 
 __all__ = ["ActionDone", "GatewayPort", "HostChecks", "PassResult", "Reconciler", "ReconcilerConfig", "Route",
@@ -56,6 +57,7 @@ class ReconcilerConfig:
     drain: float = 10.0  # [gateway] drain: seconds the old slot keeps finishing requests after a switch
     parallel: int = 4  # [reconcile] parallel: services of one source deployed at once
     builds: int = 2  # [reconcile] builds: builds at once across every source (the CPU-heavy step)
+    git_token: HttpToken | None = None  # [gitea] token, sent to the Gitea's clone and LFS URLs
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     """Every room, wired once: the daemon's composition root and the tests build the same reconciler."""
     events = events or EventBus()
     http = HttpChecks()
-    sources = SourceRegistry(store, config.state_dir)
+    sources = SourceRegistry(store, config.state_dir, token=config.git_token)
     observer = Observer(store, runtimes, http, events, probe=host.probe, probe_interval=config.probe_interval)
     demos = DemoRunner(store, sources, http.client, config.state_dir, config.demo_limits, secrets)
     steps = Steps(store)

@@ -225,11 +225,16 @@ class Rollout:
 
     def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str,
                  place: Placement) -> Deployment:
-        """Checkout, then build: a Python environment (processes) or an image (containers)."""
+        """Checkout (and its Git LFS files), then build: a Python environment (processes) or an image (containers)."""
         with self._steps.step(attempt, f"{prefix}checkout") as step:
-            checkout = self._parts.sources.get(desired.source).checkout(desired.sha)
+            source = self._parts.sources.get(desired.source)
+            checkout = source.checkout(desired.sha)
             workdir = service_dir(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
+        pointers = source.lfs_pointers(desired.sha, workdir)
+        if pointers:  # Git LFS files: the real ones replace their pointers before anything builds or starts
+            with self._steps.step(attempt, f"{prefix}lfs") as step:
+                step.output = source.materialise_lfs(desired.sha, workdir, pointers).summary()
         secret_env = self._parts.secrets.resolve(desired.secrets, service=desired.name)
         files = self._files(desired, workdir, attempt, prefix,
                             into_checkout=not isinstance(self._runtime(desired), BuildsImages))
