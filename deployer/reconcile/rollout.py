@@ -20,11 +20,12 @@ from pathlib import Path
 from deployer.build import EnvBuilder
 from deployer.errors import BuildError, DeployerError, Reason, StalledError
 from deployer.hooks import HookRunner
+from deployer.model.actual import ServiceState
 from deployer.model.cause import readable_paths
 from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import AttemptFinished, AttemptStarted
-from deployer.model.status import Outcome, RevisionView, Trigger
+from deployer.model.status import Outcome, RevisionView, ServiceView, Trigger
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, HookSteps, Steps
 from deployer.reconcile.observe import Observer
@@ -39,6 +40,14 @@ from deployer.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 UNRECORDED_MESSAGE = "this attempt's end could not be recorded (the database failed); a later attempt took over"
+
+
+class NotStarted(DeployerError):
+    """The new revision failed before anything was started or stopped (checkout, LFS, files, build,
+    pre-deploy hooks): what served before still serves, unless it had stopped on its own."""
+
+    def __init__(self, cause: DeployerError) -> None:
+        super().__init__(str(cause), reason=cause.reason)
 
 
 @dataclass(frozen=True)
@@ -116,10 +125,14 @@ class Rollout:
                 message += "; no earlier revision, nothing serves"
         except DeployerError as exc:
             reason, message = exc.reason.value, readable_paths(str(exc))
+            untouched = self._still_serving(previous) if isinstance(exc, NotStarted) else None
+            if untouched is not None:  # nothing was stopped: no need to start the last good revision again
+                outcome, rolled_back_to = Outcome.ROLLED_BACK, untouched.id
+                running = DesiredService.model_validate(untouched.spec)
+                message += f"; revision {untouched.id} kept serving (the new one failed before it was started)"
             # a restart puts back what ran (the same revision, started again); a deploy the last good one before it
-            good = self._roll_back(desired.name, revision.id, attempt,
-                                   again=revision if trigger is Trigger.RESTART else None)
-            if good is not None:
+            elif (good := self._roll_back(desired.name, revision.id, attempt,
+                                          again=revision if trigger is Trigger.RESTART else None)) is not None:
                 outcome, rolled_back_to = Outcome.ROLLED_BACK, good.id
                 running = DesiredService.model_validate(good.spec)
                 message += f"; rolled back to revision {good.id}"
@@ -182,9 +195,15 @@ class Rollout:
         """Roll ``desired`` out; returns how it went for people: the strategy, and how long nothing served."""
         runtime = self._runtime(desired)
         place = self.slots.placement(desired)
-        deployment = self._prepare(desired, revision, attempt, prefix, place)
         try:
-            self._hook_steps.run(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
+            deployment = self._prepare(desired, revision, attempt, prefix, place)
+        except DeployerError as exc:
+            raise NotStarted(exc) from exc
+        try:
+            try:
+                self._hook_steps.run(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
+            except DeployerError as exc:
+                raise NotStarted(exc) from exc
             stopped = time.monotonic()  # recreate: from here the old process is gone until the gate passes
             if not place.blue_green:  # the page and API must not keep showing the old process's "healthy"
                 self._observer.replacing(desired.name, f"being replaced by revision {revision} (attempt {attempt})")
@@ -297,6 +316,20 @@ class Rollout:
             return None
         self._store.services.set_running(name, good.id)
         return good
+
+    def _still_serving(self, previous: ServiceView | None) -> RevisionView | None:
+        """The revision that ran before the attempt, when it still runs (the attempt never touched it)."""
+        if previous is None or previous.running_revision is None:
+            return None
+        kept = self._store.history.get_revision(previous.running_revision)
+        if kept is None:
+            return None
+        try:
+            seen = self._parts.runtimes[previous.runtime].inspect(
+                instance_name(previous.name, self.slots.serving(previous.name).slot))
+        except (DeployerError, KeyError):
+            return None
+        return kept if seen is not None and seen.state is ServiceState.RUNNING else None
 
     def _stop_failed(self, desired: DesiredService) -> str:
         """No good revision to go back to: stop the failed one rather than let it crash-loop."""

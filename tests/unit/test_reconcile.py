@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from deployer.errors import Reason
+from deployer.errors import BuildError, Reason
 from deployer.health import HealthCheckFailed, Probe
 from deployer.hooks import HookRunner
 from deployer.model.status import Trigger
@@ -36,9 +36,10 @@ class FakeBuilder:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.calls: list[tuple[Path, str | None]] = []
-
     def ensure(self, service_dir: Path, requirements: str | None) -> FakeBuild:
         self.calls.append((service_dir, requirements))
+        if "unbuildable" in (service_dir / "app.py").read_text(errors="replace"):
+            raise BuildError(f"{service_dir.name}: no matching distribution for numpy==0.0.1")
         return FakeBuild(env_dir=self.root)
 
 
@@ -78,7 +79,8 @@ def world(tmp_path: Path) -> dict[str, Any]:
     repo = GitRepo.create(tmp_path / "bare.git", tmp_path / "work")
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store.migrate()
-    world = {"repo": repo, "store": store, "runtime": MemoryRuntime("supervisor"), "gate": Gate(), "tmp": tmp_path}
+    world = {"repo": repo, "store": store, "runtime": MemoryRuntime("supervisor"), "gate": Gate(), "tmp": tmp_path,
+             "builder": FakeBuilder(tmp_path / "env")}
     make_reconciler(world)
     return world
 
@@ -90,7 +92,8 @@ def make_reconciler(world: dict[str, Any], *, hooks: HookRunner | None = None, p
     tmp, gate = world["tmp"], world["gate"]
     config = ReconcilerConfig(state_dir=tmp / "state", port_bounds=port_bounds, port_grace=port_grace)
     host = HostChecks(port_is_free=port_is_free, port_holder=port_holder, wait_healthy=gate.wait, probe=gate.probe)
-    reconciler = assemble(world["store"], {"supervisor": world["runtime"]}, FakeBuilder(tmp / "env"),  # type: ignore[arg-type]
+    builder = world.setdefault("builder", FakeBuilder(tmp / "env"))
+    reconciler = assemble(world["store"], {"supervisor": world["runtime"]}, builder,  # type: ignore[arg-type]
                           SecretStore(tmp / "secrets"), config, host, hooks=hooks)
     reconciler.add_source(SourceSpec("repo", str(world["repo"].bare), "main"))
     world["reconciler"] = reconciler
@@ -157,6 +160,37 @@ def test_unhealthy_revision_rolls_back_and_is_not_reapplied(world: dict[str, Any
 
     repo.commit(files(two_services()), "fixed")
     assert run(world)["alpha"] in ("succeeded", "noop")
+
+
+def test_a_build_failure_leaves_the_serving_revision_untouched(world: dict[str, Any]) -> None:
+    """Nothing was stopped before the build: the old process is not restarted to "roll back" to itself."""
+    repo, store, runtime = world["repo"], world["store"], world["runtime"]
+    repo.commit(files(two_services()), "good")
+    run(world)
+    good = store.views.service("alpha")
+    assert good is not None
+    calls = len(runtime.calls)
+    repo.commit({"alpha/app.py": "print('unbuildable')\n"}, "alpha needs a version that does not exist")
+    assert run(world) == {"alpha": "rolled_back", "beta": "noop"}
+    attempt = store.history.attempts("alpha", 1)[0]
+    assert attempt.reason == Reason.BUILD_FAILED.value and attempt.rolled_back_to == good.running_revision
+    assert f"revision {good.running_revision} kept serving" in attempt.message, attempt.message
+    touched = [call for call in runtime.calls[calls:] if call[0] in ("apply", "start", "stop", "remove")]
+    assert touched == [], touched
+
+
+def test_a_build_failure_while_nothing_serves_puts_the_last_good_revision_back(world: dict[str, Any]) -> None:
+    repo, store, runtime = world["repo"], world["store"], world["runtime"]
+    repo.commit(files(two_services()), "good")
+    run(world)
+    good = store.views.service("alpha")
+    assert good is not None
+    runtime.stop("alpha")  # it died on its own
+    repo.commit({"alpha/app.py": "print('unbuildable')\n"}, "broken build")
+    assert run(world)["alpha"] == "rolled_back"
+    attempt = store.history.attempts("alpha", 1)[0]
+    assert f"rolled back to revision {good.running_revision}" in attempt.message, attempt.message
+    assert [step.name for step in attempt.steps][-1] == "rollback-health"
 
 
 def test_failure_without_a_previous_revision_is_recorded_failed(world: dict[str, Any]) -> None:
