@@ -36,6 +36,7 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "InternalError"
     STOPPED = "Stopped"
     RESTARTED = "Restarted"
+    ARTIFACT_FETCH_FAILED = "ArtifactFetchFailed"  # a file named by digest (artifacts:, LFS) not fetched or wrong
 
 
 class DeployerError(Exception):
@@ -97,6 +98,12 @@ class BuildError(StalledError):
     def __init__(self, message: str, *, output: str = "") -> None:
         super().__init__(message)
         self.output = output
+
+
+class ArtifactFetchFailed(DeployerError):
+    """A file named by its digest could not be fetched, or its bytes did not match: the new revision never starts."""
+
+    reason = Reason.ARTIFACT_FETCH_FAILED
 
 
 class RuntimeUnavailable(TransientError):

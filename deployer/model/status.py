@@ -144,3 +144,12 @@ class ServiceView:
     detail: str = ""  # what the runtime or the health probe said last (container id, image, engine health …)
     slot: str | None = None  # behind the gateway: the slot serving (blue or green)
     gateway_path: str | None = None  # the running revision's gateway path
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """What the artifact cache holds now, and its budget (``[artifacts] cache_max``), in bytes."""
+
+    bytes: int
+    objects: int
+    budget: int

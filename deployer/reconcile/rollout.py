@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from deployer.artifacts import Artifacts
 from deployer.build import EnvBuilder
 from deployer.errors import BuildError, DeployerError, Reason, StalledError
 from deployer.hooks import HookRunner
@@ -75,6 +76,7 @@ class RolloutParts:
     # Builds use the CPU (pip/uv, docker build); gates only wait. Bounding builds, not deploys,
     # lets a slow gate wait without holding anyone else's build.
     builds: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
+    artifacts: Artifacts | None = None  # files by digest (artifacts:); assemble always gives one
 
 
 class Rollout:
@@ -337,6 +339,9 @@ class Rollout:
             checkout = self._parts.sources.get(desired.source).checkout(desired.sha)
             workdir = service_dir(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
+        if desired.artifacts and self._parts.artifacts is not None:  # before anything of the revision runs
+            with self._steps.step(attempt, f"{prefix}artifacts") as step:
+                step.output = self._parts.artifacts.place(desired.name, desired.artifacts, workdir).summary()
         secret_env = self._parts.secrets.resolve(desired.secrets, service=desired.name)
         files = self._files(desired, workdir, attempt, prefix,
                             into_checkout=not isinstance(self._runtime(desired), BuildsImages))
