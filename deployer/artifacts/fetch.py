@@ -8,6 +8,7 @@ download resumes) and says whether the server honoured it. Library errors become
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,9 @@ class FetchOptions:
 
 class HttpFetcher:
     def __init__(self, options: FetchOptions) -> None:
-        verify: Any = str(options.ca_bundle) if options.ca_bundle is not None else True
+        verify: ssl.SSLContext | bool = True
+        if options.ca_bundle is not None:
+            verify = ssl.create_default_context(cafile=str(options.ca_bundle))
         # trust_env=False: no proxy or netrc from the environment, like every other call deployer makes.
         self._client = httpx.Client(trust_env=False, verify=verify, follow_redirects=True,
                                     timeout=httpx.Timeout(options.timeout, connect=10))
@@ -77,7 +80,7 @@ class HttpFetcher:
 
 def _http_chunks(response: httpx.Response, url: str) -> Iterator[bytes]:
     try:
-        yield from response.iter_bytes(CHUNK)
+        yield from response.iter_bytes()  # as they arrive: a transfer that breaks off keeps what came
     except httpx.HTTPError as exc:
         raise ArtifactFetchFailed(f"{url}: the transfer broke off: {type(exc).__name__}: {exc}") from None
 
