@@ -226,6 +226,8 @@ def _context_key(desired: DesiredService, dockerfile: str | None, rendered: str 
         "rendered": rendered,
         "build_args": dict(sorted(desired.docker.build_args.items())),
     }
+    if desired.artifacts:  # placed in the folder before the build, so part of the context (absent: keys as before)
+        content["artifacts"] = sorted([entry.path, entry.sha256] for entry in desired.artifacts)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
