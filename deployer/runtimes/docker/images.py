@@ -220,7 +220,7 @@ def _service_dockerfile(deployment: Deployment) -> str | None:
 
 
 def _context_key(desired: DesiredService, dockerfile: str | None, rendered: str | None) -> str:
-    content = {
+    content: dict[str, object] = {
         "tree": desired.tree,
         "dockerfile": dockerfile,
         "rendered": rendered,
