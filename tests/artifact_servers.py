@@ -61,35 +61,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not path.is_file():
             self.send_error(404)
             return
-        data = path.read_bytes()
+        size = path.stat().st_size
         start = 0
         matched = _RANGE.match(asked or "")
         if matched and not self.served.no_range:
             start = int(matched.group(1))
-            if start >= len(data):
+            if start >= size:
                 self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Range", f"bytes */{size}")
                 self.end_headers()
                 return
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         else:
             self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(size - start))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         cut = self.served.cut_after.pop(self.path, None)
-        if cut is not None:
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            self.served.sent += cut
-            self.close_connection = True
-            self.connection.shutdown(2)  # the transfer breaks off mid-file
-            return
-        for offset in range(0, len(body), 1 << 20):
-            self.wfile.write(body[offset:offset + (1 << 20)])
-        self.served.sent += len(body)
+        with path.open("rb") as handle:
+            handle.seek(start)
+            if cut is not None:
+                self.wfile.write(handle.read(cut))
+                self.wfile.flush()
+                self.served.sent += cut
+                self.close_connection = True
+                self.connection.shutdown(2)  # the transfer breaks off mid-file
+                return
+            while block := handle.read(1 << 20):
+                self.wfile.write(block)
+                self.served.sent += len(block)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

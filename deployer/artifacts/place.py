@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
@@ -119,18 +120,46 @@ class Artifacts:
             return self._stream(spec, partial, 0, progress)
 
     def _stream(self, spec: ArtifactSpec, partial: Path, offset: int, progress: _Progress) -> str:
-        hasher = _hash_of(partial) if offset else hashlib.sha256()
         with self._fetchers.for_url(spec.url).open(spec.url, offset) as stream:
             if offset and stream.resumed:
                 progress.resumed += 1
-            elif offset:  # the server sent the whole file: start over
-                hasher = hashlib.sha256()
-            with partial.open("ab" if stream.resumed else "wb") as handle:
+            resumed = bool(offset and stream.resumed)  # else the server sent the whole file: start over
+            with _Hasher(_hash_of(partial) if resumed else hashlib.sha256()) as hasher, \
+                    partial.open("ab" if resumed else "wb") as handle:
                 for chunk in stream.chunks:
                     handle.write(chunk)
                     hasher.update(chunk)
                     progress.add(len(chunk), stream.total or 0)
-        return hasher.hexdigest()
+        return hasher.digest
+
+
+class _Hasher:
+    """sha256 on a thread of its own, so hashing overlaps receiving and writing (hashlib releases the GIL).
+
+    ``digest`` is set when the ``with`` block ends without an error.
+    """
+
+    def __init__(self, start: hashlib._Hash) -> None:
+        self._hash = start
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=256)
+        self._thread = threading.Thread(target=self._run, name="artifact-sha256", daemon=True)
+        self.digest = ""
+
+    def __enter__(self) -> _Hasher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._chunks.put(None)
+        self._thread.join()
+        self.digest = self._hash.hexdigest()
+
+    def update(self, chunk: bytes) -> None:
+        self._chunks.put(chunk)
+
+    def _run(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._hash.update(chunk)
 
 
 def _hash_of(path: Path) -> hashlib._Hash:
