@@ -8,7 +8,7 @@
    (alternating), each attempt's duration from the store — target: equal within noise, and the
    artifact step fetching 0 bytes every time.
 
-Run: ``.venv/bin/python bench/artifacts.py [--size-mb 200] [--runs 3]``.
+Run: ``.venv/bin/python bench/artifacts.py [--size-mb 200] [--runs 3] [--timeout 1200]``.
 """
 
 from __future__ import annotations
@@ -135,10 +135,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds before the script stops itself")
     args = parser.parse_args()
     report = Report("artifacts", f"Artifacts by digest: a {args.size_mb} MB weight file over loopback HTTP",
                     params=vars(args))
-    with Cleanup(limit=1200) as cleanup:
+    with Cleanup(limit=args.timeout) as cleanup:
         root = cleanup.tempdir("artifacts")
         (root / "served").mkdir()
         digest = weights(root / "served" / "w.bin", args.size_mb << 20)
