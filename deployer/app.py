@@ -143,7 +143,7 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
                    api_token=api_token, checks=_checks(daemon), gitea_url=settings.gitea.url,
                    gateway_url=f"http://{settings.gateway.listen}" if gateway is not None else "",
                    traffic=traffic.read if traffic is not None else None, operations=operations,
-                   artifacts=artifacts.cache.use)
+                   artifacts=artifacts.use)
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
 

@@ -44,6 +44,7 @@ class Served:
     sent: int = 0
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before breaking off (once)
     no_range: bool = False  # answer every request with the whole file (a server without Range support)
+    pause: float = 0.0  # seconds between blocks of 64 KiB (a slow store)
 
     def reset(self) -> None:
         self.requests.clear()
@@ -88,9 +89,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)  # the transfer breaks off mid-file
                 return
-            while block := handle.read(1 << 20):
+            while block := handle.read(1 << 16 if self.served.pause else 1 << 20):
                 self.wfile.write(block)
                 self.served.sent += len(block)
+                time.sleep(self.served.pause)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

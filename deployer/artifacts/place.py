@@ -17,13 +17,14 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deployer.artifacts.cache import ContentCache
 from deployer.artifacts.fetch import Fetchers, RangeRefused
 from deployer.errors import ArtifactFetchFailed
 from deployer.model.manifest import ArtifactSpec
+from deployer.model.status import ArtifactTransfer, CacheUse
 from deployer.safety import UnsafePath, contained
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,20 @@ class Placed:
 
 
 class _Progress:
-    """Bytes fetched so far by one ``place``, logged now and then (the step is written when it ends)."""
+    """Bytes fetched so far by one ``place``, shown on the page and logged now and then (the step is
+    written when it ends)."""
 
     def __init__(self, service: str) -> None:
-        self._service = service
+        self.service = service
         self._guard = threading.Lock()
         self.fetched = 0
+        self.expected = 0  # bytes to fetch, as the transfers opened so far announced them
         self.resumed = 0
         self._said = time.monotonic()
+
+    def expect(self, count: int) -> None:
+        with self._guard:
+            self.expected += count
 
     def add(self, count: int, total: int) -> None:
         with self._guard:
@@ -62,7 +69,7 @@ class _Progress:
             now = time.monotonic()
             if now - self._said >= PROGRESS_EVERY:
                 self._said = now
-                log.info("%s: artifacts: %s fetched (this file %s)", self._service, _size(self.fetched),
+                log.info("%s: artifacts: %s fetched (this file %s)", self.service, _size(self.fetched),
                          _size(total) if total else "size unknown")
 
 
@@ -72,13 +79,28 @@ class Artifacts:
         self._fetchers = fetchers
         self._parallel = parallel
         self._transfers = threading.BoundedSemaphore(parallel)
+        self._active: set[_Progress] = set()  # the places under way, for the page
+        self._guard = threading.Lock()
+
+    def use(self) -> CacheUse:
+        """The cache's use and what is arriving now (in memory: cheap enough for every page view)."""
+        with self._guard:
+            fetching = tuple(ArtifactTransfer(progress.service, progress.fetched, progress.expected)
+                             for progress in self._active if progress.expected)
+        return replace(self.cache.use(), fetching=tuple(sorted(fetching, key=lambda transfer: transfer.service)))
 
     def place(self, service: str, specs: Sequence[ArtifactSpec], folder: Path) -> Placed:
         """Every artifact at its path in ``folder``; ``ArtifactFetchFailed`` when one cannot be had."""
         progress = _Progress(service)
-        with ThreadPoolExecutor(max_workers=min(len(specs), self._parallel) or 1,
-                                thread_name_prefix=f"artifacts-{service}") as pool:
-            done = list(pool.map(lambda spec: self._ensure(spec, progress), specs))
+        with self._guard:
+            self._active.add(progress)
+        try:
+            with ThreadPoolExecutor(max_workers=min(len(specs), self._parallel) or 1,
+                                    thread_name_prefix=f"artifacts-{service}") as pool:
+                done = list(pool.map(lambda spec: self._ensure(spec, progress), specs))
+        finally:
+            with self._guard:
+                self._active.discard(progress)
         for spec, (source, _) in zip(specs, done, strict=True):
             _link(source, folder, spec.path, service)
         return Placed(len(specs), progress.fetched, sum(size for _, size in done), progress.resumed)
@@ -124,6 +146,7 @@ class Artifacts:
             if offset and stream.resumed:
                 progress.resumed += 1
             resumed = bool(offset and stream.resumed)  # else the server sent the whole file: start over
+            progress.expect((stream.total or 0) - (offset if resumed else 0))
             with _Hasher(_hash_of(partial) if resumed else hashlib.sha256()) as hasher, \
                     partial.open("ab" if resumed else "wb") as handle:
                 for chunk in stream.chunks:

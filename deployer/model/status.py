@@ -147,9 +147,19 @@ class ServiceView:
 
 
 @dataclass(frozen=True)
+class ArtifactTransfer:
+    """A deploy's artifacts arriving now: bytes fetched so far of those it has to fetch."""
+
+    service: str
+    fetched: int
+    expected: int
+
+
+@dataclass(frozen=True)
 class CacheUse:
-    """What the artifact cache holds now, and its budget (``[artifacts] cache_max``), in bytes."""
+    """What the artifact cache holds now, its budget (``[artifacts] cache_max``) in bytes, and what is arriving."""
 
     bytes: int
     objects: int
     budget: int
+    fetching: tuple[ArtifactTransfer, ...] = ()

@@ -16,7 +16,7 @@ from deployer.artifacts import Artifacts, ContentCache, Fetchers, FetchOptions
 from deployer.errors import ArtifactFetchFailed, Reason
 from deployer.model.manifest import ArtifactSpec
 from tests.artifact_servers import FileServer, S3Server, self_signed, sha256, tls_context
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 WEIGHTS = os.urandom(300_000)
 
@@ -138,6 +138,19 @@ def test_two_services_wanting_one_digest_at_once_download_it_once(tmp_path: Path
         thread.join(30)
     assert sorted(result.fetched for result in results.values()) == [0, 0, len(WEIGHTS)]
     assert len(file_server.served.requests) == 1
+
+
+def test_a_transfer_under_way_is_shown_with_its_bytes(tmp_path: Path, file_server: FileServer) -> None:
+    entry = spec(file_server.put("bert.bin", WEIGHTS), WEIGHTS)
+    file_server.served.pause = 0.05  # about 0.25 s for the file
+    store = artifacts(tmp_path)
+    placing = threading.Thread(target=store.place, args=("bert", [entry], into(tmp_path / "a")))
+    placing.start()
+    seen = wait_for(lambda: [transfer for transfer in store.use().fetching if 0 < transfer.fetched < len(WEIGHTS)],
+                    10, "a transfer under way")
+    placing.join(10)
+    assert (seen[0].service, seen[0].expected) == ("bert", len(WEIGHTS))
+    assert store.use().fetching == ()  # done: nothing shown any more
 
 
 def test_https_with_the_configured_ca_bundle(tmp_path: Path) -> None:
