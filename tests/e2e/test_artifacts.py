@@ -68,6 +68,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, moto_s3: S3Server) -> Iterat
     (root / "keys" / "access").write_text(moto_s3.access_key)
     (root / "keys" / "secret").write_text(moto_s3.secret_key)
     repo = GitRepo.create(root / "repo.git", root / "work")
+    other = GitRepo.create(root / "other.git", root / "other-work")
+    other.commit({"service.yaml": "name: tiny\ncommand: python serve.py\nhealth: {path: /health}\n",
+                  "serve.py": SERVER.format(note="0").replace('open("models/w.bin", "rb").read()', 'b""')},
+                 "a service without artifacts, in another source")
     extra = (f'[artifacts]\ns3_endpoint = "{moto_s3.endpoint}"\ncache_max = 2000000\n'
              f's3_access_key_file = "{root / "keys" / "access"}"\ns3_secret_key_file = "{root / "keys" / "secret"}"\n')
     with FileServer(root / "served") as files:
@@ -75,10 +79,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, moto_s3: S3Server) -> Iterat
         http_url = files.put("mirror/bert-v3.bin", WEIGHTS)
         repo.commit({"service.yaml": "services:\n" + service("a", s3_url, sha256(WEIGHTS)),
                      "a/serve.py": SERVER.format(note="v1")}, "a with weights from S3")
-        write_config(root, sources=local_source("models"), extra=extra)
+        write_config(root, sources=local_source("models") + local_source("other", "other.git"), extra=extra)
         daemon = start_daemon(root / "deployer.toml", root / "state")
         try:
-            yield {"root": root, "repo": repo, "daemon": daemon, "files": files, "s3_url": s3_url,
+            yield {"root": root, "repo": repo, "other": other, "daemon": daemon, "files": files, "s3_url": s3_url,
                    "http_url": http_url, "s3": moto_s3}
         finally:
             daemon.stop()
@@ -190,3 +194,26 @@ def test_the_s3_keys_never_reach_the_log_or_the_store(world: dict[str, Any]) -> 
     assert secret not in world["daemon"].get("/api/services/a").text
     assert not list(Path(world["root"] / "state").glob("**/*.log")) or all(
         secret not in path.read_text(errors="replace") for path in Path(world["root"] / "state").glob("**/*.log"))
+
+
+def test_a_slow_download_does_not_hold_another_source_s_deploy(world: dict[str, Any]) -> None:
+    repo, other, daemon, files = world["repo"], world["other"], world["daemon"], world["files"]
+    attempt_for(world, "tiny", other.shas[-1])  # deployed since the start
+    big = os.urandom(2 << 20)
+    files.served.pause = 0.08  # 32 blocks of 64 KiB: about 2.5 s
+    url = files.put("slow/v5.bin", big)
+    manifest = "services:\n" + service("a", url, sha256(big)) + service("b", world["http_url"], sha256(WEIGHTS))
+    slow = repo.commit({"service.yaml": manifest}, "a: weights from a slow store")
+    assert daemon.request_pass().status_code == 202
+    wait_for(lambda: "Fetching artifacts: <a href=\"/services/a\">a</a>" in daemon.get("/").text, 30,
+             "a's transfer on the status page")
+    quick = other.commit({"serve.py": SERVER.format(note="1").replace('open("models/w.bin", "rb").read()', 'b""')},
+                         "tiny: code only")
+    done = attempt_for(world, "tiny", quick)
+    assert done["outcome"] == "succeeded", done
+    running = daemon.service("a")["attempts"][0]
+    assert running["outcome"] == "running", "a's download finished before tiny's deploy: the test proves nothing"
+    files.served.pause = 0
+    finished = attempt_for(world, "a", slow)
+    assert finished["outcome"] == "succeeded", finished
+    assert step(finished, "artifacts")["output"] == "artifacts: 1 file, 2.1 MB fetched of 2.1 MB"
