@@ -11,12 +11,14 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from deployer.model.status import CacheUse
 
 log = logging.getLogger(__name__)
+PARTIAL_KEPT = 24 * 3600  # seconds an interrupted download waits to be resumed before it is removed
 
 
 class ContentCache:
@@ -72,12 +74,24 @@ class ContentCache:
         for _, digest in candidates:
             if self.use().bytes <= self.budget:
                 break
-            if self._remove_unless_busy(digest):
+            if self._remove_unless_busy(digest, self.object(digest)):
                 removed.append(digest)
         if self.use().bytes > self.budget:
             log.warning("artifact cache holds %d bytes, over its budget of %d: every object left is needed by a "
                         "running, last good or recent revision", self.use().bytes, self.budget)
         return removed
+
+    def drop_stale_partials(self, *, older_than: float = PARTIAL_KEPT) -> list[str]:
+        """Interrupted downloads nobody resumed for ``older_than`` seconds (their revision is gone or fixed)."""
+        dropped = []
+        for entry in os.scandir(self._partial):
+            try:
+                stale = time.time() - entry.stat().st_mtime > older_than
+            except OSError:
+                continue
+            if stale and self._remove_unless_busy(entry.name, self.partial(entry.name)):
+                dropped.append(entry.name)
+        return dropped
 
     def _last_use(self, digest: str) -> float:
         try:
@@ -85,15 +99,16 @@ class ContentCache:
         except OSError:
             return 0.0
 
-    def _remove_unless_busy(self, digest: str) -> bool:
+    def _remove_unless_busy(self, digest: str, path: Path) -> bool:
         with self._guard:
             lock = self._locks.setdefault(digest, threading.Lock())
         if not lock.acquire(blocking=False):  # being fetched or placed right now: needed
             return False
         try:
-            self.object(digest).unlink(missing_ok=True)
-            with self._guard:
-                self._sizes.pop(digest, None)
+            path.unlink(missing_ok=True)
+            if path == self.object(digest):
+                with self._guard:
+                    self._sizes.pop(digest, None)
             return True
         finally:
             lock.release()

@@ -26,6 +26,7 @@ class Retention:
     def on_event(self, event: Event) -> None:
         """Subscribed to the event bus: prune once an attempt ended (its files are placed or not needed)."""
         if isinstance(event, AttemptFinished):
+            self._artifacts.cache.drop_stale_partials()
             self.prune()
 
     def prune(self) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,15 @@ def test_a_partial_file_left_by_an_earlier_attempt_is_resumed(tmp_path: Path, fi
     assert file_server.served.requests == [("/bert.bin", "bytes=120000-")]
     assert (done.fetched, done.resumed) == (len(WEIGHTS) - 120_000, 1)
     assert store.cache.object(sha256(WEIGHTS)).read_bytes() == WEIGHTS
+
+
+def test_a_partial_file_nobody_resumes_is_dropped_after_a_day(tmp_path: Path) -> None:
+    cache = artifacts(tmp_path).cache
+    for name, age in (("a" * 64, 2 * 24 * 3600), ("b" * 64, 60)):
+        cache.partial(name).write_bytes(b"half a file")
+        os.utime(cache.partial(name), (time.time() - age, time.time() - age))
+    assert cache.drop_stale_partials() == ["a" * 64]
+    assert cache.partial("b" * 64).exists()
 
 
 def test_a_server_without_range_support_sends_the_whole_file_again(tmp_path: Path, file_server: FileServer) -> None:
