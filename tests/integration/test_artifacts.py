@@ -73,6 +73,21 @@ def test_a_missing_s3_object_fails_naming_the_url(tmp_path: Path, moto_s3: S3Ser
     assert failed.value.reason is Reason.ARTIFACT_FETCH_FAILED
 
 
+def test_an_s3_download_resumes_with_a_ranged_get(tmp_path: Path, moto_s3: S3Server) -> None:
+    url = moto_s3.put("models", "bert/resumed.bin", WEIGHTS)
+    store = artifacts(tmp_path, s3_endpoint=moto_s3.endpoint, s3_access_key=moto_s3.access_key,
+                      s3_secret_key=moto_s3.secret_key)
+    store.cache.partial(sha256(WEIGHTS)).write_bytes(WEIGHTS[:100_000])
+    done = store.place("a", [spec(url, WEIGHTS)], into(tmp_path / "a"))
+    assert (done.fetched, done.resumed) == (len(WEIGHTS) - 100_000, 1)
+    assert (tmp_path / "a" / "models" / "weights.bin").read_bytes() == WEIGHTS
+
+
+def test_a_missing_http_file_fails_with_its_status(tmp_path: Path, file_server: FileServer) -> None:
+    with pytest.raises(ArtifactFetchFailed, match=r"/gone\.bin: HTTP 404 Not Found"):
+        artifacts(tmp_path).place("a", [spec(f"{file_server.url}/gone.bin", WEIGHTS)], into(tmp_path / "a"))
+
+
 def test_a_wrong_digest_fails_and_places_nothing(tmp_path: Path, file_server: FileServer) -> None:
     url = file_server.put("bert.bin", WEIGHTS)
     wanted = sha256(b"other bytes")
