@@ -265,7 +265,7 @@ class FileSpec(Strict):
 ARTIFACT_SCHEMES = ("s3", "http", "https")
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # Query parameters that carry a credential: a signed URL (S3's, GCS's, Azure's SAS), a token, a key.
-_SECRET_QUERY = re.compile(r"signature|credential|token|secret|passw|api[_-]?key|access[_-]?key|^sig$|^key$|^se$",
+_SECRET_QUERY = re.compile(r"signature|credential|token|secret|passw|api[_-]?key|access[_-]?key|^sig$|^key$",
                            re.IGNORECASE)
 
 
