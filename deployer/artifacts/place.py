@@ -97,23 +97,25 @@ class Artifacts:
         try:
             with ThreadPoolExecutor(max_workers=min(len(specs), self._parallel) or 1,
                                     thread_name_prefix=f"artifacts-{service}") as pool:
-                done = list(pool.map(lambda spec: self._ensure(spec, progress), specs))
+                sizes = list(pool.map(lambda spec: self._ensure(spec, progress, folder), specs))
         finally:
             with self._guard:
                 self._active.discard(progress)
-        for spec, (source, _) in zip(specs, done, strict=True):
-            _link(source, folder, spec.path, service)
-        return Placed(len(specs), progress.fetched, sum(size for _, size in done), progress.resumed)
+        return Placed(len(specs), progress.fetched, sum(sizes), progress.resumed)
 
-    def _ensure(self, spec: ArtifactSpec, progress: _Progress) -> tuple[Path, int]:
-        """The cached object for ``spec`` and its size, fetched first when missing (once, whoever else wants it)."""
+    def _ensure(self, spec: ArtifactSpec, progress: _Progress, folder: Path) -> int:
+        """``spec``'s file placed in ``folder`` (fetched first when missing, once whoever else wants it); its size.
+
+        Linked while the digest's lock is held, so pruning cannot remove the object in between.
+        """
         with self.cache.locked(spec.sha256):
             if not self.cache.has(spec.sha256):
                 with self._transfers:
                     self._fetch(spec, progress)
             self.cache.touch(spec.sha256)
             found = self.cache.object(spec.sha256)
-            return found, found.stat().st_size
+            _link(found, folder, spec.path, progress.service)
+            return found.stat().st_size
 
     def _fetch(self, spec: ArtifactSpec, progress: _Progress) -> None:
         partial = self.cache.partial(spec.sha256)
@@ -216,7 +218,7 @@ def _make_parents(folder: Path, relative: Path) -> None:
     for part in relative.parts:
         here = here / part
         if not here.exists():
-            here.mkdir(mode=0o755)
+            here.mkdir(mode=0o755, exist_ok=True)  # exist_ok: another artifact of the deploy may make it too
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
