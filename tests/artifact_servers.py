@@ -149,10 +149,11 @@ class S3Server:
 
     def client(self) -> Any:
         import boto3
+        from botocore.config import Config
 
         return boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key)
+            aws_secret_access_key=self.secret_key, config=Config(proxies={}))
 
     def put(self, bucket: str, key: str, data: bytes) -> str:
         client = self.client()

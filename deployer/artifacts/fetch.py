@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +92,16 @@ class S3Fetcher:
     def __init__(self, options: FetchOptions) -> None:
         self._options = options
         self._client: Any = None
+        self._guard = threading.Lock()
+
+    def _connected(self) -> Any:
+        with self._guard:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
 
     def _connect(self) -> Any:
+        # Imported at first use: boto3 takes a while to import, and most daemons never name s3://.
         import boto3
         from botocore import UNSIGNED
         from botocore.config import Config
@@ -101,13 +110,14 @@ class S3Fetcher:
         keyed = bool(options.s3_access_key and options.s3_secret_key)
         config = Config(signature_version=None if keyed else UNSIGNED, connect_timeout=10,
                         read_timeout=options.timeout, retries={"max_attempts": 2, "mode": "standard"},
-                        s3={"addressing_style": "path"})
-        # Keys given (or none, unsigned): boto3 then never looks for credentials in the environment.
+                        s3={"addressing_style": "path"}, proxies={})
+        # Like trust_env=False for httpx: keys given (or none, unsigned), no proxy (proxies={}) and the CA
+        # bundle given (verify=True, not None), so botocore reads none of them from the environment.
         return boto3.session.Session().client(
             "s3", endpoint_url=options.s3_endpoint or None, region_name=options.s3_region or "us-east-1",
             aws_access_key_id=options.s3_access_key if keyed else None,
             aws_secret_access_key=options.s3_secret_key if keyed else None, config=config,
-            verify=str(options.ca_bundle) if options.ca_bundle is not None else None)
+            verify=str(options.ca_bundle) if options.ca_bundle is not None else True)
 
     @contextlib.contextmanager
     def open(self, url: str, offset: int) -> Iterator[Stream]:
@@ -116,16 +126,14 @@ class S3Fetcher:
         parts = urlsplit(url)
         bucket, key = parts.netloc, parts.path.lstrip("/")
         try:
-            if self._client is None:
-                self._client = self._connect()
             asked = {"Range": f"bytes={offset}-"} if offset else {}
-            answer = self._client.get_object(Bucket=bucket, Key=key, **asked)
+            answer = self._connected().get_object(Bucket=bucket, Key=key, **asked)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             if error.get("Code") == "InvalidRange":
                 raise RangeRefused() from None
-            raise ArtifactFetchFailed(f"{url}: {error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": "),
-                                      ) from None
+            said = f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
+            raise ArtifactFetchFailed(f"{url}: {said}") from None
         except BotoCoreError as exc:
             raise ArtifactFetchFailed(f"{url}: {exc}") from None
         body = answer["Body"]
