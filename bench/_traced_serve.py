@@ -72,12 +72,15 @@ def install() -> None:
     from deployer.reconcile import Reconciler
     from deployer.reconcile import resolve as resolve_module
     from deployer.reconcile.demos import DemoRunner
+    from deployer.reconcile.execute import PassExecutor
     from deployer.reconcile.observe import Observer
+    from deployer.reconcile.planner import PassPlanner
     from deployer.reconcile.resolve import Resolver
     from deployer.reconcile.rollout import Gate, Rollout
     from deployer.runtimes.docker import DockerRuntime, ImageBuilder, SwarmRuntime
     from deployer.runtimes.supervisor import SupervisorRuntime
     from deployer.runtimes.supervisor import runtime as supervisor_runtime
+    from deployer.runtimes.supervisor.listing import ProcessListing
     from deployer.runtimes.supervisor.rpc import SupervisorRpc
     from deployer.source import GitSource
     from deployer.web.webhook import WebhookReceiver
@@ -87,14 +90,16 @@ def install() -> None:
     _methods(EnvBuilder, "build", ["ensure"])
     _methods(StatusReporter, "status", ["report"])
     _methods(SupervisorRuntime, "sup", ["check", "observe", "apply", "stop", "start", "logs",
-                                        "_unload", "_reload", "_start_and_wait", "_with_port_holders"])
+                                        "_unload", "_reload", "_start_and_wait"])
+    _methods(ProcessListing, "sup", ["_with_port_holders"])
     _methods(DockerRuntime, "docker", ["check", "observe", "apply", "build", "logs", "_present", "_create",
                                        "_replace", "_start", "_settle", "_discard", "_stop"])
     _methods(ImageBuilder, "images", ["ensure", "prune", "exists", "recipe"])
     _methods(SwarmRuntime, "swarm", ["check", "observe", "apply", "build", "logs"])
     # The reconciler's rooms: the pass, one service's rollout, its gate, observation, resolution, demos.
-    _methods(Reconciler, "rec", ["reconcile_source", "deploy", "_recorded_commit", "_plan", "_probe_unknown",
-                                 "_execute_isolated", "_apply", "_leave"])
+    _methods(Reconciler, "rec", ["reconcile_source", "deploy"])
+    _methods(PassPlanner, "rec", ["_recorded_commit", "_plan", "_probe_unknown"])
+    _methods(PassExecutor, "rec", ["_execute_isolated", "_apply", "_leave"])
     _methods(Rollout, "rollout", ["deploy", "remove", "_roll_out", "_prepare", "_hooks", "_roll_back",
                                   "_observe_after"])
     _methods(Gate, "gate", ["check"])
@@ -258,9 +263,9 @@ def _no_audit() -> None:
 def _no_port_scan() -> None:
     """Isolation, not a proposal: the supervisor runtime's listing never looks for who holds the port of a
     service that is not running (``port_holders``: a psutil scan of every socket of every process)."""
-    from deployer.runtimes.supervisor import runtime as supervisor_runtime
+    from deployer.runtimes.supervisor import listing
 
-    supervisor_runtime.port_holders = lambda *args, **kwargs: []  # type: ignore[attr-defined]
+    listing.port_holders = lambda *args, **kwargs: []  # type: ignore[attr-defined]
 
 
 def _switch_interval() -> None:

@@ -31,7 +31,7 @@ from deployer.metrics import Metrics
 from deployer.model.status import Trigger
 from deployer.operations import Operations
 from deployer.ports import holder, is_free
-from deployer.reconcile import HostChecks, Reconciler, ReconcilerConfig, SourceSpec, assemble
+from deployer.reconcile import HostChecks, PassResult, Reconciler, ReconcilerConfig, SourceSpec, assemble
 from deployer.reconcile.events import EventBus
 from deployer.runtimes.base import Runtime
 from deployer.runtimes.docker import DockerRuntime, SwarmRuntime
@@ -39,6 +39,7 @@ from deployer.runtimes.supervisor import SupervisorRuntime
 from deployer.scheduler import Request, Scheduler, WorkQueue
 from deployer.secrets import SecretStore, local_api_token
 from deployer.settings import Settings, SourceSettings
+from deployer.source import HttpToken
 from deployer.store import Store
 from deployer.web.app import WebDeps, build_app
 from deployer.web.webhook import GiteaRouting, WebhookReceiver
@@ -54,7 +55,7 @@ class Daemon:
     store: Store
     runtimes: dict[str, Runtime]
     reconciler: Reconciler
-    queue: WorkQueue
+    queue: WorkQueue[PassResult]
     scheduler: Scheduler
     webhook: WebhookReceiver
     status: StatusReporter
@@ -78,6 +79,14 @@ def source_spec(entry: SourceSettings, config_dir: Path) -> SourceSpec:
         url = str((config_dir / url).resolve())
     name = entry.name or url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     return SourceSpec(name=name, url=url, branch=entry.branch)
+
+
+def git_token(settings: Settings) -> HttpToken | None:
+    """The Gitea token for clones and LFS of the repositories under its http(s) clone base (or url)."""
+    base, token = settings.gitea.clone_base or settings.gitea.url, settings.gitea_token
+    if not token or not base.startswith(("http://", "https://")):
+        return None
+    return HttpToken(base.rstrip("/") + "/", token)
 
 
 def secret_store(settings: Settings) -> SecretStore:
@@ -120,7 +129,8 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
                          demo_limits=DemoLimits(settings.demo.max_input_bytes, settings.demo.max_response_bytes,
                                                 settings.demo.timeout),
                          slot_bounds=settings.ports.slot_bounds, drain=settings.gateway.drain,
-                         parallel=settings.reconcile.parallel, builds=settings.reconcile.builds),
+                         parallel=settings.reconcile.parallel, builds=settings.reconcile.builds,
+                         git_token=git_token(settings)),
         HostChecks(port_is_free=is_free, port_holder=holder),
         hooks=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout), events=events, gateway=gateway,
         artifacts=artifacts,
@@ -222,8 +232,10 @@ def _add_sources(reconciler: Reconciler, store: Store, settings: Settings, confi
             log.warning("source %s left deployer.toml: removed %s", record.name, ", ".join(removed))
 
 
-def _run_pass(reconciler: Reconciler, request: Request, last_errors: dict[str, str | None]) -> None:
-    """Log a pass only when it changed something or its error is new: one line per step, not per poll."""
+def _run_pass(reconciler: Reconciler, request: Request, last_errors: dict[str, str | None]) -> PassResult:
+    """The pass a request asked for, its result for whoever follows it (``Request.done``).
+
+    Logged only when it changed something or its error is new: one line per step, not per poll."""
     result = reconciler.reconcile_source(request.source, trigger=request.trigger, fetch=request.fetch,
                                          retry=request.retry)
     changed = {name: outcome for name, outcome in result.outcomes.items() if outcome not in ("noop", "held")}
@@ -233,6 +245,7 @@ def _run_pass(reconciler: Reconciler, request: Request, last_errors: dict[str, s
         log.info("pass %s@%s (%s): %s%s", result.source, (result.sha or "?")[:7], request.trigger.value,
                  ", ".join(f"{name}={outcome}" for name, outcome in sorted(changed.items())) or "no changes",
                  f"; {result.error}" if result.error else "")
+    return result
 
 
 def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:

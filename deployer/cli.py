@@ -80,14 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     logs = _remote(commands, remote, "logs", "a service's recent output", _logs, service=True)
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     logs.add_argument("--bytes", type=int, default=16384)
-    reconcile = _remote(commands, remote, "reconcile", "run a pass now (fetch first)", _reconcile)
+    # long actions answer at once (202) and are followed until they end, unless --no-wait
+    follow = argparse.ArgumentParser(add_help=False, parents=[remote])
+    follow.add_argument("--timeout", type=float, default=600, help="seconds to follow it (default 600)")
+    follow.add_argument("--no-wait", action="store_true", help="return once the daemon has accepted it")
+    reconcile = _remote(commands, follow, "reconcile", "run a pass now (fetch first) and follow it", _reconcile)
     reconcile.add_argument("service", nargs="?")
     reconcile.add_argument("--retry", action="store_true",
                            help="try the service's held failed revision again (needs SERVICE)")
-    _remote(commands, remote, "demo", "run the demo inputs against the running revision now", _demo, service=True)
-    for name, helptext in (("rollback", "deploy an earlier revision and pin it"),
-                           ("pin", "hold a service at a revision (default: the running one)")):
-        command = _remote(commands, remote, name, helptext, _act, service=True)
+    _remote(commands, follow, "demo", "run the demo inputs against the running revision now", _demo, service=True)
+    for name, helptext, parent in (("rollback", "deploy an earlier revision and pin it", follow),
+                                   ("pin", "hold a service at a revision (default: the running one)", remote)):
+        command = _remote(commands, parent, name, helptext, _act, service=True)
         command.add_argument("revision", type=int, nargs="?")
         command.add_argument("--why", default="")
     for name, helptext in (("stop", "stop services and keep them stopped until started"),
@@ -272,52 +276,88 @@ def _new_part(before: str, after: str) -> str:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
+    from deployer.client import newest_attempts
+
     if args.retry and not args.service:
         print("deployer reconcile: --retry needs a SERVICE (the one whose failed revision to try again)",
               file=sys.stderr)
         return EXIT_USAGE
     body = {"service": args.service, "retry": True} if args.retry else {"service": args.service} if args.service else {}
-    data = _client(args).post("/api/reconcile", body)
+    client = _client(args)
+    before = newest_attempts(client, [args.service]) if args.service else {}
+    data = client.post("/api/reconcile", body)
+    if not args.json:
+        again = f" (retrying {args.service}'s held revision)" if args.retry else ""
+        print(f"pass requested for {', '.join(data['requested']) or 'no sources'}{again}")
+    return _followed(args, client, data, before)
+
+
+def _followed(args: argparse.Namespace, client: Any, answer: dict[str, Any], steps_after: dict[str, int]) -> int:
+    """An accepted long action (``answer`` holds its operation) followed to its end: exit 1 when an item failed."""
+    final = _follow(args, client, answer, steps_after)
+    if final is None:
+        return EXIT_OK
     if args.json:
-        return _print_json(data)
-    again = f" (retrying {args.service}'s held revision)" if args.retry else ""
-    print(f"pass requested for {', '.join(data['requested']) or 'no sources'}{again}")
-    return EXIT_OK
+        _print_json({**answer, **final})
+    return EXIT_FAILURE if any(item["ok"] is False for item in final["items"]) else EXIT_OK
+
+
+def _follow(args: argparse.Namespace, client: Any, answer: dict[str, Any],
+            steps_after: dict[str, int]) -> dict[str, Any] | None:
+    """The operation once done, echoing steps and lines as they come; None with ``--no-wait`` (its id said)."""
+    from deployer.client import follow_operation
+
+    if args.no_wait:
+        if args.json:
+            _print_json(answer)
+        else:
+            print(f"accepted: operation {answer['id']} (GET /api/operations/{answer['id']})")
+        return None
+    return follow_operation(client, answer, timeout=args.timeout, echo=None if args.json else print,
+                            steps_after=steps_after)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Followed like any long action, then the answers recorded for the revision it ran against."""
     from deployer.client import table
 
-    data = _client(args).post(f"/api/services/{args.service}/demo", {})
+    client = _client(args)
+    final = _follow(args, client, client.post(f"/api/services/{args.service}/demo", {}), {})
+    if final is None:
+        return EXIT_OK
+    item = final["items"][0]
+    runs = client.get(f"/api/services/{args.service}/demos")["runs"] if item["revision"] is not None else []
+    results: list[dict[str, Any]] = next((run["results"] for run in runs if run["revision"] == item["revision"]), [])
     if args.json:
-        return _print_json(data)
-    rows = [[result["name"], "ok" if result["ok"] else "FAILED", result["status"] or "-",
-             f"{result['latency_ms']:.0f} ms" if result["latency_ms"] is not None else "-",
-             result["problems"] or (result["text"] or result["content_type"] or "")[:60]]
-            for result in data["results"]]
-    print(f"{args.service}: revision {data['revision']}")
-    print(table(rows, ("DEMO", "RESULT", "HTTP", "LATENCY", "ANSWER")))
-    return EXIT_OK if all(result["ok"] for result in data["results"]) else EXIT_FAILURE
+        _print_json({**final, "service": args.service, "revision": item["revision"], "results": results})
+    elif results:
+        rows = [[result["name"], "ok" if result["ok"] else "FAILED", result["status"] or "-",
+                 f"{result['latency_ms']:.0f} ms" if result["latency_ms"] is not None else "-",
+                 result["problems"] or (result["text"] or result["content_type"] or "")[:60]]
+                for result in results]
+        print(f"{args.service}: revision {item['revision']}")
+        print(table(rows, ("DEMO", "RESULT", "HTTP", "LATENCY", "ANSWER")))
+    return EXIT_OK if item["ok"] else EXIT_FAILURE
 
 
 def _act(args: argparse.Namespace) -> int:
-    from deployer.client import wait_for_attempt
+    from deployer.client import newest_attempts
 
     client = _client(args)
-    before = client.get(f"/api/services/{args.service}")
-    newest = before["attempts"][0]["id"] if before["attempts"] else 0
+    before = newest_attempts(client, [args.service]) if args.command == "rollback" else {}
     body = {"who": f"{getpass.getuser()}@{socket.gethostname()}", "why": args.why,
             "revision": getattr(args, "revision", None)}
     data = client.post(f"/api/services/{args.service}/{args.command}", body)
-    if args.json:
-        return _print_json(data)
-    print(data["message"])
     if args.command != "rollback":
-        return EXIT_OK
-    revision = (data.get("override") or {}).get("revision")
-    attempt = wait_for_attempt(client, args.service, after_id=newest, revision=revision, timeout=600, echo=print)
-    print(f"{attempt['outcome']}: {attempt['reason']}: {attempt['message']}")
-    return EXIT_OK if attempt["outcome"] == "succeeded" else EXIT_FAILURE
+        return _print_json(data) if args.json else _said(data["message"])
+    if not args.json:
+        print(data["message"])
+    return _followed(args, client, data, before)
+
+
+def _said(message: str) -> int:
+    print(message)
+    return EXIT_OK
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ is the API's own JSON, unchanged.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,41 +111,27 @@ def history_rows(detail: dict[str, Any]) -> list[list[object]]:
 HISTORY_HEADERS = ("REV", "COMMIT", "AUTHOR", "WHEN", "OUTCOME", "MESSAGE")
 
 
-def wait_for_attempt(client: ApiClient, service: str, *, after_id: int, revision: int | None,
-                     timeout: float, echo: Callable[[str], None]) -> dict[str, Any]:
-    """Poll until a new attempt (for ``revision``, when given) finishes, echoing steps as they appear."""
-    deadline = time.monotonic() + timeout
-    shown: set[tuple[int, str]] = set()
-    while time.monotonic() < deadline:
-        detail = client.get(f"/api/services/{service}")
-        for attempt in reversed(detail.get("attempts", [])):
-            if attempt["id"] <= after_id or (revision is not None and attempt["revision"] != revision):
-                continue
-            for step in attempt.get("steps", []):
-                if (attempt["id"], step["name"]) not in shown:
-                    shown.add((attempt["id"], step["name"]))
-                    echo(f"  {step['name']:<18} {'ok' if step['ok'] else 'FAILED':<6} {step['duration']:.2f}s")
-            if attempt["outcome"] != "running":
-                return dict(attempt)
-        time.sleep(0.5)
-    raise ClientError(f"{service}: no finished attempt after {timeout:g}s; see `deployer status`")
-
-
 def follow_operation(client: ApiClient, operation: dict[str, Any], *, timeout: float,
-                     echo: Callable[[str], None] | None) -> dict[str, Any]:
-    """Poll ``/api/operations/{id}`` until every service is done, echoing one line per service as it ends.
+                     echo: Callable[[str], None] | None, steps_after: Mapping[str, int] | None = None
+                     ) -> dict[str, Any]:
+    """Poll ``/api/operations/{id}`` until every item is done, echoing one line per item as it ends.
 
-    A service not done by ``timeout`` counts as failed ("still running"): its attempt goes on in the daemon.
+    With ``steps_after`` (service -> its newest attempt id before the action), the steps of the
+    service's newer attempts are echoed as they appear, until its item ends. An item not done by
+    ``timeout`` counts as failed ("still running"): its work goes on in the daemon.
     """
     deadline = time.monotonic() + timeout
     shown: set[str] = set()
-    width = max((len(item["service"]) for item in operation["items"]), default=0)
+    steps = _Steps(client, echo, steps_after) if echo is not None and steps_after else None
+    width = max((len(_label(item)) for item in operation["items"]), default=0)
     while True:
         for item in operation["items"]:
-            if item["state"] == "done" and item["service"] not in shown:
-                shown.add(item["service"])
+            if steps is not None and _label(item) not in shown:
+                steps.echo_new(item["service"])
+            if item["state"] == "done" and _label(item) not in shown:
+                shown.add(_label(item))
                 if echo is not None:
-                    echo(f"{item['service']:<{width}}  {item['outcome'] or '-':<11}  {item['message']}")
+                    echo(f"{_label(item):<{width}}  {item['outcome'] or '-':<11}  {item['message']}")
         if operation["done"]:
             return operation
         if time.monotonic() > deadline:
@@ -156,5 +142,39 @@ def follow_operation(client: ApiClient, operation: dict[str, Any], *, timeout: f
         if item["state"] != "done":
             item.update(ok=False, outcome="unknown", message=f"still {item['state']} after {timeout:g}s")
             if echo is not None:
-                echo(f"{item['service']:<{width}}  {'unknown':<11}  {item['message']}")
+                echo(f"{_label(item):<{width}}  {'unknown':<11}  {item['message']}")
     return operation
+
+
+def _label(item: dict[str, Any]) -> str:
+    """An item names a service, or a source for a pass over all of it."""
+    return str(item.get("service") or item.get("source") or "-")
+
+
+class _Steps:
+    """The steps of a service's attempts newer than a given one, each echoed once."""
+
+    def __init__(self, client: ApiClient, echo: Callable[[str], None], after: Mapping[str, int]) -> None:
+        self._client, self._echo, self._after = client, echo, after
+        self._shown: set[tuple[int, str]] = set()
+
+    def echo_new(self, service: str | None) -> None:
+        if service is None or service not in self._after:
+            return
+        detail = self._client.get(f"/api/services/{service}")
+        for attempt in reversed(detail.get("attempts", [])):
+            if attempt["id"] <= self._after[service]:
+                continue
+            for step in attempt.get("steps", []):
+                if (attempt["id"], step["name"]) not in self._shown:
+                    self._shown.add((attempt["id"], step["name"]))
+                    self._echo(f"  {step['name']:<18} {'ok' if step['ok'] else 'FAILED':<6} {step['duration']:.2f}s")
+
+
+def newest_attempts(client: ApiClient, services: Sequence[str]) -> dict[str, int]:
+    """Each service's newest attempt id now (0: none yet): what ``follow_operation`` echoes steps after."""
+    newest = {}
+    for service in services:
+        attempts = client.get(f"/api/services/{service}").get("attempts") or []
+        newest[service] = attempts[0]["id"] if attempts else 0
+    return newest

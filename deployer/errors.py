@@ -18,6 +18,7 @@ class Reason(StrEnum):
     DRIFT_CORRECTED = "DriftCorrected"
     PRUNED = "Pruned"
     SOURCE_FETCH_FAILED = "SourceFetchFailed"
+    ARTIFACT_FETCH_FAILED = "ArtifactFetchFailed"  # a model file (Git LFS, artifacts:) not fetched or other bytes
     MANIFEST_INVALID = "ManifestInvalid"
     BUILD_FAILED = "BuildFailed"
     APPLY_FAILED = "ApplyFailed"
@@ -36,7 +37,6 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "InternalError"
     STOPPED = "Stopped"
     RESTARTED = "Restarted"
-    ARTIFACT_FETCH_FAILED = "ArtifactFetchFailed"  # a file named by digest (artifacts:, LFS) not fetched or wrong
 
 
 class DeployerError(Exception):
@@ -92,18 +92,23 @@ class SourceError(TransientError):
     reason = Reason.SOURCE_FETCH_FAILED
 
 
+class ArtifactFetchError(TransientError):
+    """A file the revision needs from outside git (a Git LFS object, an ``artifacts:`` file) is missing,
+    unreachable, unusable or not the bytes its digest names.
+
+    Transient: the object may be uploaded, the server come back or git-lfs be installed without
+    any change in git. The message names each file and its object id.
+    """
+
+    reason = Reason.ARTIFACT_FETCH_FAILED
+
+
 class BuildError(StalledError):
     reason = Reason.BUILD_FAILED
 
     def __init__(self, message: str, *, output: str = "") -> None:
         super().__init__(message)
         self.output = output
-
-
-class ArtifactFetchFailed(DeployerError):
-    """A file named by its digest could not be fetched, or its bytes did not match: the new revision never starts."""
-
-    reason = Reason.ARTIFACT_FETCH_FAILED
 
 
 class RuntimeUnavailable(TransientError):

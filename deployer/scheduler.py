@@ -3,6 +3,8 @@
 Webhooks, the CLI and APScheduler only *request* a pass for a source. Requests
 for a source that is already waiting merge into one; a source never runs twice
 at once; scheduled jobs never pile up (``max_instances=1``, coalesced, jittered).
+Each request answers a ``Future`` of the pass that serves it (merged requests share
+one), so an operator's action can report that pass without a thread waiting for it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from deployer.model.status import Trigger
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")  # what a pass answers
 
 # When requests merge, the stronger trigger names the pass.
 _STRENGTH = {Trigger.SCHEDULE: 0, Trigger.DRIFT: 0, Trigger.POLL: 1, Trigger.STARTUP: 2, Trigger.WEBHOOK: 3,
@@ -39,13 +44,14 @@ class Request:
             self.trigger = other.trigger
 
 
-class WorkQueue:
-    """Per-source coalescing queue served by a few worker threads."""
+class WorkQueue(Generic[R]):
+    """Per-source coalescing queue served by a few worker threads; ``handler`` runs one pass."""
 
-    def __init__(self, handler: Callable[[Request], None], *, workers: int = 2) -> None:
+    def __init__(self, handler: Callable[[Request], R], *, workers: int = 2) -> None:
         self._handler = handler
         self._workers = workers
         self._pending: OrderedDict[str, Request] = OrderedDict()
+        self._answers: dict[str, Future[R]] = {}  # a pending source -> what its pass will answer
         self._running: set[str] = set()
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -53,14 +59,22 @@ class WorkQueue:
         self.completed = 0
 
     def request(self, source: str, trigger: Trigger, *, fetch: bool = True,
-                retry: frozenset[str] = frozenset()) -> None:
+                retry: frozenset[str] = frozenset()) -> Future[R]:
+        """Ask for a pass; the answer completes with that pass's result (cancelled if the queue stops first,
+        failed if the pass crashed). A request merging into one already waiting shares its pass and answer."""
         with self._cond:
             incoming = Request(source, trigger, fetch, retry)
             if source in self._pending:
                 self._pending[source].merge(incoming)
+            elif self._stopping:
+                refused: Future[R] = Future()
+                refused.cancel()
+                return refused
             else:
                 self._pending[source] = incoming
+                self._answers[source] = Future()
             self._cond.notify()
+            return self._answers[source]
 
     def depth(self) -> int:
         with self._cond:
@@ -77,7 +91,10 @@ class WorkQueue:
         with self._cond:
             self._stopping = True
             self._pending.clear()
+            dropped, self._answers = list(self._answers.values()), {}
             self._cond.notify_all()
+        for answer in dropped:  # outside the lock: their callbacks run now, in this thread
+            answer.cancel()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -96,22 +113,28 @@ class WorkQueue:
                 self._cond.wait(left)
         return True
 
-    def _next(self) -> Request | None:
+    def _next(self) -> tuple[Request, Future[R]] | None:
         with self._cond:
             while not self._stopping:
                 ready = next((name for name in self._pending if name not in self._running), None)
                 if ready is not None:
                     self._running.add(ready)
-                    return self._pending.pop(ready)
+                    return self._pending.pop(ready), self._answers.pop(ready)
                 self._cond.wait()
             return None
 
     def _work(self) -> None:
-        while (item := self._next()) is not None:
+        while (next_up := self._next()) is not None:
+            item, answer = next_up
+            followed = answer.set_running_or_notify_cancel()  # False: its caller gave up; the pass runs all the same
             try:
-                self._handler(item)
-            except Exception:
+                result = self._handler(item)
+                if followed:
+                    answer.set_result(result)  # the callbacks (an operation's item ending) run here
+            except Exception as exc:
                 log.exception("pass for source %s failed", item.source)
+                if followed:
+                    answer.set_exception(exc)
             finally:
                 with self._cond:
                     self._running.discard(item.source)
@@ -126,8 +149,8 @@ class Scheduler:
     every steady service (``probe`` runs each second and probes only those due).
     """
 
-    def __init__(self, sources: Callable[[], list[str]], queue: WorkQueue, *, interval: float, poll_interval: float,
-                 probe: Callable[[], object] | None = None, probe_every: float = 1.0) -> None:
+    def __init__(self, sources: Callable[[], list[str]], queue: WorkQueue[Any], *, interval: float,
+                 poll_interval: float, probe: Callable[[], object] | None = None, probe_every: float = 1.0) -> None:
         self._sources = sources
         self._queue = queue
         self._scheduler = BackgroundScheduler(timezone="UTC")

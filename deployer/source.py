@@ -7,6 +7,7 @@ A checkout is ``git archive <sha>`` unpacked into a temp folder and renamed into
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import tarfile
@@ -17,11 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import git
 from git.exc import GitCommandError, GitError, ODBError
 
 from deployer.errors import ConfigError, SourceError
+from deployer.lfs import Fetched, LfsStore, Pointer, find_pointers, include_pattern, link_in, require_git_lfs
+from deployer.lfs import fetch as lfs_fetch
 from deployer.safety import (
     SOURCE_NAME_RULE,
     is_full_sha,
@@ -33,11 +37,36 @@ from deployer.safety import (
 
 _BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
 _TMP_PREFIX = ".tmp-"
-# A daemon must never wait for a password prompt nobody will answer.
-_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
-# export-ignore / export-subst in a repo's .gitattributes would make `git archive`
-# differ from the commit; $GIT_DIR/info/attributes overrides them.
-_EXACT_ARCHIVE_ATTRIBUTES = "* -export-ignore -export-subst\n"
+# A daemon must never wait for a password prompt nobody will answer. The host's system-wide
+# config is not read: deployer configures what it needs (LFS) itself, on the command line.
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never", "GIT_CONFIG_NOSYSTEM": "1"}
+# export-ignore / export-subst in a repo's .gitattributes would make `git archive` differ from
+# the commit, and a filter (a host's `filter.lfs`) would smudge files on the fly, downloading per
+# checkout; $GIT_DIR/info/attributes overrides them: LFS pointers are replaced by deployer (lfs.py).
+_EXACT_ARCHIVE_ATTRIBUTES = "* -export-ignore -export-subst -filter\n"
+# Weights can take a while; a stalled LFS server is caught sooner by git-lfs's own activity timeout.
+LFS_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class HttpToken:
+    """A token git and git-lfs send to every URL under ``base`` (Gitea's clones and its LFS endpoint).
+
+    Basic auth with the token as password, as Gitea takes it, passed as an ``http.<base>.extraHeader``
+    through git's environment (``GIT_CONFIG_COUNT``): never on a command line, in a URL, in the
+    mirror's config or in a message. A source URL with its own user info keeps using that.
+    """
+
+    base: str  # "https://gitea.example/": http(s), ending in "/"
+    token: str
+
+    def covers(self, url: str) -> bool:
+        return url.startswith(self.base) and "@" not in urlsplit(url).netloc
+
+    def env(self) -> dict[str, str]:
+        basic = base64.b64encode(f"deployer:{self.token}".encode()).decode("ascii")
+        return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.{self.base}.extraHeader",
+                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +85,8 @@ class GitSource:
     that serialises mirror operations lives on the instance.
     """
 
-    def __init__(self, name: str, url: str, branch: str, state_dir: Path, *, timeout: float = 300.0) -> None:
+    def __init__(self, name: str, url: str, branch: str, state_dir: Path, *, timeout: float = 300.0,
+                 token: HttpToken | None = None) -> None:
         if not is_source_name(name):
             raise ConfigError(f"source name {name[:120]!r}: {SOURCE_NAME_RULE}")
         if not _BRANCH.fullmatch(branch) or ".." in branch:
@@ -68,6 +98,8 @@ class GitSource:
         self.mirror_dir = state_dir / "mirrors" / f"{name}.git"
         self.checkouts_dir = state_dir / "checkouts" / name
         self._lock = threading.RLock()
+        self._lfs_lock = threading.Lock()  # one LFS download and linking at a time per source
+        self._env = {**_GIT_ENV, **(token.env() if token is not None and token.covers(url) else {})}
 
     def __repr__(self) -> str:
         return f"GitSource({self.name!r}, {self.safe_url!r}, branch={self.branch!r})"
@@ -130,6 +162,36 @@ class GitSource:
                 raise SourceError(f"'{relative}' is not a folder at {sha[:12]}")
             return str(entry.hexsha)
 
+    def lfs_pointers(self, sha: str, folder: Path) -> list[Pointer]:
+        """The Git LFS pointer files still in ``folder`` of the checkout of ``sha`` (none once materialised)."""
+        with self._session(f"cannot read the files of {sha[:12]}") as repo:
+            return find_pointers(self.checkouts_dir / self._resolve(repo, sha), folder)
+
+    def materialise_lfs(self, sha: str, folder: Path, pointers: list[Pointer]) -> Fetched:
+        """Fetch what ``pointers`` need into the mirror's LFS store (only what it lacks), then link the real files in.
+
+        ``ArtifactFetchError`` names each file and object still missing (a missing object, an
+        unreachable LFS server, git-lfs not installed); the checkout then keeps its pointers.
+        A download can take minutes: it holds its own lock, not the mirror's, so the source's
+        fetches and other services' checkouts go on meanwhile (git lets readers share a repository).
+        """
+        store = LfsStore(self.mirror_dir)
+        action = f"cannot fetch the Git LFS files of {sha[:12]} from {self.safe_url}"
+        with self._lfs_lock, self._translate(action), self._repo() as repo:
+            full = self._resolve(repo, sha)
+            checkout = self.checkouts_dir / full
+            missing = store.missing(pointers)
+            if missing:
+                needed = list(missing.values())
+                require_git_lfs(repo, needed, self._env)
+                lfs_fetch(repo, store, full, include_pattern(checkout, folder), needed, env=self._env,
+                          timeout=max(self.timeout, LFS_TIMEOUT))
+            link_in(checkout, pointers, store)
+        objects = {pointer.oid: pointer.size for pointer in pointers}
+        return Fetched(files=len(pointers), objects=len(objects), fetched_objects=len(missing),
+                       fetched_bytes=sum(pointer.size for pointer in missing.values()),
+                       total_bytes=sum(objects.values()))
+
     def prune_checkouts(self, keep: set[str]) -> list[str]:
         """Remove checkouts of every sha not in ``keep`` (and leftovers of interrupted ones)."""
         removed: list[str] = []
@@ -167,7 +229,7 @@ class GitSource:
         if not (self.mirror_dir / "HEAD").is_file():
             raise SourceError(f"{self.safe_url} has not been fetched yet")
         repo = git.Repo(self.mirror_dir)
-        repo.git.update_environment(**_GIT_ENV)
+        repo.git.update_environment(**self._env)
         try:
             yield repo
         finally:
@@ -182,9 +244,8 @@ class GitSource:
             git.Git.check_unsafe_protocols(self.url)  # refuses ext:: and friends, as Repo.clone_from does
             # Repo.clone_from ignores kill_after_timeout, so run the command itself.
             runner = git.Git(str(tmp.parent))
-            runner.clone("--mirror", "--", self.url, str(tmp), env=_GIT_ENV, kill_after_timeout=self.timeout)
-            (tmp / "info").mkdir(exist_ok=True)
-            (tmp / "info" / "attributes").write_text(_EXACT_ARCHIVE_ATTRIBUTES, encoding="utf-8")
+            runner.clone("--mirror", "--", self.url, str(tmp), env=self._env, kill_after_timeout=self.timeout)
+            _exact_archives(tmp)
             tmp.rename(self.mirror_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -194,7 +255,8 @@ class GitSource:
             origin = repo.remote("origin")
             if origin.url != self.url:  # the configured URL changed (new host, rotated token)
                 repo.git.remote("set-url", "origin", self.url)
-            repo.git.fetch("--prune", "origin", env=_GIT_ENV, kill_after_timeout=self.timeout)
+            _exact_archives(self.mirror_dir)  # a mirror cloned by an earlier version lacks "-filter"
+            repo.git.fetch("--prune", "origin", env=self._env, kill_after_timeout=self.timeout)
 
     def _resolve(self, repo: git.Repo, sha: str) -> str:
         """The full sha of a commit given by (a prefix of) its sha."""
@@ -218,6 +280,13 @@ class GitSource:
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exact_archives(mirror: Path) -> None:
+    attributes = mirror / "info" / "attributes"
+    if not attributes.is_file() or attributes.read_text(encoding="utf-8") != _EXACT_ARCHIVE_ATTRIBUTES:
+        attributes.parent.mkdir(exist_ok=True)
+        attributes.write_text(_EXACT_ARCHIVE_ATTRIBUTES, encoding="utf-8")
 
 
 def _text(message: str | bytes) -> str:

@@ -4,6 +4,7 @@ set -euo pipefail
 
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
+command -v git-lfs >/dev/null || need_apt+=(git-lfs)   # model weights kept in Git LFS (tests/integration/test_lfs.py)
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
 command -v promtool >/dev/null || need_apt+=(prometheus)   # promtool checks /metrics
 if [ ${#need_apt[@]} -gt 0 ]; then

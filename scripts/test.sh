@@ -13,4 +13,11 @@ echo "== mypy --strict"
 echo "== import-linter"
 .venv/bin/lint-imports
 echo "== pytest"
-.venv/bin/pytest "$@"
+# Most tests wait on real processes (supervisord, git, Docker, nginx), so a few workers overlap the
+# waits; modules and the Docker engine's tests stay grouped (tests/conftest.py). TEST_WORKERS=0 runs serially.
+workers=${TEST_WORKERS:-3}
+if [ "$workers" = 0 ]; then
+  .venv/bin/pytest "$@"
+else
+  .venv/bin/pytest -n "$workers" --dist loadgroup "$@"
+fi

@@ -12,6 +12,19 @@ pytest_plugins = ["tests.store_fixtures", "tests.gitea_fixtures", "tests.docker_
 IN_CI = bool(os.environ.get("CI"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (scripts/test.sh runs the suite on a few workers).
+
+    A module's tests stay on one worker, so its module fixtures (a daemon, a repository) are made
+    once and its tests see them in order; every test that uses the shared Docker engine runs on one
+    worker, since those tests share the engine, its swarm and the images a session removes at its end.
+    Without xdist the marks do nothing.
+    """
+    for item in items:
+        group = "docker-engine" if "docker_api" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def unavailable(reason: str) -> None:
     """Skip outside CI, fail inside it."""
     if IN_CI:

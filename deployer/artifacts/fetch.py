@@ -2,7 +2,7 @@
 
 Each fetcher opens a stream starting at ``offset`` (a Range request, so an interrupted
 download resumes) and says whether the server honoured it. Library errors become
-``ArtifactFetchFailed`` here, naming the URL; no key or token ever enters a message.
+``ArtifactFetchError`` here, naming the URL; no key or token ever enters a message.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from deployer.errors import ArtifactFetchFailed
+from deployer.errors import ArtifactFetchError
 
 CHUNK = 1024 * 1024
 
@@ -70,20 +70,20 @@ class HttpFetcher:
                 if response.status_code == 416:
                     raise RangeRefused()
                 if response.status_code not in (200, 206):
-                    raise ArtifactFetchFailed(f"{url}: HTTP {response.status_code} {response.reason_phrase}")
+                    raise ArtifactFetchError(f"{url}: HTTP {response.status_code} {response.reason_phrase}")
                 resumed = response.status_code == 206
                 length = response.headers.get("content-length")
                 total = int(length) + (offset if resumed else 0) if length and length.isdigit() else None
                 yield Stream(_http_chunks(response, url), resumed, total)
         except httpx.HTTPError as exc:
-            raise ArtifactFetchFailed(f"{url}: {type(exc).__name__}: {exc or 'no answer'}") from None
+            raise ArtifactFetchError(f"{url}: {type(exc).__name__}: {exc or 'no answer'}") from None
 
 
 def _http_chunks(response: httpx.Response, url: str) -> Iterator[bytes]:
     try:
         yield from response.iter_bytes()  # as they arrive: a transfer that breaks off keeps what came
     except httpx.HTTPError as exc:
-        raise ArtifactFetchFailed(f"{url}: the transfer broke off: {type(exc).__name__}: {exc}") from None
+        raise ArtifactFetchError(f"{url}: the transfer broke off: {type(exc).__name__}: {exc}") from None
 
 
 class S3Fetcher:
@@ -133,9 +133,9 @@ class S3Fetcher:
             if error.get("Code") == "InvalidRange":
                 raise RangeRefused() from None
             said = f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
-            raise ArtifactFetchFailed(f"{url}: {said}") from None
+            raise ArtifactFetchError(f"{url}: {said}") from None
         except BotoCoreError as exc:
-            raise ArtifactFetchFailed(f"{url}: {exc}") from None
+            raise ArtifactFetchError(f"{url}: {exc}") from None
         body = answer["Body"]
         resumed = "ContentRange" in answer
         total = int(answer["ContentLength"]) + (offset if resumed else 0)
@@ -151,7 +151,7 @@ def _s3_chunks(body: Any, url: str) -> Iterator[bytes]:
     try:
         yield from body.iter_chunks(CHUNK)
     except (BotoCoreError, OSError) as exc:
-        raise ArtifactFetchFailed(f"{url}: the transfer broke off: {exc}") from None
+        raise ArtifactFetchError(f"{url}: the transfer broke off: {exc}") from None
 
 
 class Fetchers:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from deployer.artifacts.cache import ContentCache
 from deployer.artifacts.fetch import Fetchers, RangeRefused
-from deployer.errors import ArtifactFetchFailed
+from deployer.errors import ArtifactFetchError
 from deployer.model.manifest import ArtifactSpec
 from deployer.model.status import ArtifactTransfer, CacheUse
 from deployer.safety import UnsafePath, contained
@@ -90,7 +90,7 @@ class Artifacts:
         return replace(self.cache.use(), fetching=tuple(sorted(fetching, key=lambda transfer: transfer.service)))
 
     def place(self, service: str, specs: Sequence[ArtifactSpec], folder: Path) -> Placed:
-        """Every artifact at its path in ``folder``; ``ArtifactFetchFailed`` when one cannot be had."""
+        """Every artifact at its path in ``folder``; ``ArtifactFetchError`` when one cannot be had."""
         progress = _Progress(service)
         with self._guard:
             self._active.add(progress)
@@ -124,13 +124,13 @@ class Artifacts:
             try:
                 digest = self._transfer(spec, partial, progress)
                 break
-            except ArtifactFetchFailed as exc:
+            except ArtifactFetchError as exc:
                 if tried == TRIES or not partial.exists():
                     raise
                 log.warning("%s; resuming from byte %d", exc, partial.stat().st_size)
         if digest != spec.sha256:
             partial.unlink(missing_ok=True)
-            raise ArtifactFetchFailed(f"{spec.url}: sha256 mismatch: expected {spec.sha256}, got {digest}; "
+            raise ArtifactFetchError(f"{spec.url}: sha256 mismatch: expected {spec.sha256}, got {digest}; "
                                       f"{spec.path} was not placed")
         self.cache.add(spec.sha256, partial)
 
@@ -210,7 +210,7 @@ def _link(source: Path, folder: Path, relative: str, service: str) -> None:
         _link_or_copy(source, temporary)
         os.replace(temporary, target)
     except (UnsafePath, OSError) as exc:
-        raise ArtifactFetchFailed(f"{service}: artifacts: cannot place {relative}: {exc}") from None
+        raise ArtifactFetchError(f"{service}: artifacts: cannot place {relative}: {exc}") from None
 
 
 def _make_parents(folder: Path, relative: Path) -> None:

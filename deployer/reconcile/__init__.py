@@ -2,9 +2,11 @@
 
 ``sources`` (the followed repositories), ``resolve`` (a commit into desired
 services), ``planning`` (pins, stops, suspensions, held failures, down runtimes → a
-plan), ``rollout`` (one service: build, hooks, apply, gate, put back), ``actions`` (stop,
-start, restart by hand), ``observe``
-(listings, probes, snapshots), ``demos``, ``events``; ``passes`` ties them together.
+plan), ``planner`` (a pass up to its plan), ``execute`` (the plan carried out),
+``rollout`` (one service: build, hooks, apply, gate, put back), ``slots`` (placement and
+the switch behind the gateway), ``actions`` (stop, start, restart by hand), ``observe``
+(listings, probes, snapshots), ``demos``, ``events``, ``locks`` (one per service);
+``passes`` ties them together.
 ``assemble`` builds the rooms the same way for the daemon and for tests.
 """
 
@@ -35,6 +37,7 @@ from deployer.reconcile.routing import GatewayPort, Router
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
 from deployer.runtimes.base import Runtime
 from deployer.secrets import SecretStore
+from deployer.source import HttpToken
 from deployer.store import Store
 
 __all__ = ["ActionDone", "GatewayPort", "HostChecks", "PassResult", "Reconciler", "ReconcilerConfig", "Route",
@@ -56,6 +59,7 @@ class ReconcilerConfig:
     drain: float = 10.0  # [gateway] drain: seconds the old slot keeps finishing requests after a switch
     parallel: int = 4  # [reconcile] parallel: services of one source deployed at once
     builds: int = 2  # [reconcile] builds: builds at once across every source (the CPU-heavy step)
+    git_token: HttpToken | None = None  # [gitea] token, sent to the Gitea's clone and LFS URLs
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     artifacts = artifacts or Artifacts(ContentCache(config.state_dir / "artifacts", budget=20 * 1000**3),
                                        Fetchers(FetchOptions()))
     http = HttpChecks()
-    sources = SourceRegistry(store, config.state_dir)
+    sources = SourceRegistry(store, config.state_dir, token=config.git_token)
     observer = Observer(store, runtimes, http, events, probe=host.probe, probe_interval=config.probe_interval)
     demos = DemoRunner(store, sources, http.client, config.state_dir, config.demo_limits, secrets)
     steps = Steps(store)

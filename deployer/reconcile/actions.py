@@ -33,6 +33,7 @@ class ActionDone:
     outcome: str  # stopped, started, restarted, running, skipped, rolled_back, failed
     message: str
     attempt: int | None = None
+    revision: int | None = None
 
 
 class ServiceActions:
@@ -47,7 +48,7 @@ class ServiceActions:
         runtime = self._rollout.runtime_named(view.runtime)
         if runtime is None:
             raise UnknownService(name, where="on a runtime of this host")
-        place = self._rollout.serving(name)
+        place = self._rollout.slots.serving(name)
         instance = instance_name(name, place.slot)
         seen = runtime.inspect(instance)
         if seen is None or seen.state not in (ServiceState.RUNNING, ServiceState.STARTING):

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from deployer.demo import DemoLimits, DemoResult, run_demo
+from deployer.errors import StalledError, UnknownService
 from deployer.model.desired import DesiredService
 from deployer.model.manifest import DemoSpec, SecretRef
 from deployer.reconcile.resolve import SERVICE_HOST, service_dir
@@ -42,6 +43,19 @@ class DemoRunner:
         self._client = client
         self.state_dir = state_dir
         self.limits = limits
+
+    def running(self, name: str) -> tuple[int, DesiredService]:
+        """The running revision of ``name`` and its desired state, when it has demo inputs to send."""
+        view = self._store.views.service(name)
+        if view is None:
+            raise UnknownService(name)
+        revision = self._store.history.get_revision(view.running_revision) if view.running_revision else None
+        if revision is None:
+            raise StalledError(f"{name}: nothing is running, no demo to run")
+        desired = DesiredService.model_validate(revision.spec)
+        if not desired.demo:
+            raise StalledError(f"{name}: its manifest has no demo inputs")
+        return revision.id, desired
 
     def run(self, desired: DesiredService, revision: int | None, attempt: int | None, *,
             port: int | None = None) -> list[DemoResult]:

@@ -1,6 +1,6 @@
 """One service's rollout: checkout → files → build → hooks → start → gate → switch → post-deploy hooks, or put back.
 
-Where the new revision starts is its ``Placement``: without the gateway, the service itself
+Where the new revision starts is its ``Placement`` (``slots``): without the gateway, the service itself
 on its sticky port (recreate: the old process is replaced in place). Behind the gateway, a
 slot: blue-green starts the idle slot beside the serving one, gates it, switches the route,
 drains and stops the old slot — a failure before the switch stops only the new slot, the
@@ -10,7 +10,6 @@ Every step is recorded; every attempt ends with a recorded outcome on every path
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -27,12 +26,12 @@ from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.model.events import AttemptFinished, AttemptStarted
 from deployer.model.status import Outcome, RevisionView, Trigger
-from deployer.ports import is_free
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, HookSteps, Steps
 from deployer.reconcile.observe import Observer
 from deployer.reconcile.resolve import SERVICE_HOST, argv, read_files, service_dir
-from deployer.reconcile.routing import Router, Target
+from deployer.reconcile.routing import Router
+from deployer.reconcile.slots import NotSwitched, Placement, Slots
 from deployer.reconcile.sources import SourceRegistry
 from deployer.runtimes.base import BuildsImages, Runtime
 from deployer.safety import UnsafePath, write_inside
@@ -41,26 +40,6 @@ from deployer.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 UNRECORDED_MESSAGE = "this attempt's end could not be recorded (the database failed); a later attempt took over"
-
-SLOTTED_RUNTIMES = ("supervisor", "docker")  # swarm keeps its own start-first update
-_HANDOVER_POLL_SECONDS = 0.002
-
-
-class NotSwitched(DeployerError):
-    """A blue-green rollout failed before the switch: the serving slot was never touched."""
-
-    def __init__(self, cause: DeployerError) -> None:
-        super().__init__(str(cause), reason=cause.reason)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a revision starts: a slot and its port behind the gateway (``slot`` None: the plain service)."""
-
-    slot: str | None
-    port: int | None
-    serving: str | None = None  # the slot serving now
-    blue_green: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +70,7 @@ class Rollout:
         # Services whose last attempt could not be written (the database failed): what runs was
         # never recorded, so the next pass gates it again (verify_only) and records it.
         self.unrecorded: dict[str, int] = {}  # service -> its attempt left RUNNING in the store
+        self.slots = Slots(store, parts.router, self._steps)
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -115,7 +95,7 @@ class Rollout:
             else:
                 how = self._roll_out(desired, revision.id, attempt, prefix="")
             self._store.services.set_running(desired.name, revision.id)
-            self._route_swarm(desired)
+            self.slots.route_swarm(desired)
             outcome, reason = Outcome.SUCCEEDED, _success_reason(trigger)
             message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
             message += f" ({how})" if how else ""
@@ -192,37 +172,8 @@ class Rollout:
         log.info("%s: removed (no longer in any manifest)", name)
         return "removed"
 
-    @property
-    def router(self) -> Router | None:
-        return self._parts.router
-
     def runtime_named(self, name: str) -> Runtime | None:
         return self._parts.runtimes.get(name)
-
-    def behind_gateway(self, desired: DesiredService) -> bool:
-        """Slots only while the gateway works: with nginx missing or broken, services still deploy (recreated)."""
-        router = self._parts.router
-        return router is not None and router.available and desired.runtime in SLOTTED_RUNTIMES
-
-    def placement(self, desired: DesiredService) -> Placement:
-        """Where ``desired`` would start now (and where the service serves from)."""
-        router = self._parts.router
-        if router is None or not self.behind_gateway(desired):
-            return Placement(None, None)
-        ports, serving = router.slot_ports(desired.name), router.active(desired.name)
-        blue_green = desired.rollout is None or desired.rollout.strategy == "blue-green"
-        # blue-green: the slot that does not serve; recreate: the serving one, replaced in place
-        idle = "green" if serving == "blue" else "blue"
-        slot = idle if blue_green else serving or "blue"
-        return Placement(slot, ports[slot], serving, blue_green)
-
-    def serving(self, name: str) -> Placement:
-        """Where ``name`` serves from now: its active slot and that slot's port, else itself."""
-        router = self._parts.router
-        slot = router.active(name) if router is not None else None
-        if router is None or slot is None:
-            return Placement(None, None)
-        return Placement(slot, router.slot_ports(name)[slot], slot)
 
     # -- the steps -------------------------------------------------------------------
 
@@ -232,7 +183,7 @@ class Rollout:
     def _roll_out(self, desired: DesiredService, revision: int, attempt: int, *, prefix: str) -> str:
         """Roll ``desired`` out; returns how it went for people: the strategy, and how long nothing served."""
         runtime = self._runtime(desired)
-        place = self.placement(desired)
+        place = self.slots.placement(desired)
         deployment = self._prepare(desired, revision, attempt, prefix, place)
         try:
             self._hook_steps.run(deployment, attempt, prefix, "pre-deploy", desired.hooks.pre_deploy)
@@ -251,14 +202,14 @@ class Rollout:
                 self._gate.check(deployment, runtime, attempt, prefix)
             except DeployerError as exc:
                 if place.blue_green:
-                    self._discard(runtime, deployment.name)  # only the new slot: the serving one is untouched
+                    self.slots.discard(runtime, deployment.name)  # only the new slot: the serving one is untouched
                     raise NotSwitched(exc) from exc
                 raise
             unavailable = time.monotonic() - stopped
             if place.slot is not None:
-                self._switch(deployment, runtime, place, attempt, prefix)
+                self.slots.switch(deployment, runtime, place, attempt, prefix)
             else:
-                self._leave_slots(desired.name, runtime)
+                self.slots.leave_slots(desired.name, runtime)
             self._hook_steps.run(deployment, attempt, prefix, "post-deploy", desired.hooks.post_deploy)
         except DeployerError:
             if not prefix:  # the operator's on-failure hook runs once, for the revision that failed
@@ -268,77 +219,24 @@ class Rollout:
             return "blue-green: the old slot served until the switch"
         return f"recreate: unavailable for about {unavailable:.1f}s while the new process started"
 
-    def _switch(self, deployment: Deployment, runtime: Runtime, place: Placement, attempt: int, prefix: str) -> None:
-        """Route the service to the new slot, then drain and stop the old one (and a pre-gateway process)."""
-        router, service = self._parts.router, deployment.service
-        assert router is not None and place.slot is not None and place.port is not None
-        plain = runtime.inspect(service)  # the service as it ran before the gateway: holds the sticky port
-        handover = _Handover(runtime, service, deployment.desired.port) if plain is not None else None
-        with self._steps.step(attempt, f"{prefix}switch") as step:
-            try:
-                router.switch(service, Target(place.slot, place.port, deployment.revision, deployment.desired),
-                              handover=handover)
-                if handover is not None:
-                    handover.answered = time.monotonic()
-                    handover.finish()
-            except DeployerError as exc:
-                if handover is not None and handover.stopped is not None:
-                    with contextlib.suppress(DeployerError):
-                        handover.finish()
-                    runtime.start(service)
-                if place.blue_green:
-                    self._discard(runtime, deployment.name)
-                    raise NotSwitched(exc) from exc
-                raise
-            step.output = (f"{service}: routed to {place.slot} (port {place.port})"
-                           + (f", was {place.serving}" if place.serving and place.serving != place.slot else "")
-                           + (handover.said() if handover is not None else ""))
-        old = [instance_name(service, place.serving)] if place.serving and place.serving != place.slot else []
-        old += [service] if plain is not None else []
-        if old:
-            with self._steps.step(attempt, f"{prefix}drain") as step:
-                time.sleep(router.drain)  # requests in flight on the old slot finish (nginx reload semantics)
-                for instance in old:
-                    runtime.remove(instance)
-                step.output = f"drained {router.drain:g}s, stopped {', '.join(old)}"
-
-    def _route_swarm(self, desired: DesiredService) -> None:
-        """A swarm service with a gateway path: the gateway routes it to its published port (not slotted)."""
-        router = self._parts.router
-        if router is None or not router.available or desired.runtime != "swarm" or desired.gateway is None:
-            return
-        try:
-            router.sync(force=True)
-        except DeployerError as exc:  # the service itself is deployed; its route follows at the next change
-            log.warning("%s: the gateway did not take its route: %s", desired.name, exc)
-
-    def _leave_slots(self, name: str, runtime: Runtime) -> None:
-        """The gateway was turned off: the service now serves on its own port; its slots go."""
-        if self._store.slots.active(name) is None:
-            return
-        self._store.slots.set_active(name, None)
-        for slot in SLOTS:
-            self._discard(runtime, instance_name(name, slot))
-
-    def _discard(self, runtime: Runtime, instance: str) -> None:
-        try:
-            runtime.remove(instance)
-        except DeployerError as exc:
-            log.warning("%s: could not stop the slot that failed its gate: %s", instance, exc)
-
     def _verify(self, desired: DesiredService, revision: int, attempt: int) -> None:
-        place = self.serving(desired.name)
+        place = self.slots.serving(desired.name)
         check = Deployment(desired=desired, revision=revision, workdir=Path("."), slot=place.slot,
                            slot_port=place.port)
         self._gate.check(check, self._runtime(desired), attempt, "")
 
     def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str,
                  place: Placement) -> Deployment:
-        """Checkout, then build: a Python environment (processes) or an image (containers)."""
+        """Checkout (its Git LFS files, its artifacts), then build: a Python environment or an image (containers)."""
         with self._steps.step(attempt, f"{prefix}checkout") as step:
-            checkout = self._parts.sources.get(desired.source).checkout(desired.sha)
+            source = self._parts.sources.get(desired.source)
+            checkout = source.checkout(desired.sha)
             workdir = service_dir(checkout, desired.path)
             step.output = f"{desired.sha[:7]} at {workdir}"
+        pointers = source.lfs_pointers(desired.sha, workdir)
+        if pointers:  # Git LFS files: the real ones replace their pointers before anything builds or starts
+            with self._steps.step(attempt, f"{prefix}lfs") as step:
+                step.output = source.materialise_lfs(desired.sha, workdir, pointers).summary()
         if desired.artifacts and self._parts.artifacts is not None:  # before anything of the revision runs
             with self._steps.step(attempt, f"{prefix}artifacts") as step:
                 step.output = self._parts.artifacts.place(desired.name, desired.artifacts, workdir).summary()
@@ -407,7 +305,7 @@ class Rollout:
 
     def _stop_failed(self, desired: DesiredService) -> str:
         """No good revision to go back to: stop the failed one rather than let it crash-loop."""
-        instance = instance_name(desired.name, self.serving(desired.name).slot)
+        instance = instance_name(desired.name, self.slots.serving(desired.name).slot)
         try:
             self._runtime(desired).stop(instance)
         except DeployerError as exc:
@@ -417,7 +315,7 @@ class Rollout:
     def _observe_after(self, running: DesiredService) -> None:
         """After every attempt: the state, a fresh probe on the serving instance's own paths, a snapshot."""
         try:
-            place = self.serving(running.name)
+            place = self.slots.serving(running.name)
             instance = instance_name(running.name, place.slot)
             seen = self._runtime(running).inspect(instance)
             self._observer.record(running.name, running, seen, fresh=True, port=place.port, instance=instance)
@@ -430,58 +328,6 @@ class Rollout:
     def _revision_desired(self, revision: int) -> DesiredService | None:
         found = self._store.history.get_revision(revision)
         return DesiredService.model_validate(found.spec) if found is not None else None
-
-
-class _Handover:
-    """A service moving behind the gateway: its own process leaves the sticky port for nginx.
-
-    Called by the gateway once everything else is ready (the slot gated, the inner nginx routing
-    to it, the new config tested), right before nginx reloads to bind the port. The stop runs on
-    its own thread and the call returns as soon as the port can be bound: the runtime's own
-    bookkeeping of the stop (supervisord noticing the exit and answering) goes on during the
-    reload instead of before it, and ``finish`` waits for it. From the stop to the confirmed
-    reload is the one window in which the sticky port does not answer.
-    """
-
-    def __init__(self, runtime: Runtime, service: str, port: int) -> None:
-        self._runtime = runtime
-        self._service = service
-        self._port = port
-        self.stopped: float | None = None
-        self._freed: float | None = None
-        self.answered: float | None = None  # the gateway confirmed nginx serves the port
-        self._stopping: threading.Thread | None = None
-        self._error: DeployerError | None = None
-
-    def __call__(self) -> None:
-        self.stopped = time.monotonic()
-        self._stopping = threading.Thread(target=self._stop, name=f"handover-{self._service}", daemon=True)
-        self._stopping.start()
-        while self._stopping.is_alive() and not is_free(self._port):
-            time.sleep(_HANDOVER_POLL_SECONDS)
-        self._freed = time.monotonic()
-        if self._error is not None:
-            raise self._error
-
-    def finish(self) -> None:
-        """The stop done (whatever happened to the switch); its error, if any, raised."""
-        if self._stopping is not None:
-            self._stopping.join()
-        if self._error is not None:
-            raise self._error
-
-    def said(self) -> str:
-        if self.stopped is None or self._freed is None or self.answered is None:
-            return ""
-        return (f"; port {self._port} taken over from {self._service}'s own process: free "
-                f"{self._freed - self.stopped:.2f}s after its stop, nginx answering there "
-                f"{self.answered - self.stopped:.2f}s after it")
-
-    def _stop(self) -> None:
-        try:
-            self._runtime.stop(self._service)
-        except DeployerError as exc:
-            self._error = exc
 
 
 def _success_reason(trigger: Trigger) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.errors import SourceError
-from deployer.source import GitSource
+from deployer.source import GitSource, HttpToken
 from deployer.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,10 @@ class SourceSpec:
 
 
 class SourceRegistry:
-    def __init__(self, store: Store, state_dir: Path) -> None:
+    def __init__(self, store: Store, state_dir: Path, *, token: HttpToken | None = None) -> None:
         self._store = store
         self._state_dir = state_dir
+        self._token = token  # Gitea's, for the sources it hosts (clones and LFS)
         self._sources: dict[str, GitSource] = {}
         self._errors: dict[str, str] = {}
         self._recent: dict[str, list[str]] = {}  # source -> shas passed over, newest last
@@ -40,7 +41,7 @@ class SourceRegistry:
 
     def add(self, spec: SourceSpec, *, origin: str = "config") -> None:
         """Follow a source. Its name and branch are checked (``ConfigError``) before anything is written."""
-        git = GitSource(spec.name, spec.url, spec.branch, self._state_dir)
+        git = GitSource(spec.name, spec.url, spec.branch, self._state_dir, token=self._token)
         self._store.sources.upsert(spec.name, spec.url, spec.branch, origin)
         with self._guard:
             self._sources.setdefault(spec.name, git)

@@ -24,7 +24,7 @@ from typing import Any
 from supervisor import http
 from supervisor.rpcinterface import SupervisorNamespaceRPCInterface
 
-# What SupervisorRuntime reads of a process (runtime.py: _actual, _owns).
+# What SupervisorRuntime reads of a process (supervisor/listing.py: actual_service, ProcessListing.owns).
 FIELDS = ("name", "group", "statename", "pid", "spawnerr", "description", "stdout_logfile", "exitstatus")
 SEND_PER_TURN = 256 * 1024
 

@@ -28,6 +28,9 @@ class History:
     def __init__(self, db: Database, redact: Callable[[str], str]) -> None:
         self._db = db
         self._redact = redact  # step outputs and messages carry service output: no secret is written
+        # service -> the newest attempt this process started for it: a pass names the attempt it
+        # made by comparing it before and after acting (under the service's lock), with no query
+        self._started: dict[str, int] = {}
 
     # -- revisions ---------------------------------------------------------
 
@@ -105,7 +108,13 @@ class History:
         with self._db.transaction("start_attempt", write=True) as session:
             session.add(row)
             session.flush()
-            return row.id
+            attempt_id: int = row.id
+        self._started[service] = attempt_id
+        return attempt_id
+
+    def newest_started(self, service: str) -> int | None:
+        """The newest attempt this process started for ``service`` (None if none yet): no query."""
+        return self._started.get(service)
 
     def add_step(self, attempt_id: int, name: str, duration: float, ok: bool, output_tail: str = "") -> None:
         """Record one step; only the last 4000 characters of its output are kept (errors come last)."""
@@ -132,6 +141,12 @@ class History:
                 row.outcome, row.reason = Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value
                 row.message, row.finished_at = INTERRUPTED_MESSAGE, now
             return len(rows)
+
+    def attempt(self, attempt_id: int) -> AttemptView | None:
+        query = select(AttemptRow).where(AttemptRow.id == attempt_id).options(selectinload(AttemptRow.steps))
+        with self._db.transaction("attempt") as session:
+            row = session.scalar(query)
+            return attempt_view(row) if row is not None else None
 
     def attempts(self, service: str, limit: int = 20) -> list[AttemptView]:
         query = (select(AttemptRow).where(AttemptRow.service == service).order_by(AttemptRow.id.desc())

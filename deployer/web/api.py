@@ -2,10 +2,11 @@
 
 Reads come from the store (``/api/plan`` asks the reconciler for a dry run); the
 shapes are in ``serializers``. Service logs and every POST need the API bearer token
-(``auth``). Overrides only record intent and request a pass, answering 202; stop, start
-and restart (one service or a batch) record intent, then run as an ``Operation`` the caller
-follows at ``/api/operations/{id}``. A refusal is raised as a typed error and answered by
-the app's handlers (``errors``).
+(``auth``). No POST waits for a deploy: overrides only record intent and request a pass,
+answering 202; a reconcile, a rollback and a demo answer 202 with an ``Operation`` that
+follows the pass (or the demo run) they caused; stop, start and restart (one service or a
+batch) record intent, then run as an operation. The caller follows ``/api/operations/{id}``.
+A refusal is raised as a typed error and answered by the app's handlers (``errors``).
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ from starlette.responses import JSONResponse, Response
 from deployer.errors import NotFound, UnknownService
 from deployer.model.diff import spec_diff
 from deployer.model.status import RevisionView, Trigger
-from deployer.operations import Operations
+from deployer.operations import ItemKind, ItemResult, Operations
 from deployer.operator import Done, Operator
-from deployer.reconcile import ActionDone, Reconciler
+from deployer.reconcile import ActionDone, PassResult, Reconciler
 from deployer.scheduler import WorkQueue
 from deployer.store import Store
 from deployer.web.auth import require_token
 from deployer.web.errors import BadRequest, Conflict, Unavailable, refused_as
+from deployer.web.outcomes import demos_ran, service_in_pass, source_pass
 from deployer.web.presenters import service_detail
 from deployer.web.serializers import (
     action_json,
     attempt_json,
     change_json,
     demo_json,
-    demo_result_json,
     operation_json,
     override_json,
     revision_json,
@@ -49,7 +50,7 @@ MAX_BODY = 65536  # of a POST's JSON body read; the rest is ignored
 class Api:
     """The ``/api`` routes."""
 
-    def __init__(self, store: Store, reconciler: Reconciler, queue: WorkQueue, *, api_token: str | None,
+    def __init__(self, store: Store, reconciler: Reconciler, queue: WorkQueue[PassResult], *, api_token: str | None,
                  gateway_url: str = "", operations: Operations | None = None) -> None:
         self.store = store
         self.operations = operations or Operations()
@@ -141,9 +142,20 @@ class Api:
                 raise UnknownService(str(service))
             sources = [view.source]
         again = frozenset({str(service)}) if retry else frozenset()  # a held failed spec is tried only when asked
-        for source in sources:
-            self.queue.request(source, Trigger.CLI, fetch=True, retry=again)
-        return JSONResponse({"requested": sources, "retry": sorted(again)}, status_code=202)
+        since = self.store.history.newest_started(str(service)) if service else None
+        passes = {source: self.queue.request(source, Trigger.CLI, fetch=True, retry=again)
+                  for source in sources}
+        if service:  # the service's line of its source's pass
+            operation = self.operations.track("reconcile", {str(service): passes[sources[0]]},
+                                              self._service_line(since))
+        else:
+            operation = self.operations.track("reconcile", passes, source_pass, kind=ItemKind.SOURCE)
+        return JSONResponse({**operation_json(operation), "requested": sources, "retry": sorted(again)},
+                            status_code=202)
+
+    def _service_line(self, since: int | None) -> Callable[[str, PassResult], ItemResult]:
+        """A service's line of the pass that served a request made when ``since`` was its newest attempt."""
+        return lambda service, result: service_in_pass(self.store, service, result, since=since)
 
     async def act(self, request: Request) -> Response:
         require_token(request, self.api_token)
@@ -151,14 +163,18 @@ class Api:
         body = await _json_body(request)
         if action in RUN_ACTIONS:
             return await self._run_action(action, {**body, "services": [name]})
+        since = self.store.history.newest_started(name)  # before the override: a running pass may act on it
         with refused_as(Conflict):
             done = await run_in_threadpool(self._act, name, action, body)
-        trigger = Trigger.ROLLBACK if action == "rollback" else Trigger.CLI
+        answer = {"service": done.service, "message": done.message,
+                  "override": override_json(done.override) if done.override else None}
+        if action != "rollback":
+            self.queue.request(done.source, Trigger.CLI, fetch=False)
+            return JSONResponse(answer, status_code=202)
         # A rollback names the revision to run: it is deployed even if it failed once before.
-        again = frozenset({done.service}) if action == "rollback" else frozenset()
-        self.queue.request(done.source, trigger, fetch=False, retry=again)
-        return JSONResponse({"service": done.service, "message": done.message,
-                             "override": override_json(done.override) if done.override else None}, status_code=202)
+        deployed = self.queue.request(done.source, Trigger.ROLLBACK, fetch=False, retry=frozenset({done.service}))
+        operation = self.operations.track("rollback", {done.service: deployed}, self._service_line(since))
+        return JSONResponse({**answer, **operation_json(operation)}, status_code=202)
 
     def _act(self, name: str, action: str, body: dict[str, Any]) -> Done:
         who, why = str(body.get("who") or "api")[:200], str(body.get("why") or "")[:2000]
@@ -246,12 +262,14 @@ class Api:
         return list(dict.fromkeys(chosen))
 
     async def demo(self, request: Request) -> Response:
+        """Refused now when there is nothing to demo; else run as an operation, after any deploy of the
+        service (its lock): the answer never waits for one. Results are recorded (``/demos``)."""
         require_token(request, self.api_token)
         name = request.path_params["name"]
         with refused_as(Conflict):
-            revision, results = await run_in_threadpool(self.reconciler.demo_now, name)
-        return JSONResponse({"service": name, "revision": revision,
-                             "results": [demo_result_json(result) for result in results]})
+            await run_in_threadpool(self.reconciler.demo_target, name)
+        operation = self.operations.submit("demo", {name: lambda: demos_ran(*self.reconciler.demo_now(name))})
+        return JSONResponse(operation_json(operation), status_code=202)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

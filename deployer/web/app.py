@@ -20,7 +20,7 @@ from deployer.metrics import Metrics
 from deployer.model.status import CacheUse
 from deployer.model.traffic import RevisionTraffic
 from deployer.operations import Operations
-from deployer.reconcile import Reconciler
+from deployer.reconcile import PassResult, Reconciler
 from deployer.scheduler import WorkQueue
 from deployer.store import Store
 from deployer.web.api import Api
@@ -38,7 +38,7 @@ class WebDeps:
     store: Store
     webhook: WebhookReceiver
     reconciler: Reconciler
-    queue: WorkQueue
+    queue: WorkQueue[PassResult]
     metrics: Metrics
     api_token: str | None = None
     checks: Mapping[str, Callable[[], None]] = field(default_factory=dict)

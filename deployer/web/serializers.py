@@ -8,11 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from deployer.demo import DemoResult
 from deployer.model.diff import MASK, Change, flatten
 from deployer.model.plan import Action
 from deployer.model.status import AttemptView, DemoView, OverrideView, RevisionView, ServiceView
-from deployer.operations import Operation
+from deployer.operations import ItemKind, Operation
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -127,21 +126,16 @@ def demo_json(view: DemoView) -> dict[str, Any]:
     }
 
 
-def demo_result_json(result: DemoResult) -> dict[str, Any]:
-    """A demo run just now (``POST /api/services/{name}/demo``): its problems joined into one line."""
-    return {
-        "name": result.name, "ok": result.ok, "status": result.status, "latency_ms": result.latency_ms,
-        "content_type": result.content_type, "text": result.text, "problems": "; ".join(result.problems),
-    }
-
-
 def operation_json(operation: Operation) -> dict[str, Any]:
-    """An operation and each service's outcome so far (``ok`` null until that service is done)."""
+    """An operation and each item's outcome so far (``ok`` null until it is done). An item names a
+    ``service`` or, for a pass over a whole source, a ``source`` (the other is null)."""
     return {
         "id": operation.id,
         "action": operation.action,
         "created_at": iso(operation.created_at),
         "done": operation.done,
-        "items": [{"service": item.service, "state": item.state, "ok": item.ok, "outcome": item.outcome,
-                   "message": item.message, "attempt": item.attempt} for item in operation.items],
+        "items": [{"service": item.name if item.kind is ItemKind.SERVICE else None,
+                   "source": item.name if item.kind is ItemKind.SOURCE else None,
+                   "state": item.state, "ok": item.ok, "outcome": item.outcome, "message": item.message,
+                   "attempt": item.attempt, "revision": item.revision} for item in operation.items],
     }

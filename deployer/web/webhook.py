@@ -35,7 +35,7 @@ from deployer.gitea import (
 )
 from deployer.metrics import Metrics
 from deployer.model.status import DeliveryResult, Trigger
-from deployer.reconcile import SourceSpec
+from deployer.reconcile import PassResult, SourceSpec
 from deployer.reconcile.sources import SourceRegistry
 from deployer.scheduler import WorkQueue
 from deployer.store import Delivery, Store, StoreError
@@ -71,7 +71,7 @@ class _Delivery:
 
 
 class WebhookReceiver:
-    def __init__(self, *, store: Store, sources: SourceRegistry, queue: WorkQueue, metrics: Metrics,
+    def __init__(self, *, store: Store, sources: SourceRegistry, queue: WorkQueue[PassResult], metrics: Metrics,
                  secret: str | None, routing: GiteaRouting) -> None:
         self._store = store
         self._sources = sources

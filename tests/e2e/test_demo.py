@@ -121,7 +121,8 @@ def test_a_broken_demo_fails_the_gate_and_rolls_back(world: dict[str, Any]) -> N
     before = settled(world, "counter")
     broken = service("counter", "counter", version="2.0", demo_keys="[label, confidence]")
     repo.commit({"service.yaml": "services:\n" + service("lexicon", "lexicon") + broken}, "counter: expect confidence")
-    assert cli(world, "reconcile").returncode == 0
+    followed = cli(world, "reconcile")  # follows the pass: a deploy rolled back is a failure
+    assert followed.returncode == 1 and "rolled_back: counter" in followed.stdout, followed.stdout + followed.stderr
     detail = settled(world, "counter", after=before["attempts"][0]["id"])
     attempt = detail["attempts"][0]
     assert attempt["outcome"] == "rolled_back" and attempt["reason"] == "DemoFailed", attempt
@@ -134,7 +135,7 @@ def test_info_mismatch_fails_the_gate(world: dict[str, Any]) -> None:
     before = settled(world, "lexicon")
     wrong = service("lexicon", "lexicon", version="3.0", expect="9.9")
     repo.commit({"service.yaml": "services:\n" + wrong + service("counter", "counter")}, "lexicon: wrong version")
-    assert cli(world, "reconcile").returncode == 0
+    assert cli(world, "reconcile", "--no-wait").returncode == 0  # accepted; the attempt is read below
     detail = settled(world, "lexicon", after=before["attempts"][0]["id"])
     attempt = detail["attempts"][0]
     assert attempt["outcome"] == "rolled_back" and attempt["reason"] == "InfoMismatch", attempt

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deployer.artifacts import Artifacts, ContentCache, Fetchers, FetchOptions
-from deployer.errors import ArtifactFetchFailed, Reason
+from deployer.errors import ArtifactFetchError, Reason
 from deployer.model.manifest import ArtifactSpec
 from tests.artifact_servers import FileServer, S3Server, self_signed, sha256, tls_context
 from tests.helpers import free_port, wait_for
@@ -67,7 +67,7 @@ def test_a_missing_s3_object_fails_naming_the_url(tmp_path: Path, moto_s3: S3Ser
     moto_s3.put("models", "other.bin", b"x")
     store = artifacts(tmp_path, s3_endpoint=moto_s3.endpoint, s3_access_key=moto_s3.access_key,
                       s3_secret_key=moto_s3.secret_key)
-    with pytest.raises(ArtifactFetchFailed) as failed:
+    with pytest.raises(ArtifactFetchError) as failed:
         store.place("a", [spec("s3://models/missing.bin", WEIGHTS)], into(tmp_path / "a"))
     assert "s3://models/missing.bin" in str(failed.value) and "NoSuchKey" in str(failed.value)
     assert failed.value.reason is Reason.ARTIFACT_FETCH_FAILED
@@ -84,7 +84,7 @@ def test_an_s3_download_resumes_with_a_ranged_get(tmp_path: Path, moto_s3: S3Ser
 
 
 def test_a_missing_http_file_fails_with_its_status(tmp_path: Path, file_server: FileServer) -> None:
-    with pytest.raises(ArtifactFetchFailed, match=r"/gone\.bin: HTTP 404 Not Found"):
+    with pytest.raises(ArtifactFetchError, match=r"/gone\.bin: HTTP 404 Not Found"):
         artifacts(tmp_path).place("a", [spec(f"{file_server.url}/gone.bin", WEIGHTS)], into(tmp_path / "a"))
 
 
@@ -92,7 +92,7 @@ def test_a_wrong_digest_fails_and_places_nothing(tmp_path: Path, file_server: Fi
     url = file_server.put("bert.bin", WEIGHTS)
     wanted = sha256(b"other bytes")
     store = artifacts(tmp_path)
-    with pytest.raises(ArtifactFetchFailed) as failed:
+    with pytest.raises(ArtifactFetchError) as failed:
         store.place("a", [ArtifactSpec(url=url, sha256=wanted, path="bert.bin")], into(tmp_path / "a"))
     message = str(failed.value)
     assert url in message and f"expected {wanted}" in message and f"got {sha256(WEIGHTS)}" in message
@@ -102,10 +102,10 @@ def test_a_wrong_digest_fails_and_places_nothing(tmp_path: Path, file_server: Fi
 
 def test_an_unreachable_store_fails_clearly(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/bert.bin"  # nothing listens there
-    with pytest.raises(ArtifactFetchFailed, match=r"127\.0\.0\.1.*/bert\.bin: ConnectError"):
+    with pytest.raises(ArtifactFetchError, match=r"127\.0\.0\.1.*/bert\.bin: ConnectError"):
         artifacts(tmp_path, timeout=5).place("a", [spec(url, WEIGHTS)], into(tmp_path / "a"))
     s3 = artifacts(tmp_path, s3_endpoint=f"http://127.0.0.1:{free_port()}", timeout=5)
-    with pytest.raises(ArtifactFetchFailed, match=r"s3://models/bert\.bin: Could not connect"):
+    with pytest.raises(ArtifactFetchError, match=r"s3://models/bert\.bin: Could not connect"):
         s3.place("a", [spec("s3://models/bert.bin", WEIGHTS)], into(tmp_path / "a"))
 
 
@@ -184,7 +184,7 @@ def test_https_with_the_configured_ca_bundle(tmp_path: Path) -> None:
     root.mkdir()
     with FileServer(root, tls_context(cert, key)) as server:
         entry = spec(server.put("bert.bin", WEIGHTS), WEIGHTS)
-        with pytest.raises(ArtifactFetchFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(ArtifactFetchError, match="CERTIFICATE_VERIFY_FAILED"):
             artifacts(tmp_path / "untrusting").place("a", [entry], into(tmp_path / "a"))
         artifacts(tmp_path, ca_bundle=cert).place("a", [entry], into(tmp_path / "a"))
     assert (tmp_path / "a" / "models" / "weights.bin").read_bytes() == WEIGHTS
@@ -194,7 +194,7 @@ def test_a_path_through_a_symlink_out_of_the_folder_is_refused(tmp_path: Path, f
     (tmp_path / "outside").mkdir()
     into(tmp_path / "a")
     (tmp_path / "a" / "models").symlink_to(tmp_path / "outside")
-    with pytest.raises(ArtifactFetchFailed, match="leads outside"):
+    with pytest.raises(ArtifactFetchError, match="leads outside"):
         artifacts(tmp_path).place("a", [spec(file_server.put("b.bin", WEIGHTS), WEIGHTS)], into(tmp_path / "a"))
     assert list((tmp_path / "outside").iterdir()) == []
 

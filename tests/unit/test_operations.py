@@ -18,6 +18,7 @@ class Done:
     outcome: str
     message: str
     attempt: int | None = None
+    revision: int | None = None
 
 
 def test_a_batch_runs_bounded_and_reports_each_service_even_when_some_fail() -> None:
@@ -47,8 +48,8 @@ def test_a_batch_runs_bounded_and_reports_each_service_even_when_some_fail() -> 
     release.set()
     final = wait_for(lambda: (found := operations.get(operation.id)) and found.done and found, 10, "the batch")
     assert most[0] == 2
-    by_name = {item.service: item for item in final.items}
-    assert [item.service for item in final.items] == names
+    by_name = {item.name: item for item in final.items}
+    assert [item.name for item in final.items] == names
     assert by_name["a"].ok and by_name["a"].outcome == "restarted" and by_name["a"].attempt == 7
     assert by_name["broken"].ok is False and "nothing is running" in by_name["broken"].message
     assert by_name["buggy"].ok is False and by_name["buggy"].message == "internal error: KeyError"

@@ -1,6 +1,7 @@
 """The supervisor runtime: services as supervisord programs, one program file each.
 
-``runtime`` drives supervisord; ``embedded`` runs deployer's own supervisord; ``program`` renders,
+``runtime`` drives supervisord; ``listing`` reads what runs (the process listing, the program
+files, who holds a port); ``embedded`` runs deployer's own supervisord; ``program`` renders,
 escapes and parse-checks a program file;
 ``files`` reads and writes the runtime's files; ``rpc`` is XML-RPC over the unix socket;
 ``orphans`` finds leftovers on a service's port. Code outside this package imports from here only.

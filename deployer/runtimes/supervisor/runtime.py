@@ -7,31 +7,22 @@ reconnects. Drift is observed truthfully: edited or missing files, stopped progr
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
 from collections.abc import Collection
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from supervisor.xmlrpc import Faults
 
 from deployer.errors import ApplyError, ConfigError, Reason, RuntimeUnavailable
-from deployer.model.actual import ActualService, ServiceState
+from deployer.model.actual import ActualService
 from deployer.model.cause import root_cause
 from deployer.model.deployment import Deployment
 from deployer.runtimes.supervisor.embedded import EmbeddedSupervisord, SupervisorPaths
-from deployer.runtimes.supervisor.files import (
-    ProgramFile,
-    read_program_file,
-    read_program_files,
-    read_tail,
-    restore,
-    write_atomic,
-)
-from deployer.runtimes.supervisor.orphans import Orphan, PortHolder, ProgramProcess, port_holders, reap
+from deployer.runtimes.supervisor.files import read_program_file, read_tail, restore, write_atomic
+from deployer.runtimes.supervisor.listing import RUNTIME_NAME, ProcessListing, actual_service
+from deployer.runtimes.supervisor.orphans import Orphan, PortHolder, reap
 from deployer.runtimes.supervisor.program import check_program, program_environment, render_program
 from deployer.runtimes.supervisor.rpc import SupervisorProtocolError, SupervisorRpc
 
@@ -40,23 +31,12 @@ __all__ = ["EMBEDDED", "StartFailed", "SupervisorRuntime"]
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
-_LISTING_RETRY_SECONDS = 60.0
-RUNTIME_NAME = "supervisor"
 # AF_UNIX paths are limited to 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 _POLL_SECONDS = 0.1
 # stopProcessGroup waits for the program to exit: up to its stopwaitsecs (10 in the template).
 _STOP_ALLOWANCE = 60.0
 _ADDRESS_IN_USE = "Address already in use"
-_STATES = {
-    "RUNNING": ServiceState.RUNNING,
-    "STARTING": ServiceState.STARTING,
-    "BACKOFF": ServiceState.STARTING,
-    "STOPPED": ServiceState.STOPPED,
-    "STOPPING": ServiceState.STOPPED,
-    "EXITED": ServiceState.STOPPED,
-    "FATAL": ServiceState.FAILED,
-}
 
 
 class StartFailed(ApplyError):
@@ -103,9 +83,9 @@ class SupervisorRuntime:
         if len(str(self.socket_path).encode()) > _MAX_SOCKET_PATH:
             raise ConfigError(f"supervisor socket path {self.socket_path} is too long for a unix socket")
         self.rpc = SupervisorRpc(self.socket_path, include_dir=self.include_dir, timeout=rpc_timeout)
-        self._no_listing_until = 0.0  # monotonic time before which supervisord lacks the compact listing
         self.embedded_supervisord = EmbeddedSupervisord(
             SupervisorPaths(self.home, self.socket_path, self.include_dir, self.log_dir), self.rpc)
+        self.listing = ProcessListing(self.rpc, self.embedded_supervisord, embedded=self.embedded)
 
     # -- the Runtime protocol -------------------------------------------------------
 
@@ -130,21 +110,15 @@ class SupervisorRuntime:
         program is not loaded reads ``stopped``. A service that is not running and whose port
         is held by another process says so in ``detail``.
         """
-        processes = {info["name"]: info for info in self._list_processes() if info["group"] == info["name"]}
-        files = read_program_files(self.include_dir)
-        actual = {name: _actual(name, program, processes.get(name)) for name, program in files.items()}
-        for name in processes.keys() - files.keys():
-            if self._owns(processes[name]):
-                actual[name] = _actual(name, None, processes[name])
-        return dict(sorted(self._with_port_holders(actual, files).items()))
+        return self.listing.observe()
 
     def inspect(self, name: str) -> ActualService | None:
         """One ``getProcessInfo`` and one program file: a deploy's gate asks this every second."""
         info = self._call("getProcessInfo", name, ok={Faults.BAD_NAME})
         program = read_program_file(self._program_file(name))
-        if program is None and (info is None or not self._owns(info)):
+        if program is None and (info is None or not self.listing.owns(info)):
             return None
-        return _actual(name, program, info)
+        return actual_service(name, program, info)
 
     def apply(self, deployment: Deployment) -> None:
         """Write the program file, load it and start it; returns once it is RUNNING.
@@ -219,54 +193,11 @@ class SupervisorRuntime:
         that fail with "Address already in use". Only a process proven to come from the
         program (see ``orphans``) is stopped; anything else is logged and left alone.
         """
-        holders = self._port_holders(names)
+        holders = self.listing.port_holders(names)
         for holder in holders:
             if not holder.orphan:
                 log.warning("service %s: %s; left alone, the service cannot start", holder.service, holder.describe())
         return reap(holders, grace=self.orphan_grace)
-
-    def _port_holders(self, names: Collection[str] | None, files: dict[str, ProgramFile] | None = None
-                      ) -> list[PortHolder]:
-        files = read_program_files(self.include_dir) if files is None else files
-        programs = [_program_process(program) for name, program in files.items() if names is None or name in names]
-        wanted = [program for program in programs if program is not None]
-        if not wanted:
-            return []
-        return port_holders(wanted, socket_path=self.socket_path, supervisors=self._live_supervisors())
-
-    def _with_port_holders(self, actual: dict[str, ActualService], files: dict[str, ProgramFile]
-                           ) -> dict[str, ActualService]:
-        """Name who holds the port of a service that is not running (one socket listing)."""
-        waiting = [name for name, seen in actual.items() if seen.state is not ServiceState.RUNNING]
-        for holder in self._port_holders(waiting, files) if waiting else []:
-            seen = actual[holder.service]
-            actual[holder.service] = replace(seen, detail=_joined(holder.describe(), seen.detail))
-        return actual
-
-    def _live_supervisors(self) -> set[int]:
-        """Pids of supervisords whose children are legitimately on a port: ours, and the one answering."""
-        pids = {pid for pid in (self.embedded_supervisord.live_pid(),) if pid is not None}
-        with contextlib.suppress(RuntimeUnavailable, ApplyError):  # none answering: no live children
-            pids.add(int(self._call("getPID")))
-        return pids
-
-    def _list_processes(self) -> list[dict[str, Any]]:
-        """Every process: deployer's compact listing where supervisord has it, else getAllProcessInfo.
-
-        The embedded supervisord loads the listing (``runtimes/supervisord_ext.py``); one started by
-        an older deployer, or an operator's own, answers UNKNOWN_METHOD, asked again a minute later
-        (it may have been restarted with the extension meanwhile).
-        """
-        if time.monotonic() >= self._no_listing_until:
-            text = self._call("deployer.listProcesses", ok={Faults.UNKNOWN_METHOD})
-            if text is not None:
-                return list(json.loads(text))
-            self._no_listing_until = time.monotonic() + _LISTING_RETRY_SECONDS
-        return list(self._call("getAllProcessInfo"))
-
-    def _owns(self, info: dict[str, Any]) -> bool:
-        """Every program of the embedded supervisord is deployer's; elsewhere, those logging into our dir."""
-        return self.embedded or Path(str(info.get("stdout_logfile") or "")).parent == self.log_dir
 
     # -- the embedded supervisord ---------------------------------------------------
 
@@ -291,7 +222,7 @@ class SupervisorRuntime:
         except StartFailed as failure:
             if _ADDRESS_IN_USE not in failure.output:
                 raise
-            holders = self._port_holders([name])
+            holders = self.listing.port_holders([name])
             if not any(holder.orphan for holder in holders):
                 raise _port_conflict(name, failure, holders) from None
             reap(holders, grace=self.orphan_grace)
@@ -346,38 +277,6 @@ class SupervisorRuntime:
 
     def _call(self, method: str, *args: Any, ok: Collection[int] = (), timeout: float | None = None) -> Any:
         return self.rpc.call(method, *args, ok=ok, timeout=timeout)
-
-
-def _actual(name: str, program: ProgramFile | None, info: dict[str, Any] | None) -> ActualService:
-    """What runs, as its program file and supervisord describe it; a file edited by hand has no spec hash."""
-    header = program.header if program is not None else None
-    spec_hash = header.spec_hash if header is not None and program is not None and not program.edited else None
-    revision = header.revision if header is not None else None
-    note = _file_note(program)
-    if info is None:
-        detail = _joined(note, "program file present but not loaded in supervisord")
-        return ActualService(name, RUNTIME_NAME, ServiceState.STOPPED, spec_hash, revision, detail=detail)
-    state = _STATES.get(str(info["statename"]), ServiceState.UNKNOWN)
-    detail = _joined(note, str(info.get("spawnerr") or info.get("description") or ""))
-    pid = int(info["pid"]) or None
-    return ActualService(name, RUNTIME_NAME, state, spec_hash, revision, pid=pid, detail=detail)
-
-
-def _file_note(program: ProgramFile | None) -> str:
-    if program is None:
-        return "program file missing"
-    return "program file edited by hand" if program.edited else ""
-
-
-def _joined(*parts: str) -> str:
-    return "; ".join(part for part in parts if part)
-
-
-def _program_process(program: ProgramFile) -> ProgramProcess | None:
-    port, settings = program.port(), program.settings()
-    if port is None or settings is None:
-        return None
-    return ProgramProcess(program.name, port, settings.argv, settings.directory)
 
 
 def _port_conflict(name: str, failure: StartFailed, holders: list[PortHolder]) -> StartFailed:
