@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 
 import deployer
 from deployer import logs
+from deployer.artifacts import Artifacts, ContentCache, Fetchers, FetchOptions
 from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
 from deployer.errors import ConfigError, DeployerError
@@ -116,6 +117,8 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
     events.subscribe(metrics.on_event)
     events.subscribe(status.on_event)
     gateway, traffic = _gateway(settings, metrics)
+    artifacts = _artifacts(settings)
+    metrics.observe_artifacts(artifacts.cache.use)
     reconciler = assemble(
         store, runtimes,
         EnvBuilder(state_dir / "envs", installer=settings.build.installer, python=settings.build.python,
@@ -130,6 +133,7 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
                          git_token=git_token(settings)),
         HostChecks(port_is_free=is_free, port_holder=holder),
         hooks=HookRunner(settings.hooks.dir, timeout=settings.hooks.timeout), events=events, gateway=gateway,
+        artifacts=artifacts,
     )
     _add_sources(reconciler, store, settings, config_dir or Path.cwd())
     last_errors: dict[str, str | None] = {}
@@ -148,7 +152,8 @@ def build(settings: Settings, *, config_dir: Path | None = None, secrets: Secret
     deps = WebDeps(store=store, webhook=webhook, reconciler=reconciler, queue=queue, metrics=metrics,
                    api_token=api_token, checks=_checks(daemon), gitea_url=settings.gitea.url,
                    gateway_url=f"http://{settings.gateway.listen}" if gateway is not None else "",
-                   traffic=traffic.read if traffic is not None else None, operations=operations)
+                   traffic=traffic.read if traffic is not None else None, operations=operations,
+                   artifacts=artifacts.use)
     daemon.app = build_app(deps, lifespan=_lifespan(daemon))
     return daemon
 
@@ -165,6 +170,16 @@ def _gateway(settings: Settings, metrics: Metrics) -> tuple[NginxGateway | None,
     traffic = TrafficReader(gateway.access_log, start_at_end=True)
     metrics.observe_gateway(traffic.read)
     return gateway, traffic
+
+
+def _artifacts(settings: Settings) -> Artifacts:
+    """The artifact cache under the state dir and its fetchers, keys read from their secret files now."""
+    options = settings.artifacts
+    access_key, secret_key = settings.s3_keys
+    fetch = FetchOptions(s3_endpoint=options.s3_endpoint, s3_region=options.s3_region, s3_access_key=access_key,
+                         s3_secret_key=secret_key, ca_bundle=options.ca_bundle, timeout=options.timeout)
+    cache = ContentCache(settings.paths.state_dir / "artifacts", budget=options.cache_max)
+    return Artifacts(cache, Fetchers(fetch), parallel=options.parallel)
 
 
 def _container_runtimes(settings: Settings) -> dict[str, Runtime]:

@@ -18,7 +18,7 @@ class Reason(StrEnum):
     DRIFT_CORRECTED = "DriftCorrected"
     PRUNED = "Pruned"
     SOURCE_FETCH_FAILED = "SourceFetchFailed"
-    ARTIFACT_FETCH_FAILED = "ArtifactFetchFailed"  # a model file (a Git LFS object) could not be fetched
+    ARTIFACT_FETCH_FAILED = "ArtifactFetchFailed"  # a model file (Git LFS, artifacts:) not fetched or other bytes
     MANIFEST_INVALID = "ManifestInvalid"
     BUILD_FAILED = "BuildFailed"
     APPLY_FAILED = "ApplyFailed"
@@ -93,7 +93,8 @@ class SourceError(TransientError):
 
 
 class ArtifactFetchError(TransientError):
-    """A file the revision needs from outside git (a Git LFS object) is missing, unreachable or unusable.
+    """A file the revision needs from outside git (a Git LFS object, an ``artifacts:`` file) is missing,
+    unreachable, unusable or not the bytes its digest names.
 
     Transient: the object may be uploaded, the server come back or git-lfs be installed without
     any change in git. The message names each file and its object id.

@@ -36,6 +36,7 @@ from deployer.model.manifest import (
     HEADER_NAME_PATTERN,
     JSON_PATH_PATTERN,
     NAME_PATTERN,
+    SHA256_PATTERN,
     ManifestFile,
     ServiceManifest,
 )
@@ -62,6 +63,7 @@ _PATTERN_RULES = {
     HEADER_NAME_PATTERN: "a header name (letters, digits and !#$%&'*+.^_`|~-)",
     DEMO_PATH_PATTERN: "a path on the service starting with '/' (an optional ?query), no scheme or host",
     JSON_PATH_PATTERN: "a dotted path such as label or scores.0 (no spaces, no empty parts)",
+    SHA256_PATTERN: "the file's sha256: 64 lowercase hex digits, as sha256sum prints it",
 }
 
 # Editors show these; the model keeps only the validation rules.
@@ -87,6 +89,9 @@ _SERVICE_FIELD_HELP = {
     "docker": "Dockerfile and build arguments for the docker and swarm runtimes.",
     "files": "Files put in the service folder before start, mode 0600: a secret's value ({path: .env, secret: "
              "DOTENV}) or a repository file ({path: config/app.toml, from: conf/prod.toml}).",
+    "artifacts": "Files fetched by digest before start (model weights kept out of git), placed read-only in the "
+                 "service folder: {url: s3://models/bert.bin | https://..., sha256: <64 hex>, path: models/bert.bin}."
+                 " Credentials come from deployer.toml [artifacts], never from the URL.",
 }
 
 
@@ -651,6 +656,8 @@ def _check_service_paths(
         return
     for field_loc, relative in _referenced_files(service):
         _check_file(root, Path(service.path) / relative, relative, (*loc, *field_loc), doc, problems)
+    for index, artifact in enumerate(service.artifacts):
+        _check_artifact_place(folder, artifact.path, (*loc, "artifacts", index, "path"), doc, problems)
 
 
 def _referenced_files(service: ServiceManifest) -> Iterator[tuple[Loc, str]]:
@@ -679,6 +686,15 @@ def _check_file(root: Path, in_repo: Path, relative: str, loc: Loc, doc: _Doc, p
         problems.add(doc.value_mark(loc), loc, _outside(relative))
     elif not (root / in_repo).is_file():
         problems.add(doc.value_mark(loc), loc, f"file '{relative}' does not exist in the service folder")
+
+
+def _check_artifact_place(folder: Path, relative: str, loc: Loc, doc: _Doc, problems: _Problems) -> None:
+    """An artifact lands inside its service folder: no symlink on the way leads out, no folder stands there."""
+    if not is_contained(folder, relative):
+        problems.add(doc.value_mark(loc), loc, f"'{relative}' leads outside the service folder "
+                                               "(a symlink pointing out is not allowed)")
+    elif (folder / relative).is_dir():
+        problems.add(doc.value_mark(loc), loc, f"'{relative}' is a folder in the repository; name a file")
 
 
 def _outside(relative: str) -> str:

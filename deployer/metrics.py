@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from deployer.model.events import AttemptFinished, Event, PassFinished, ServiceObserved, ServiceRemoved
-from deployer.model.status import Outcome, Trigger
+from deployer.model.status import CacheUse, Outcome, Trigger
 from deployer.model.traffic import RevisionTraffic
 
 _DURATIONS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
@@ -74,6 +74,15 @@ class Metrics:
         for gauge in (self.up, self.healthy):
             with contextlib.suppress(KeyError):  # never observed: nothing to remove
                 gauge.remove(service)
+
+    def observe_artifacts(self, use: Callable[[], CacheUse]) -> None:
+        """The artifact cache's size and object count, read at each scrape (an in-memory tally)."""
+        size = Gauge("deployer_artifact_cache_bytes", "Bytes held by the artifact cache", registry=self.registry)
+        count = Gauge("deployer_artifact_cache_objects", "Files held by the artifact cache", registry=self.registry)
+        limit = Gauge("deployer_artifact_cache_budget_bytes", "[artifacts] cache_max", registry=self.registry)
+        size.set_function(lambda: float(use().bytes))
+        count.set_function(lambda: float(use().objects))
+        limit.set_function(lambda: float(use().budget))
 
     def observe_gateway(self, read: Callable[[], Iterable[RevisionTraffic]]) -> None:
         """Gateway traffic from ``read`` (the access-log reader's ``read``), called at each scrape."""

@@ -53,7 +53,8 @@ SHORT_FORMS: dict[str, str] = {
 # Keys of the toml's top level, outside any section.
 TOP_LEVEL_VARIABLES = {"DEPLOYER_RUNTIME"}
 # Keys that hold a secret: allowed from the environment, never in the toml itself.
-SECRET_KEYS = {("gitea", "webhook_secret"), ("gitea", "token"), ("api", "token")}
+SECRET_KEYS = {("gitea", "webhook_secret"), ("gitea", "token"), ("api", "token"),
+               ("artifacts", "s3_access_key"), ("artifacts", "s3_secret_key")}
 
 
 def _empty_is_none(value: Any) -> Any:
@@ -217,6 +218,21 @@ class BuildSettings(Section):
     timeout: float = Field(default=900, gt=0)
 
 
+class ArtifactSettings(Section):
+    """Files fetched by digest (``artifacts:`` in service.yaml): the cache's budget and where S3 is."""
+
+    cache_max: int = Field(default=20 * 1000**3, gt=0)  # bytes kept under <state>/artifacts before pruning
+    parallel: int = Field(default=4, ge=1, le=64)  # transfers at once, all services
+    timeout: float = Field(default=30, gt=0)  # seconds without a byte before a transfer fails
+    s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for MinIO; "" = AWS
+    s3_region: str = "us-east-1"
+    s3_access_key: OptionalSecret = None
+    s3_access_key_file: OptionalPath = None
+    s3_secret_key: OptionalSecret = None
+    s3_secret_key_file: OptionalPath = None
+    ca_bundle: OptionalPath = None  # PEM file of the CAs trusted for https:// artifacts and the S3 endpoint
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -239,6 +255,7 @@ class Settings(BaseSettings):
     build: BuildSettings = Field(default_factory=BuildSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
     hooks: HookSettings = Field(default_factory=HookSettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     runtime: Literal["supervisor", "docker", "swarm"] = "supervisor"
 
     @classmethod
@@ -295,6 +312,13 @@ class Settings(BaseSettings):
     @property
     def api_token(self) -> str | None:
         return _secret(self.api.token, self.api.token_file, "api.token_file")
+
+    @property
+    def s3_keys(self) -> tuple[str | None, str | None]:
+        """The S3 access key and secret key, from the environment or their files (never the toml)."""
+        options = self.artifacts
+        return (_secret(options.s3_access_key, options.s3_access_key_file, "artifacts.s3_access_key_file"),
+                _secret(options.s3_secret_key, options.s3_secret_key_file, "artifacts.s3_secret_key_file"))
 
     @property
     def secrets_dir(self) -> Path:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.store_fixtures", "tests.gitea_fixtures", "tests.docker_fixtures"]
+pytest_plugins = ["tests.store_fixtures", "tests.gitea_fixtures", "tests.docker_fixtures", "tests.artifact_servers"]
 
 IN_CI = bool(os.environ.get("CI"))
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from deployer.model.manifest import (
+    ArtifactSpec,
     DemoSpec,
     DockerSpec,
     FileSpec,
@@ -32,7 +33,7 @@ from deployer.model.manifest import (
 _PROVENANCE = frozenset({"sha", "source"})
 # Fields added after revisions were first recorded: left out while unset (None or empty), so an
 # upgrade of deployer does not change the hash of (and so redeploy) every service.
-_ADDED_LATER = frozenset({"rollout", "files", "files_hash"})
+_ADDED_LATER = frozenset({"rollout", "files", "files_hash", "artifacts"})
 
 
 class DesiredService(BaseModel):
@@ -66,6 +67,8 @@ class DesiredService(BaseModel):
     files_hash: str | None = Field(default=None, description="sha256 over each file's path and the sha256 of its "
                                                               "content: a changed secret redeploys, its value "
                                                               "never enters the spec")
+    artifacts: tuple[ArtifactSpec, ...] = Field(default=(), description="files fetched by digest (their sha256 "
+                                                                         "is in the spec: new weights redeploy)")
 
     def spec(self) -> dict[str, Any]:
         """The resolved spec as plain JSON data (what a revision stores)."""

@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -262,6 +262,59 @@ class FileSpec(Strict):
         return self
 
 
+ARTIFACT_SCHEMES = ("s3", "http", "https")
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# Query parameters that carry a credential: a signed URL (S3's, GCS's, Azure's SAS), a token, a key.
+_SECRET_QUERY = re.compile(r"signature|credential|token|secret|passw|api[_-]?key|access[_-]?key|^sig$|^key$",
+                           re.IGNORECASE)
+
+
+def _artifact_url(value: str) -> str:
+    """Where an artifact is fetched: s3://bucket/key or http(s)://host/path, never with a credential in it.
+
+    Keys and tokens belong in deployer.toml's [artifacts] (read from secret files): a URL is stored
+    in revisions and shown on pages, and a signed URL expires before the next rollback needs it.
+    """
+    if _CONTROL.search(value) or " " in value:
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ValueError(f"is not a well-formed URL (got {value[:80]!r})") from None
+    if parts.scheme.lower() not in ARTIFACT_SCHEMES:
+        raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not supported; use s3://BUCKET/KEY, "
+                         "http:// or https://")
+    if "@" in parts.netloc:
+        raise ValueError("carries credentials (user:password@host); keys belong in deployer.toml [artifacts] "
+                         "(s3_access_key_file, s3_secret_key_file), never in service.yaml")
+    secret = sorted({name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY.search(name)})
+    if secret:
+        raise ValueError(f"query parameter {', '.join(secret)} looks like a credential (a signed or token URL); "
+                         "give the plain URL and keep keys in deployer.toml [artifacts]")
+    if not parts.hostname or parts.path in ("", "/"):
+        what = "s3://BUCKET/KEY" if parts.scheme.lower() == "s3" else "a host and a file path"
+        raise ValueError(f"must name {what} (got {value[:80]!r})")
+    return value
+
+
+def _file_path(value: str) -> str:
+    if PurePosixPath(value) == PurePosixPath(".") or value.endswith("/"):
+        raise ValueError(f"must name a file, not a folder (got {value!r})")
+    return value
+
+
+class ArtifactSpec(Strict):
+    """A file fetched by digest before the new revision starts: model weights kept out of git."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_artifact_url)] = Field(
+        description="s3://BUCKET/KEY (endpoint and keys from deployer.toml [artifacts]), http:// or https://")
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] = Field(
+        description="the file's sha256 as sha256sum prints it (64 lowercase hex digits); other bytes fail the "
+                    "attempt")
+    path: Annotated[RelPath, AfterValidator(_file_path)] = Field(
+        description="where the file goes, relative to the service folder (read-only)")
+
+
 class ServiceManifest(Strict):
     """One service as written in ``service.yaml``."""
 
@@ -286,6 +339,7 @@ class ServiceManifest(Strict):
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
     files: list[FileSpec] = Field(default_factory=list)
+    artifacts: list[ArtifactSpec] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -328,6 +382,22 @@ class ServiceManifest(Strict):
             if entry.from_ in targets:
                 raise ValueError(f"{entry.path} is made from {entry.from_}, which 'files:' writes itself")
         return files
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts_apart(cls, artifacts: list[ArtifactSpec], info: ValidationInfo) -> list[ArtifactSpec]:
+        """One file per path, never a file deployer reads itself nor one ``files:`` writes."""
+        targets = [str(PurePosixPath(entry.path)) for entry in artifacts]
+        twice = sorted({path for path in targets if targets.count(path) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} is given twice")
+        read = {path: why for why, path in _read_paths(info.data)}
+        written = info.data.get("files", [])
+        read.update({str(PurePosixPath(entry.path)): "target of a 'files:' entry" for entry in written})
+        for path in targets:
+            if path in read:
+                raise ValueError(f"{path} is the {read[path]}; an artifact must not replace it")
+        return artifacts
 
 
 def _read_paths(fields: dict[str, Any]) -> list[tuple[str, str]]:

@@ -144,3 +144,22 @@ class ServiceView:
     detail: str = ""  # what the runtime or the health probe said last (container id, image, engine health …)
     slot: str | None = None  # behind the gateway: the slot serving (blue or green)
     gateway_path: str | None = None  # the running revision's gateway path
+
+
+@dataclass(frozen=True)
+class ArtifactTransfer:
+    """A deploy's artifacts arriving now: bytes fetched so far of those it has to fetch."""
+
+    service: str
+    fetched: int
+    expected: int
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """What the artifact cache holds now, its budget (``[artifacts] cache_max``) in bytes, and what is arriving."""
+
+    bytes: int
+    objects: int
+    budget: int
+    fetching: tuple[ArtifactTransfer, ...] = ()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployer.artifacts import Artifacts, ContentCache, Fetchers, FetchOptions
 from deployer.build import EnvBuilder
 from deployer.demo import DemoLimits
 from deployer.gateway import Route
@@ -30,6 +31,7 @@ from deployer.reconcile.observe import Observer
 from deployer.reconcile.passes import PassResult, Reconciler, Rooms
 from deployer.reconcile.record import Recorder
 from deployer.reconcile.resolve import ClaimedPorts, Resolver
+from deployer.reconcile.retention import Retention
 from deployer.reconcile.rollout import Rollout, RolloutParts
 from deployer.reconcile.routing import GatewayPort, Router
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
@@ -72,9 +74,12 @@ class HostChecks:
 
 def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder, secrets: SecretStore,
              config: ReconcilerConfig, host: HostChecks, *, hooks: HookRunner | None = None,
-             events: EventBus | None = None, gateway: GatewayPort | None = None) -> Reconciler:
+             events: EventBus | None = None, gateway: GatewayPort | None = None,
+             artifacts: Artifacts | None = None) -> Reconciler:
     """Every room, wired once: the daemon's composition root and the tests build the same reconciler."""
     events = events or EventBus()
+    artifacts = artifacts or Artifacts(ContentCache(config.state_dir / "artifacts", budget=20 * 1000**3),
+                                       Fetchers(FetchOptions()))
     http = HttpChecks()
     sources = SourceRegistry(store, config.state_dir, token=config.git_token)
     observer = Observer(store, runtimes, http, events, probe=host.probe, probe_interval=config.probe_interval)
@@ -84,7 +89,7 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
     router = Router(store, gateway, slot_bounds=config.slot_bounds, is_free=host.port_is_free,
                     drain=config.drain) if gateway is not None else None
     parts = RolloutParts(runtimes, builder, secrets, hooks or HookRunner(), sources, router,
-                         builds=threading.BoundedSemaphore(config.builds))
+                         builds=threading.BoundedSemaphore(config.builds), artifacts=artifacts)
     recorder = Recorder(store, sources, events)
     rollout = Rollout(store, parts, gate, observer, events)
     rooms = Rooms(
@@ -97,4 +102,5 @@ def assemble(store: Store, runtimes: Mapping[str, Runtime], builder: EnvBuilder,
         events=events, recorder=recorder, actions=ServiceActions(store, rollout, observer),
     )
     events.subscribe(recorder.on_event)
+    events.subscribe(Retention(store, artifacts).on_event)
     return Reconciler(store, rooms, prune=config.prune, parallel=config.parallel)

@@ -172,6 +172,7 @@ def _desired(source: GitSource, sha: str, entry: ServiceManifest, checkout: Path
         group=entry.group, demo=tuple(entry.demo), gateway=entry.gateway, rollout=entry.rollout,
         resources=entry.resources,
         replicas=entry.replicas, hooks=entry.hooks, docker=entry.docker, files=tuple(entry.files),
+        artifacts=tuple(entry.artifacts),
     )
 
 

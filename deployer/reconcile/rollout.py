@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from deployer.artifacts import Artifacts
 from deployer.build import EnvBuilder
 from deployer.errors import BuildError, DeployerError, Reason, StalledError
 from deployer.hooks import HookRunner
@@ -63,6 +64,7 @@ class RolloutParts:
     # Builds use the CPU (pip/uv, docker build); gates only wait. Bounding builds, not deploys,
     # lets a slow gate wait without holding anyone else's build.
     builds: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
+    artifacts: Artifacts | None = None  # files by digest (artifacts:); assemble always gives one
 
 
 class Rollout:
@@ -244,7 +246,7 @@ class Rollout:
 
     def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str,
                  place: Placement) -> Deployment:
-        """Checkout (and its Git LFS files), then build: a Python environment (processes) or an image (containers)."""
+        """Checkout (its Git LFS files, its artifacts), then build: a Python environment or an image (containers)."""
         with self._steps.step(attempt, f"{prefix}checkout") as step:
             source = self._parts.sources.get(desired.source)
             checkout = source.checkout(desired.sha)
@@ -254,6 +256,9 @@ class Rollout:
         if pointers:  # Git LFS files: the real ones replace their pointers before anything builds or starts
             with self._steps.step(attempt, f"{prefix}lfs") as step:
                 step.output = source.materialise_lfs(desired.sha, workdir, pointers).summary()
+        if desired.artifacts and self._parts.artifacts is not None:  # before anything of the revision runs
+            with self._steps.step(attempt, f"{prefix}artifacts") as step:
+                step.output = self._parts.artifacts.place(desired.name, desired.artifacts, workdir).summary()
         secret_env = self._parts.secrets.resolve(desired.secrets, service=desired.name)
         files = self._files(desired, workdir, attempt, prefix,
                             into_checkout=not isinstance(self._runtime(desired), BuildsImages))

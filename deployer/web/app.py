@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from deployer.metrics import Metrics
+from deployer.model.status import CacheUse
 from deployer.model.traffic import RevisionTraffic
 from deployer.operations import Operations
 from deployer.reconcile import PassResult, Reconciler
@@ -46,6 +47,7 @@ class WebDeps:
     gateway_url: str = ""  # the gateway's base URL when it is on: /api/services gives each path's URL
     traffic: Callable[[], Iterable[RevisionTraffic]] | None = None  # what the gateway counted, when it is on
     operations: Operations | None = None  # long operator actions (stop, start, restart) run here
+    artifacts: Callable[[], CacheUse] | None = None  # the artifact cache's use, for the status page
 
 
 def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None
@@ -53,7 +55,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
     demos = deps.reconciler.rooms.demos
     showcase = Showcase(deps.store, demos.state_dir, demos.limits)
     pages = Pages(deps.store, deps.reconciler, showcase, refresh_seconds=deps.refresh_seconds,
-                  gitea_url=deps.gitea_url, traffic=deps.traffic)
+                  gitea_url=deps.gitea_url, traffic=deps.traffic, artifacts=deps.artifacts)
     api = Api(deps.store, deps.reconciler, deps.queue, api_token=deps.api_token, gateway_url=deps.gateway_url,
               operations=deps.operations)
     monitoring = Monitoring(deps.checks, deps.metrics)

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from deployer.errors import NotFound
+from deployer.model.status import CacheUse
 from deployer.model.traffic import RevisionTraffic
 from deployer.reconcile import Reconciler
 from deployer.store import Store
@@ -50,9 +51,11 @@ class Pages:
 
     def __init__(self, store: Store, reconciler: Reconciler, showcase: Showcase, *,
                  refresh_seconds: int, gitea_url: str,
-                 traffic: Callable[[], Iterable[RevisionTraffic]] | None = None) -> None:
+                 traffic: Callable[[], Iterable[RevisionTraffic]] | None = None,
+                 artifacts: Callable[[], CacheUse] | None = None) -> None:
         self.store = store
         self.traffic = traffic
+        self.artifacts = artifacts  # the artifact cache's tally (in memory: no disk walk per request)
         self.reconciler = reconciler
         self.showcase = showcase
         self.refresh_seconds = refresh_seconds
@@ -72,7 +75,8 @@ class Pages:
                 "drifting": [row for row in rows if row.condition.tone is Tone.WARN],
                 "source_errors": sorted(self.reconciler.sources.errors().items()),
                 "gateway_problem": self.reconciler.gateway_problem(),
-                "groups": self.store.views.groups()}
+                "groups": self.store.views.groups(),
+                "artifacts": self.artifacts() if self.artifacts is not None else None}
 
     async def service(self, request: Request) -> Response:
         name = request.path_params["name"]

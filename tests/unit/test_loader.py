@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 RANGE = (8800, 8999)
 SERVICE_KEYS = (
     "name, path, runtime, command, requirements, port, env, secrets, health, info, group, demo, "
-    "gateway, rollout, resources, replicas, hooks, docker, files"
+    "gateway, rollout, resources, replicas, hooks, docker, files, artifacts"
 )
 
 

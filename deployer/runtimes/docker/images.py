@@ -220,12 +220,14 @@ def _service_dockerfile(deployment: Deployment) -> str | None:
 
 
 def _context_key(desired: DesiredService, dockerfile: str | None, rendered: str | None) -> str:
-    content = {
+    content: dict[str, object] = {
         "tree": desired.tree,
         "dockerfile": dockerfile,
         "rendered": rendered,
         "build_args": dict(sorted(desired.docker.build_args.items())),
     }
+    if desired.artifacts:  # placed in the folder before the build, so part of the context (absent: keys as before)
+        content["artifacts"] = sorted([entry.path, entry.sha256] for entry in desired.artifacts)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
