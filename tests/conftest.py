@@ -12,6 +12,7 @@ pytest_plugins = ["tests.store_fixtures", "tests.gitea_fixtures", "tests.docker_
 IN_CI = bool(os.environ.get("CI"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Groups for pytest-xdist's ``--dist loadgroup`` (scripts/test.sh runs the suite on a few workers).
 
