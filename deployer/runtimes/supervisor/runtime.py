@@ -264,6 +264,15 @@ class SupervisorRuntime:
             self._no_listing_until = time.monotonic() + _LISTING_RETRY_SECONDS
         return list(self._call("getAllProcessInfo"))
 
+    def generation(self) -> str | None:
+        """Which start or reload of supervisord this is: it makes its unix socket anew each time (a
+        SIGHUP keeps its pid but restarts every program); None while there is no socket."""
+        try:
+            found = self.socket_path.stat()
+        except OSError:
+            return None
+        return f"{found.st_ino}:{found.st_ctime_ns}"
+
     def _owns(self, info: dict[str, Any]) -> bool:
         """Every program of the embedded supervisord is deployer's; elsewhere, those logging into our dir."""
         return self.embedded or Path(str(info.get("stdout_logfile") or "")).parent == self.log_dir
