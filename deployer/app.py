@@ -270,6 +270,12 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
             raise RuntimeError("the gateway's inner nginx does not answer; the next pass restarts it "
                                "(see <state>/gateway/inner/error.log)")
 
+    def statuses_delivered() -> None:
+        # A Gitea outage fails no deploy, but a status that waits is something an operator should see.
+        problem = daemon.status.problem
+        if problem is not None:
+            raise RuntimeError(problem)
+
     def state_dir_space() -> None:
         state_dir = daemon.settings.paths.state_dir
         free = shutil.disk_usage(state_dir).free
@@ -283,6 +289,8 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
     checks.update({name: runtime_check(name, runtime) for name, runtime in daemon.runtimes.items()})
     if daemon.gateway is not None:
         checks["gateway"] = gateway_answers
+    if daemon.status.enabled:
+        checks["gitea_status"] = statuses_delivered
     return checks
 
 

@@ -20,6 +20,7 @@ install_packages() {
   [ -x /usr/sbin/dockerd ] || need+=(docker.io)
   dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
   [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)  # the reliability suite's private dockerd needs a bridge
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get update -qq

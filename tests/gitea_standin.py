@@ -12,6 +12,7 @@ is the web UI (which can change the secret). ``GiteaStandIn`` serves it under uv
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import itertools
@@ -96,6 +97,8 @@ class World:
     repos: dict[str, Repo] = field(default_factory=dict)
     rows: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     failures: list[int] = field(default_factory=list)
+    failing: int | None = None  # every request answered with this status until cleared (an outage)
+    delay: float = 0.0  # seconds every request waits before it is handled (a slow Gitea)
     requests: list[SeenRequest] = field(default_factory=list)
     orgs: set[str] = field(default_factory=set)
     hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "repos/o/r" or "orgs/o" -> hooks
@@ -167,6 +170,8 @@ class GiteaApp:
 
     def _wrap(self, handler: Callable[[Request, Token | None], Response], *, scope: str | None) -> Handler:
         async def endpoint(request: Request) -> Response:
+            if self.world.delay:
+                await asyncio.sleep(self.world.delay)
             body = await request.body()
             request.state.raw_body = body
             with self.world.lock:
@@ -181,6 +186,8 @@ class GiteaApp:
         return endpoint
 
     def _injected_failure(self) -> None:
+        if self.world.failing is not None:
+            raise ApiError(self.world.failing, "injected outage")
         if self.world.failures:
             raise ApiError(self.world.failures.pop(0), "injected failure")
 
@@ -518,6 +525,11 @@ class GiteaStandIn:
         with self.world.lock:
             self.world.failures.extend([status] * n)
 
+    def degrade(self, *, failing: int | None = None, delay: float = 0.0) -> None:
+        """Answer every request with ``failing``, or only after ``delay`` seconds; no arguments: healthy again."""
+        with self.world.lock:
+            self.world.failing, self.world.delay = failing, delay
+
     def reset(self) -> None:
         """Forget repos, statuses, requests, extra tokens and injected failures."""
         with self.world.lock:
@@ -525,6 +537,7 @@ class GiteaStandIn:
             self.world.rows.clear()
             self.world.requests.clear()
             self.world.failures.clear()
+            self.world.failing, self.world.delay = None, 0.0
             self.world.orgs.clear()
             self.world.hooks.clear()
             self.world.tokens = {self.token: Token("deployer-bot")}

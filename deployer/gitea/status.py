@@ -2,7 +2,8 @@
 
 ``StatusReporter`` hands statuses to one background thread, so a slow or absent Gitea
 never blocks or fails a deploy; newest wins per (repository, commit, context), transient
-failures are retried with backoff and rejections dropped. Gitea's behaviour: shared gitea/WEBHOOKS.md §3.
+failures are retried with backoff until Gitea is back (for up to ``max_age``), rejections
+dropped. Gitea's behaviour: shared gitea/WEBHOOKS.md §3.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class _Job:
     state: CommitState
     description: str
     target_url: str
+    queued_at: float
     tries: int = 0
 
     @property
@@ -80,18 +82,22 @@ class StatusReporter:
     Newest wins: a status for the same (repo, sha, context) replaces a queued older
     one, so after an outage Gitea shows the final state, not a replay of every step.
     A transient failure holds the whole queue (one Gitea: if it is down for one
-    status it is down for all) and retries the failed status first, up to
-    ``max_tries``; a rejection is logged once and dropped.
+    status it is down for all) and retries the failed status first, until it is
+    ``max_age`` seconds old (an outage of any length short of that loses nothing:
+    counting tries would drop each status ~30 s into an outage) or, when given,
+    after ``max_tries``; a rejection is logged once and dropped.
     """
 
     def __init__(self, client: GiteaClient | None, *, context_prefix: str = "deployer", public_url: str = "",
-                 max_tries: int = 6, first_delay: float = 1.0, max_delay: float = 60.0, jitter: float = 0.2,
+                 max_tries: int | None = None, max_age: float = 3600.0, first_delay: float = 1.0,
+                 max_delay: float = 60.0, jitter: float = 0.2,
                  max_queue: int = 1000, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] | None = None) -> None:
         self._client = client
         self._prefix = context_prefix.strip("/")
         self._public_url = public_url.rstrip("/")
-        self._max_tries = max(1, max_tries)
+        self._max_tries = None if max_tries is None else max(1, max_tries)
+        self._max_age = max_age
         self._backoff = _Backoff(first_delay, max_delay, jitter)
         self._max_queue = max_queue
         self._clock = clock
@@ -102,6 +108,7 @@ class StatusReporter:
         self._wake = threading.Event()  # interrupts a backoff pause on stop()
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None  # set by stop(): deliver what is queued until then
+        self._failing: str | None = None  # the last transient failure, until a status gets through
 
     @property
     def enabled(self) -> bool:
@@ -114,7 +121,8 @@ class StatusReporter:
         """
         if self._client is None:
             return
-        job = _Job(repo, sha, f"{self._prefix}/{service}", CommitState(state), description, self._target(service))
+        job = _Job(repo, sha, f"{self._prefix}/{service}", CommitState(state), description, self._target(service),
+                   self._clock())
         with self._cond:
             self._queue.pop(job.key, None)  # the newer status supersedes a queued older one
             dropped = self._queue.popitem(last=False)[1] if len(self._queue) >= self._max_queue else None
@@ -162,6 +170,15 @@ class StatusReporter:
         with self._cond:
             return len(self._queue) + (self._inflight is not None)
 
+    @property
+    def problem(self) -> str | None:
+        """For ``/healthz``: why statuses wait (Gitea failing), or None while they get through."""
+        with self._cond:
+            failing, waiting = self._failing, len(self._queue) + (self._inflight is not None)
+        if failing is None or not waiting:
+            return None
+        return f"{waiting} commit status(es) wait for Gitea ({failing}); retried with backoff, deploys go on"
+
     def wait_idle(self, timeout: float) -> bool:
         """True once nothing is queued or in flight (for tests and shutdown)."""
         with self._cond:
@@ -194,15 +211,20 @@ class StatusReporter:
         try:
             self._client.set_status(job.repo, job.sha, job.state, context=job.context,
                                     description=job.description, target_url=job.target_url)
+            self._failing = None
         except GiteaRejected as exc:
+            self._failing = None  # Gitea answered: it is up
             log.warning("gitea refused commit status %s; dropped: %s", job, exc)
         except GiteaError as exc:
             self._retry(job, exc)
 
     def _retry(self, job: _Job, exc: GiteaError) -> None:
         job.tries += 1
-        if job.tries >= self._max_tries or self._stopping():
-            log.warning("gitea: gave up on commit status %s after %d tries: %s", job, job.tries, exc)
+        self._failing = str(exc)
+        too_old = self._clock() - job.queued_at >= self._max_age
+        if too_old or (self._max_tries is not None and job.tries >= self._max_tries) or self._stopping():
+            log.warning("gitea: gave up on commit status %s after %d tries in %.0fs: %s", job, job.tries,
+                        self._clock() - job.queued_at, exc)
             return
         delay = self._backoff.delay(job.tries, exc.retry_after)
         with self._cond:

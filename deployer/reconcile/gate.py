@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from deployer.demo import DemoFailed, check_info
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, RuntimeUnavailable
 from deployer.health import HealthCheckFailed, HttpChecks
 from deployer.hooks import HookRunner, hook_output
 from deployer.model.actual import ServiceState
@@ -21,7 +21,7 @@ from deployer.model.cause import readable_paths, root_cause
 from deployer.model.deployment import Deployment
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.resolve import SERVICE_HOST
-from deployer.runtimes.base import Runtime
+from deployer.runtimes.base import Reloads, Runtime
 from deployer.store import Store
 
 FAILED_CHECK_EVERY = 1.0  # seconds between asking the runtime whether a gated process died
@@ -101,6 +101,8 @@ class Gate:
                 took = self._wait_healthy(f"{base}{desired.health.path}", timeout=desired.health.timeout,
                                           interval=desired.health.interval,
                                           failed=_Watch(runtime, deployment.name))
+            except RuntimeUnavailable:
+                raise  # the runtime's fault, retried: not to be read as the revision's (its log says nothing of it)
             except DeployerError as exc:
                 step.output = readable_paths(runtime.logs(deployment.name, OUTPUT_KEPT))
                 cause = root_cause(step.output, errors_only=True)
@@ -127,7 +129,9 @@ class _Watch:
     supervisord's RUNNING only means the process outlived ``startsecs``: a process that dies
     later is restarted by supervisord (a crash loop) and would read RUNNING again a second
     after. So the first process seen is remembered, and any other one (a restart), an exit,
-    a backoff or a fatal state ends the wait at once.
+    a backoff or a fatal state ends the wait at once. A restart because the runtime itself
+    restarted every process (supervisord reloaded on SIGHUP) is not the revision's fault: that
+    raises ``RuntimeUnavailable``, which is retried, where a failed gate would hold the revision.
     """
 
     def __init__(self, runtime: Runtime, instance: str, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -136,6 +140,7 @@ class _Watch:
         self._clock = clock
         self._asked = float("-inf")
         self._pid: int | None = None
+        self._generation: str | None = None
 
     def __call__(self) -> str | None:
         now = self._clock()
@@ -150,7 +155,18 @@ class _Watch:
         if seen.state is ServiceState.STOPPED:
             return "the process exited" + (f" ({seen.detail})" if seen.detail else "")
         if self._pid is not None and seen.pid != self._pid:
+            self._unless_reloaded(seen.runtime)
             now_pid = f"pid {seen.pid}" if seen.pid is not None else "waiting to restart"
             return f"the process exited and was restarted by {seen.runtime} (pid {self._pid}, now {now_pid})"
+        if self._pid is None and seen.pid is not None and isinstance(self._runtime, Reloads):
+            self._generation = self._runtime.generation()
         self._pid = self._pid or seen.pid
         return None
+
+    def _unless_reloaded(self, runtime_name: str) -> None:
+        if self._generation is None or not isinstance(self._runtime, Reloads):
+            return  # cannot tell: the restart is taken for the process's own
+        now = self._runtime.generation()
+        if now != self._generation:
+            raise RuntimeUnavailable(f"{runtime_name} restarted every process while the gate waited (reloaded or "
+                                     "restarted); the deploy is tried again")

@@ -48,6 +48,14 @@ class BuiltImage(Protocol):
 
 
 @runtime_checkable
+class Reloads(Protocol):
+    """A runtime that can restart all its processes at once (supervisord's reload on SIGHUP)."""
+
+    def generation(self) -> str | None:
+        """A token that changes whenever the runtime restarted or reloaded; None when it cannot tell."""
+
+
+@runtime_checkable
 class BuildsImages(Protocol):
     """Container runtimes build (or reuse) the service's image before ``apply``."""
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from deployer.gitea import state_for
+from deployer.model.actual import ServiceState
 from deployer.model.cause import readable_paths
 from deployer.model.diff import Change, spec_diff, with_previous
 from deployer.model.status import (
@@ -130,6 +131,8 @@ def _kept(view: ServiceView, attempt: AttemptView) -> str:
 
 def _drift(view: ServiceView) -> str:
     """Why what runs is not what git asks for; empty when they agree (a pin is not drift)."""
+    if view.state == ServiceState.UNKNOWN.value and view.detail:
+        return f"unknown, desired running: {view.detail}"  # why it cannot be seen, e.g. its runtime is down
     if view.state != "running":
         return f"{view.state}, desired running"
     pinned = view.override == OverrideKind.PINNED.value

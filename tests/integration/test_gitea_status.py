@@ -137,6 +137,40 @@ def test_gives_up_after_max_tries_with_one_warning(repo: GiteaStandIn, make_repo
     assert repo.token not in caplog.text
 
 
+def test_an_outage_of_any_length_short_of_max_age_loses_no_status(repo: GiteaStandIn,
+                                                                   make_reporter: MakeReporter) -> None:
+    """No try count by default: 40 failed tries (an outage of ~35 min at the 60 s cap) still deliver,
+    and ``problem`` says why statuses wait until one gets through."""
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    reporter = make_reporter(max_tries=None, sleep=sleep, clock=lambda: now[0], max_delay=60.0, start=False)
+    repo.fail_next(40, 503)
+    reporter.report(REPO, SHA, "asr", CommitState.SUCCESS, "healthy")
+    assert reporter.problem is None  # nothing has failed yet
+    reporter.start()
+    assert reporter.wait_idle(20)
+    assert _states(repo) == [("deployer/asr", "success")] and len(repo.requests("POST")) == 41
+    assert reporter.problem is None
+
+
+def test_a_status_older_than_max_age_is_dropped_with_a_warning(repo: GiteaStandIn, make_reporter: MakeReporter,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    reporter = make_reporter(max_tries=None, max_age=30.0, sleep=sleep, clock=lambda: now[0], max_delay=10.0)
+    reporter.report(REPO, "0" * 40, "asr", CommitState.SUCCESS, "healthy")  # unknown commit: Gitea answers 500
+    assert reporter.wait_idle(5)
+    [warning] = _gitea_records(caplog, logging.WARNING)
+    assert "gave up" in warning.getMessage() and now[0] >= 30.0
+
+
 def test_a_wrong_token_is_logged_once_and_not_retried(repo: GiteaStandIn, make_reporter: MakeReporter,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from deployer.errors import RuntimeUnavailable
 from deployer.health import HealthCheckFailed, Probe, wait_healthy
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.cause import readable_paths, root_cause
@@ -79,6 +80,37 @@ def test_the_gate_fails_at_once_when_the_process_is_restarted_by_its_runtime() -
                      failed=_Watch(runtime, "svc", clock=lambda: clock[0]), probe=probe, clock=lambda: clock[0],
                      sleep=lambda _: None)
     assert clock[0] < 10, "well before the 60 s timeout"
+
+
+class ReloadingRuntime(MemoryRuntime):
+    """A runtime that tells its reloads apart (supervisord's SIGHUP restarts every process)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generation_now: str | None = "start-1"
+
+    def generation(self) -> str | None:
+        return self.generation_now
+
+
+@pytest.mark.parametrize("reloaded", [True, False])
+def test_a_restart_by_a_reload_of_the_runtime_is_retried_not_held_against_the_revision(reloaded: bool) -> None:
+    runtime = ReloadingRuntime()
+    runtime.services["svc"] = ActualService("svc", "supervisor", ServiceState.RUNNING, pid=100)
+    clock = [0.0]
+
+    def probe(url: str, timeout: float) -> Probe:
+        clock[0] += 1.0
+        if clock[0] == 3:  # every process restarted: by a reload, or this one died on its own
+            runtime.services["svc"] = replace(runtime.services["svc"], pid=200)
+            runtime.generation_now = "start-2" if reloaded else "start-1"
+        return Probe(False, "ConnectError: refused")
+
+    expected = (RuntimeUnavailable, "restarted every process") if reloaded else (HealthCheckFailed, "pid 100")
+    with pytest.raises(expected[0], match=expected[1]):
+        wait_healthy("http://127.0.0.1:1/health", timeout=60, interval=0.0,
+                     failed=_Watch(runtime, "svc", clock=lambda: clock[0]), probe=probe, clock=lambda: clock[0],
+                     sleep=lambda _: None)
 
 
 @pytest.mark.parametrize("state", [ServiceState.STOPPED, ServiceState.FAILED])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import tarfile
+import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -97,6 +98,11 @@ class DockerRuntime:
         self.registry = registry
         self.start_seconds = start_seconds
         self.stop_timeout = stop_timeout
+        # Services whose apply in this process failed (the engine cut it short), and when it ended: only
+        # their NAME.next is ours to tidy (other daemons may share the engine and apply right now).
+        self._cut_short: dict[str, float] = {}
+        self._applying: set[str] = set()
+        self._applying_guard = threading.Lock()
 
     # -- the Runtime protocol -------------------------------------------------------
 
@@ -105,14 +111,43 @@ class DockerRuntime:
 
     def observe(self) -> dict[str, ActualService]:
         """One container listing (``all=True``, label filter); unlabelled containers are never seen."""
+        listed_at = time.monotonic()
         with self.engine.errors("docker runtime: observe"):
             rows = self.engine.api().containers(all=True, filters={"label": [MANAGED_FILTER]})
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        for row in map(_row, rows):
-            service = row["labels"].get(LABEL_SERVICE)
-            if service and _SWARM_TASK_LABEL not in row["labels"]:
-                grouped.setdefault(service, []).append(row)
-        return {name: _actual(name, group) for name, group in sorted(grouped.items())}
+            grouped: dict[str, list[dict[str, Any]]] = {}
+            for row in map(_row, rows):
+                service = row["labels"].get(LABEL_SERVICE)
+                if service and _SWARM_TASK_LABEL not in row["labels"]:
+                    grouped.setdefault(service, []).append(row)
+            for name, group in grouped.items():
+                grouped[name] = self._without_leftovers(name, group, listed_at)
+        return {name: _actual(name, group) for name, group in sorted(grouped.items()) if group}
+
+    def _without_leftovers(self, name: str, rows: list[dict[str, Any]], listed_at: float) -> list[dict[str, Any]]:
+        """Remove the NAME.next an apply of this process left when the engine cut it short.
+
+        Its own clean-up needed the engine too, and the next apply that would discard it may
+        never come: the engine's restart policy starts the service's container again and
+        nothing is left to deploy. Only a never-started NAME.next beside NAME, listed after that
+        apply ended and with no apply under way, is taken for it.
+        """
+        with self._applying_guard:
+            ended = self._cut_short.get(name)
+            if ended is None or ended >= listed_at or name in self._applying:
+                return rows
+            del self._cut_short[name]  # looked for once: found now or never left
+        leftovers = [row for row in rows if row["name"] == name + NEXT_SUFFIX and row["state"] == "created"
+                     and any(other["name"] == name for other in rows)]
+        if not leftovers:
+            return rows
+        try:
+            self._discard(leftovers)  # by id: a .next an apply starting now creates is another container
+        except docker.errors.APIError as exc:  # best effort: the next listing tries again
+            log.warning("service %s: cannot remove a leftover container yet: %s", name, explanation(exc))
+            return rows
+        log.info("service %s: removed %s, left by a deploy the engine interrupted", name,
+                 ", ".join(row["id"][:12] for row in leftovers))
+        return [row for row in rows if row not in leftovers]
 
     def inspect(self, name: str) -> ActualService | None:
         """The service's containers only (a label filter on its name)."""
@@ -129,6 +164,21 @@ class DockerRuntime:
 
     def apply(self, deployment: Deployment) -> None:
         """Replace whatever runs for the service with ``deployment`` (see the module docstring)."""
+        name = deployment.name
+        with self._applying_guard:
+            self._applying.add(name)
+            self._cut_short.pop(name, None)  # this apply discards any leftover itself
+        try:
+            self._apply(deployment)
+        except DeployerError:  # the engine gone, or refusing as it shuts down: its clean-up may have failed
+            with self._applying_guard:
+                self._cut_short[name] = time.monotonic()
+            raise
+        finally:
+            with self._applying_guard:
+                self._applying.discard(name)
+
+    def _apply(self, deployment: Deployment) -> None:
         name = deployment.name
         with self.engine.errors(f"service {name}"):
             image = self.images.ensure(deployment).image

@@ -199,6 +199,15 @@ class SupervisorRuntime:
                 log.warning("service %s: %s; left alone, the service cannot start", holder.service, holder.describe())
         return reap(holders, grace=self.orphan_grace)
 
+    def generation(self) -> str | None:
+        """Which start or reload of supervisord this is: it makes its unix socket anew each time (a
+        SIGHUP keeps its pid but restarts every program); None while there is no socket."""
+        try:
+            found = self.socket_path.stat()
+        except OSError:
+            return None
+        return f"{found.st_ino}:{found.st_ctime_ns}"
+
     # -- the embedded supervisord ---------------------------------------------------
 
     def ensure_running(self) -> None:
