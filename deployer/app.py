@@ -42,6 +42,7 @@ from deployer.settings import Settings, SourceSettings
 from deployer.source import HttpToken
 from deployer.store import Store
 from deployer.web.app import WebDeps, build_app
+from deployer.web.monitoring import Notice
 from deployer.web.webhook import GiteaRouting, WebhookReceiver
 
 log = logging.getLogger("deployer")
@@ -271,10 +272,11 @@ def _checks(daemon: Daemon) -> dict[str, Callable[[], None]]:
                                "(see <state>/gateway/inner/error.log)")
 
     def statuses_delivered() -> None:
-        # A Gitea outage fails no deploy, but a status that waits is something an operator should see.
+        # A Gitea outage fails no deploy, but a status that waits is something an operator should see:
+        # said in /healthz's body, without its 503 (nothing restarting deployer would deliver them sooner).
         problem = daemon.status.problem
         if problem is not None:
-            raise RuntimeError(problem)
+            raise Notice(problem)
 
     def state_dir_space() -> None:
         state_dir = daemon.settings.paths.state_dir
