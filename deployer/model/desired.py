@@ -23,6 +23,7 @@ from deployer.model.manifest import (
     HealthSpec,
     HooksSpec,
     InfoSpec,
+    PlacementSpec,
     ResourcesSpec,
     RolloutSpec,
     RuntimeName,
@@ -32,7 +33,7 @@ from deployer.model.manifest import (
 _PROVENANCE = frozenset({"sha", "source"})
 # Fields added after revisions were first recorded: left out while unset (None or empty), so an
 # upgrade of deployer does not change the hash of (and so redeploy) every service.
-_ADDED_LATER = frozenset({"rollout", "files", "files_hash"})
+_ADDED_LATER = frozenset({"rollout", "files", "files_hash", "placement"})
 
 
 class DesiredService(BaseModel):
@@ -60,6 +61,7 @@ class DesiredService(BaseModel):
     rollout: RolloutSpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     replicas: int = 1
+    placement: PlacementSpec | None = None
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
     files: tuple[FileSpec, ...] = ()

@@ -53,3 +53,11 @@ class BuildsImages(Protocol):
 
     def build(self, deployment: Deployment) -> BuiltImage:
         """Build or reuse the image for ``deployment``; raise ``BuildError`` with the output tail."""
+
+
+@runtime_checkable
+class SpreadsOverNodes(Protocol):
+    """A runtime whose service answers on several machines (swarm): each is gated and probed where it runs."""
+
+    def addresses(self, name: str) -> tuple[str, ...]:
+        """The address of every node where ``name`` runs a task now (empty when none does)."""

@@ -171,4 +171,4 @@ def test_observe_is_one_listing(runtime: SwarmRuntime, folder: ServiceFolder) ->
     runtime.apply(folder.deployment(1))
     with engine_calls(runtime) as calls:
         assert runtime.observe()[folder.name].state is ServiceState.RUNNING
-    assert calls == ["services"]
+    assert calls == ["services", "tasks", "nodes"]  # one listing of each: services, their tasks, the nodes
