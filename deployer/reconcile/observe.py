@@ -80,6 +80,7 @@ class Observer:
         self._pids: dict[str, int | None] = {}  # name -> the process last seen: a new one is probed at once
         self._crashes = CrashLoops()  # processes that died after their gate
         self._degraded: dict[str, str] = {}  # swarm services running fewer tasks than asked -> why
+        self._placed: dict[str, str] = {}  # swarm services -> their tasks as the last listing said (node, state)
 
     # -- listings ------------------------------------------------------------
 
@@ -137,7 +138,9 @@ class Observer:
                 return
             self._recovered(name)
         healthy = probe.ok if probe is not None else False
+        self._note_tasks(name, seen)
         detail = probe.detail if probe is not None else (seen.detail if seen is not None else "")
+        detail = _placed(detail, self._placed.get(name, "")) if probe is not None else detail
         same_spec = desired is not None and seen is not None and seen.spec_hash == desired.spec_hash
         running_revision = revision if revision is not None and same_spec else seen.revision if seen else None
         revision = running_revision if running else None
@@ -149,6 +152,13 @@ class Observer:
         self._write(name, (state.value, healthy, _noted(note, detail), revision), fresh)
         if not running:
             self.unwatch(name)
+
+    def _note_tasks(self, name: str, seen: ActualService | None) -> None:
+        """A swarm service's tasks (which node, which state) stay in its detail between listings."""
+        if seen is not None and seen.tasks:
+            self._placed[name] = seen.detail
+        else:
+            self._placed.pop(name, None)
 
     def _note_degraded(self, name: str, seen: ActualService | None) -> str:
         """Announce a service becoming degraded (or running all its tasks again) once; returns why it is."""
@@ -271,7 +281,7 @@ class Observer:
             self._write(name, (ServiceState.FAILED.value, False, why, running), False)
             return
         # A degraded service keeps saying why (swarm's reason) until the next pass looks again.
-        detail = said if state == ServiceState.DEGRADED.value else probe.detail
+        detail = said if state == ServiceState.DEGRADED.value else _placed(probe.detail, self._placed.get(name, ""))
         self._write(name, (state, probe.ok, detail, running), False)
 
     def _died(self, name: str, watched: _Watched) -> str | None:
@@ -357,6 +367,11 @@ def by_service(instances: Mapping[str, ActualService], active: Mapping[str, str]
         else:
             strays.setdefault(service, []).append(key)
     return services, strays
+
+
+def _placed(probed: str, tasks: str) -> str:
+    """A probe's answer, then where the tasks run (swarm): ``HTTP 200; service … 2/2 tasks running (…)``."""
+    return f"{probed}; {tasks}" if tasks else probed
 
 
 def _noted(note: str, detail: str) -> str:

@@ -30,7 +30,7 @@ from deployer.reconcile.events import EventBus
 from deployer.reconcile.observe import Listing, Observer, by_service, health_url
 from deployer.reconcile.planning import PassInputs, PassPlan, hold_failed, plan_pass
 from deployer.reconcile.record import Recorder
-from deployer.reconcile.resolve import MANIFEST, ClaimedPorts, KnownPorts, Resolution, Resolver
+from deployer.reconcile.resolve import MANIFEST, SERVICE_HOST, ClaimedPorts, KnownPorts, Resolution, Resolver
 from deployer.reconcile.rollout import Rollout
 from deployer.reconcile.sources import SourceRegistry, SourceSpec
 from deployer.secrets import SecretStore
@@ -306,6 +306,7 @@ class Reconciler:
         wanted = set(resolution.desired) | inventory
         routed = {service: slot for service, (slot, _) in self.store.slots.routed().items()}
         seen, strays = by_service(listing.actual, routed)
+        self._follow_nodes(listing.actual)
         actual = {key: value for key, value in seen.items() if key in wanted}
         runtime_of = {view.name: view.runtime for view in self.store.views.services()} if listing.down else {}
         planned = plan_pass(PassInputs(
@@ -334,6 +335,16 @@ class Reconciler:
                 moves[name] = "moving off the gateway (back onto its own port)"
         return moves
 
+    def _follow_nodes(self, actual: Mapping[str, ActualService]) -> None:
+        """Swarm tasks that moved since the last pass (a node lost or back) move the gateway's servers."""
+        router = self.rooms.rollout.router
+        if router is None or not router.available:
+            return
+        try:
+            router.follow_nodes({name: seen.addresses for name, seen in actual.items() if seen.addresses})
+        except DeployerError as exc:  # routed as before; the next pass tries again
+            log.warning("gateway: could not follow swarm tasks to their nodes: %s", exc)
+
     def _ensure_gateway(self) -> None:
         router = self.rooms.rollout.router
         if router is None:
@@ -345,7 +356,8 @@ class Reconciler:
 
     def _probe_unknown(self, current: _Pass) -> None:
         """Steady running services never probed (the first pass after a start) are probed side by side now."""
-        steady = [(action.service, health_url(action.desired, self.rooms.rollout.serving(action.service).port))
+        steady = [(action.service, health_url(action.desired, self.rooms.rollout.serving(action.service).port,
+                                              seen.addresses[0] if seen.addresses else SERVICE_HOST))
                   for action in current.planned.plan.actions
                   if not action.changes and action.desired is not None
                   and (seen := current.actual.get(action.service)) is not None

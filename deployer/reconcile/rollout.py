@@ -33,7 +33,7 @@ from deployer.reconcile.observe import Observer
 from deployer.reconcile.resolve import SERVICE_HOST, argv, read_files, service_dir
 from deployer.reconcile.routing import Router, Target
 from deployer.reconcile.sources import SourceRegistry
-from deployer.runtimes.base import BuildsImages, Runtime
+from deployer.runtimes.base import BuildsImages, Runtime, SpreadsOverNodes
 from deployer.safety import UnsafePath, write_inside
 from deployer.secrets import SecretStore
 from deployer.store import Store, StoreError
@@ -305,7 +305,10 @@ class Rollout:
         router = self._parts.router
         if router is None or not router.available or desired.runtime != "swarm" or desired.gateway is None:
             return
+        runtime = self._runtime(desired)
         try:
+            if isinstance(runtime, SpreadsOverNodes):  # the nodes its new tasks run on, before the route is synced
+                router.follow_nodes({desired.name: runtime.addresses(desired.name)})
             router.sync(force=True)
         except DeployerError as exc:  # the service itself is deployed; its route follows at the next change
             log.warning("%s: the gateway did not take its route: %s", desired.name, exc)
