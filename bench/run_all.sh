@@ -58,6 +58,7 @@ if [ "$quick" = 1 ]; then
   bench 300 bench/drift.py --runs 2 --docker "$drift_docker"
   bench 600 bench/zero_downtime.py --redeploys 3 --failing 1 --boot 2
   bench 300 bench/reload_keepalive.py --changes 60
+  [ "$docker" = on ] && bench 400 bench/swarm_nodes.py --runs 2
 else
   bench 420 bench/push_to_healthy.py --runs 7
   bench 420 bench/env_build.py --rounds 5
@@ -66,6 +67,7 @@ else
   bench 420 bench/drift.py --runs 4 --docker "$drift_docker"
   bench 1200 bench/zero_downtime.py
   bench 600 bench/reload_keepalive.py
+  [ "$docker" = on ] && bench 600 bench/swarm_nodes.py --runs 4
 fi
 
 echo

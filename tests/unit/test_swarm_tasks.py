@@ -42,3 +42,15 @@ def test_the_last_failed_task_is_the_reason_and_long_texts_are_trimmed() -> None
     assert summary.running == 0 and "last task failed: No such image: r/x:1" in summary.degraded
     assert len(summary.degraded) <= 240 and summary.degraded.endswith("…")
     assert summarise(0, tasks, NODES).degraded == ""  # stopped (0 replicas) is not degraded
+
+
+def test_constraints_are_checked_against_a_node_as_swarm_would() -> None:
+    from deployer.runtimes.docker.tasks import eligible
+
+    node = {"ID": "abc", "Spec": {"Role": "manager", "Labels": {"zone": "a"}},
+            "Description": {"Hostname": "vm", "Platform": {"OS": "linux", "Architecture": "x86_64"},
+                            "Engine": {"Labels": {"gpu": "yes"}}}}
+    assert eligible(node, []) and eligible(node, ["node.role==manager", "node.labels.zone != b"])
+    assert eligible(node, ["engine.labels.gpu==yes", "node.platform.os==linux", "node.hostname==vm"])
+    assert not eligible(node, ["node.role==worker"]) and not eligible(node, ["node.labels.zone==b"])
+    assert not eligible(node, ["node.labels.missing==x"]) and eligible(node, ["node.labels.missing!=x"])

@@ -33,7 +33,7 @@ from deployer.runtimes.docker.ownership import (
     labels,
 )
 from deployer.runtimes.docker.spec import check_memory, command, environment, memory_bytes, nano_cpus
-from deployer.runtimes.docker.tasks import TaskSummary, nodes_by_id, summarise
+from deployer.runtimes.docker.tasks import TaskSummary, eligible, nodes_by_id, summarise
 
 __all__ = ["SwarmRuntime", "UpdateOrder", "service_spec"]
 
@@ -221,15 +221,19 @@ class SwarmRuntime:
         return found[0] if found else None
 
     def _ready_nodes(self, deployment: Deployment) -> list[dict[str, Any]]:
-        """Ready, active nodes; refuse replicas or GPUs they cannot hold (tasks would wait forever)."""
-        nodes = [node for node in self.engine.api().nodes()
-                 if node["Status"].get("State") == "ready" and node["Spec"].get("Availability") == "active"]
+        """Ready, active nodes its constraints allow; refuse replicas or GPUs they cannot hold (tasks would wait
+        forever: "no suitable node")."""
         desired = deployment.desired
+        constraints = desired.placement.constraints if desired.placement is not None else []
+        nodes = [node for node in self.engine.api().nodes()
+                 if node["Status"].get("State") == "ready" and node["Spec"].get("Availability") == "active"
+                 and eligible(node, constraints)]
         if desired.replicas > len(nodes):
+            allowed = f" its placement constraints ({', '.join(constraints)}) allow" if constraints else ""
             raise ApplyError(
                 f"service {deployment.name}: replicas {desired.replicas} need {desired.replicas} swarm nodes, "
-                f"{len(nodes)} ready: ports are published in host mode, one task per node (no ingress mesh here); "
-                "lower replicas in service.yaml or add nodes"
+                f"{len(nodes)} ready{allowed}: ports are published in host mode, one task per node (no ingress mesh "
+                "here); lower replicas in service.yaml or add nodes"
             )
         if desired.resources.gpus and not any(_node_gpus(node) >= desired.resources.gpus for node in nodes):
             raise ApplyError(f"service {deployment.name}: no swarm node advertises {desired.resources.gpus} "

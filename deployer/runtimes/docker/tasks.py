@@ -50,6 +50,34 @@ def nodes_by_id(nodes: Iterable[dict[str, Any]]) -> dict[str, Node]:
     return found
 
 
+def eligible(node: dict[str, Any], constraints: Iterable[str]) -> bool:
+    """Whether a node (as the engine lists it) meets every placement constraint (swarm's own rule, for
+    the attributes the manifest allows: node.id, hostname, role, platform, node and engine labels)."""
+    for constraint in constraints:
+        operator = "!=" if "!=" in constraint else "=="
+        attribute, _, wanted = (part.strip() for part in constraint.partition(operator))
+        value = _attribute(node, attribute)
+        if (value == wanted) != (operator == "=="):
+            return False
+    return True
+
+
+def _attribute(node: dict[str, Any], attribute: str) -> str | None:
+    spec, description = node.get("Spec") or {}, node.get("Description") or {}
+    platform = description.get("Platform") or {}
+    plain = {"node.id": node.get("ID"), "node.hostname": description.get("Hostname"), "node.role": spec.get("Role"),
+             "node.platform.os": platform.get("OS"), "node.platform.arch": platform.get("Architecture")}
+    if attribute in plain:
+        found = plain[attribute]
+        return None if found is None else str(found)
+    for prefix, labels in (("node.labels.", spec.get("Labels")), ("engine.labels.",
+                                                                   (description.get("Engine") or {}).get("Labels"))):
+        if attribute.startswith(prefix):
+            found = (labels or {}).get(attribute.removeprefix(prefix))
+            return None if found is None else str(found)
+    return None
+
+
 def summarise(wanted: int, tasks: Iterable[dict[str, Any]], nodes: dict[str, Node]) -> TaskSummary:
     """The tasks swarm wants up (and any still running on a lost node), the addresses answering, why short."""
     listed = list(tasks)
