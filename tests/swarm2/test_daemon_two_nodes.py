@@ -1,5 +1,5 @@
 """deployer serving a swarm service on the two-node swarm, behind its gateway: a rolling update that
-loses no request through the gateway, and a lost node shown as degraded, then converged.
+loses no request through the gateway, a lost node shown as degraded, then converged, and a drain.
 
 The daemon's ``[docker] url`` is node 1 (the manager); the gateway's nginx runs on this host and
 lists both nodes' published addresses as servers of the service's upstream.
@@ -53,7 +53,7 @@ def _files(base: str, version: str) -> dict[str, str | bytes | None]:
 
 
 def test_rolling_update_through_the_gateway_and_a_lost_node(tmp_path: Path, two_nodes: TwoNodes,
-                                                            manager_busybox: str) -> None:
+                                                            manager_busybox: str, manager_api: Any) -> None:
     docker = (f'[docker]\nenabled = true\nurl = "{two_nodes.manager}"\nregistry = "{two_nodes.registry}"\n'
               f'base_image = "{manager_busybox}"\n')
     world = make_world(tmp_path, _files(manager_busybox, "v1"), extra=docker)
@@ -79,6 +79,7 @@ def test_rolling_update_through_the_gateway_and_a_lost_node(tmp_path: Path, two_
         print(f"\nthrough the gateway during the two-node update: {loop.answered} answers, 0 failed")
 
         _lose_node_two(daemon, two_nodes, url)
+        _drain_node_two(daemon, two_nodes, manager_api)
     finally:
         tear_down(world)
 
@@ -104,3 +105,21 @@ def _lose_node_two(daemon: Any, two_nodes: TwoNodes, url: str) -> None:
     reasons = [attempt["reason"] for attempt in service["attempts"] if attempt["trigger"] == "drift"]
     assert reasons[:2] == ["Recovered", "Degraded"], reasons  # newest first
     assert service["detail"].count(" running") == 3  # 2/2 tasks running (A running, B running): no duplicate
+
+
+def _drain_node_two(daemon: Any, two_nodes: TwoNodes, api: Any) -> None:
+    """``docker node update --availability drain``: the page says degraded, naming the drained node."""
+    node = next(n for n in api.nodes() if n["Status"]["Addr"] == two_nodes.nodes[1])
+
+    def availability(value: str) -> None:
+        current = api.inspect_node(node["ID"])
+        api.update_node(node["ID"], current["Version"]["Index"], {**current["Spec"], "Availability": value})
+
+    availability("drain")
+    try:
+        wait_for(lambda: (s := daemon.service(NAME)) and s["state"] == "degraded" and s, 30, "degraded by the drain")
+        page = daemon.get(f"/services/{NAME}").text
+        assert f"node {two_nodes.nodes[1]} drained" in page and "no suitable node" in page, page[:3000]
+    finally:
+        availability("active")
+    wait_for(lambda: (s := daemon.service(NAME)) and s["state"] == "running" and s, 60, "running again after the drain")
