@@ -134,7 +134,7 @@ http:
   addr: $REGISTRY_ADDR
 EOF
   log "starting docker-registry on $REGISTRY_ADDR"
-  setsid /usr/bin/docker-registry serve "$RUN/registry.yml" >>"$RUN/registry.log" 2>&1 </dev/null &
+  setsid /usr/bin/docker-registry serve "$RUN/registry.yml" >>"$RUN/registry.log" 2>&1 </dev/null 9>&- &
   echo $! >"$RUN/registry.pid"
   wait_until 30 docker-registry registry_answers || { tail -n 20 "$RUN/registry.log" >&2; return 1; }
 }
@@ -170,7 +170,7 @@ start_node() {
     --data-root "$DATA/node$n" --exec-root "$exec_root/exec" --pidfile "$pidfile" \
     -H "unix://$(node_sock "$n")" --insecure-registry "$REGISTRY_ADDR" \
     --bip "172.29.$n.1/24" --default-address-pool "base=172.30.0.0/16,size=24" \
-    >>"$RUN/node$n.log" 2>&1 </dev/null &
+    >>"$RUN/node$n.log" 2>&1 </dev/null 9>&- &
   wait_until 60 "dockerd node $n" node_answers "$n" || { tail -n 20 "$RUN/node$n.log" >&2; return 1; }
 }
 
@@ -258,6 +258,11 @@ status() {
   if node_answers 1; then node_docker 1 node ls || true; fi
   return $ok
 }
+
+# One command at a time (two test sessions, or a person and a test): the same names are used.
+# The daemons started here must not inherit the lock (9>&- on each), or it would never be free.
+exec 9>"${RUN%/}.lock"
+flock -w 300 9 || { log "another two-node-swarm.sh still runs after 300 s (lock ${RUN%/}.lock)"; exit 1; }
 
 case "${1:-}" in
   up) up ;;
