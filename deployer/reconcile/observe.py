@@ -32,7 +32,7 @@ from deployer.model.events import ServiceCrashed, ServiceDegraded, ServiceObserv
 from deployer.model.status import SnapshotView
 from deployer.reconcile.crashes import CrashLoops
 from deployer.reconcile.events import EventBus
-from deployer.runtimes.base import Runtime
+from deployer.runtimes.base import Runtime, SpreadsOverNodes
 from deployer.store import Store
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ class Observer:
         desired = desired or self.running_desired(name)
         if port is not None:
             path = desired.info.path if desired is not None else "/info"
-            info, error = self._http.fetch_info(f"http://{SERVICE_HOST}:{port}{path}")
+            info, error = self._http.fetch_info(f"http://{_host_of(runtime, instance or name)}:{port}{path}")
         self._store.observations.record_snapshot(name, logs_tail=logs, info=info, info_error=error)
 
     def running_desired(self, name: str) -> DesiredService | None:
@@ -367,6 +367,16 @@ def by_service(instances: Mapping[str, ActualService], active: Mapping[str, str]
         else:
             strays.setdefault(service, []).append(key)
     return services, strays
+
+
+def _host_of(runtime: Runtime | None, instance: str) -> str:
+    """Where an instance answers: a node running one of its tasks (swarm), else this host's loopback."""
+    if isinstance(runtime, SpreadsOverNodes):
+        try:
+            return next(iter(runtime.addresses(instance)), SERVICE_HOST)
+        except DeployerError:
+            return SERVICE_HOST
+    return SERVICE_HOST
 
 
 def _placed(probed: str, tasks: str) -> str:
