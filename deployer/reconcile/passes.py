@@ -306,8 +306,8 @@ class Reconciler:
         wanted = set(resolution.desired) | inventory
         routed = {service: slot for service, (slot, _) in self.store.slots.routed().items()}
         seen, strays = by_service(listing.actual, routed)
-        self._follow_nodes(listing.actual)
         actual = {key: value for key, value in seen.items() if key in wanted}
+        self._follow_nodes(actual)  # this source's services only: another's may be mid-update
         runtime_of = {view.name: view.runtime for view in self.store.views.services()} if listing.down else {}
         planned = plan_pass(PassInputs(
             desired=resolution.desired, revisions=recorded.revisions, inventory=inventory, actual=actual,

@@ -237,6 +237,7 @@ class Rollout:
             stopped = time.monotonic()  # recreate: from here the old process is gone until the gate passes
             if not place.blue_green:  # the page and API must not keep showing the old process's "healthy"
                 self._observer.replacing(desired.name, f"being replaced by revision {revision} (attempt {attempt})")
+            self._widen_swarm_route(desired, runtime)
             with self._steps.step(attempt, f"{prefix}apply") as step:
                 try:
                     runtime.apply(deployment)
@@ -312,6 +313,23 @@ class Rollout:
             router.sync(force=True)
         except DeployerError as exc:  # the service itself is deployed; its route follows at the next change
             log.warning("%s: the gateway did not take its route: %s", desired.name, exc)
+
+    def _widen_swarm_route(self, desired: DesiredService, runtime: Runtime) -> None:
+        """Before a swarm update: route to every node a new task may land on, besides those serving now.
+
+        A start-first update may put the new task on another node and stop the old one before the
+        update is done; a node with no task refuses at once and nginx passes the request on, so
+        listing it early loses nothing. ``_route_swarm`` narrows the route once the update is done.
+        """
+        router = self._parts.router
+        if (router is None or not router.available or desired.gateway is None
+                or not isinstance(runtime, SpreadsOverNodes)):
+            return
+        try:
+            nodes = set(runtime.addresses(desired.name)) | set(runtime.nodes_for(desired))
+            router.follow_nodes({desired.name: tuple(sorted(nodes))})
+        except DeployerError as exc:  # routed as before: the update goes on
+            log.warning("%s: the gateway could not be widened to every node: %s", desired.name, exc)
 
     def _leave_slots(self, name: str, runtime: Runtime) -> None:
         """The gateway was turned off: the service now serves on its own port; its slots go."""

@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from deployer.model.actual import ActualService
 from deployer.model.deployment import Deployment
+from deployer.model.desired import DesiredService
 
 
 class Runtime(Protocol):
@@ -61,3 +62,6 @@ class SpreadsOverNodes(Protocol):
 
     def addresses(self, name: str) -> tuple[str, ...]:
         """The address of every node where ``name`` runs a task now (empty when none does)."""
+
+    def nodes_for(self, desired: DesiredService) -> tuple[str, ...]:
+        """The address of every node a task of ``desired`` may be placed on now (ready, allowed)."""

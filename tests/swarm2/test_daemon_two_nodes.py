@@ -45,8 +45,8 @@ class GatewayLoop(Background):
                 time.sleep(0.02)
 
 
-def _files(base: str, version: str) -> dict[str, str | bytes | None]:
-    manifest = (f"name: {NAME}\nruntime: swarm\nreplicas: 2\nplacement: {{spread: node.id}}\n"
+def _files(base: str, version: str, replicas: int = 2) -> dict[str, str | bytes | None]:
+    manifest = (f"name: {NAME}\nruntime: swarm\nreplicas: {replicas}\nplacement: {{spread: node.id}}\n"
                 f"health: {{path: /health, timeout: 30}}\ngateway: {{path: /ai/{NAME}/}}\n")
     return {"service.yaml": manifest, "Dockerfile": f"FROM {base}\nCOPY www/version /www/version\n",
             "www/version": f"{version}\n"}
@@ -80,6 +80,7 @@ def test_rolling_update_through_the_gateway_and_a_lost_node(tmp_path: Path, two_
 
         _lose_node_two(daemon, two_nodes, url)
         _drain_node_two(daemon, two_nodes, manager_api)
+        _start_first_on_the_spare_node(daemon, repo, url, manager_busybox, manager_api)
     finally:
         tear_down(world)
 
@@ -124,3 +125,21 @@ def _drain_node_two(daemon: Any, two_nodes: TwoNodes, api: Any) -> None:
     finally:
         availability("active")
     wait_for(lambda: (s := daemon.service(NAME)) and s["state"] == "running" and s, 60, "running again after the drain")
+
+
+def _start_first_on_the_spare_node(daemon: Any, repo: Any, url: str, base: str, api: Any) -> None:
+    """One replica on two nodes: the update starts the new task first (on a node with room) and the
+    gateway, widened to every node before the update, loses no request while the task moves."""
+    sha = repo.commit(_files(base, "v3", replicas=1), "one replica")
+    daemon.request_pass()
+    attempt = settled(daemon, sha, name=NAME)["last_attempt"]
+    assert attempt["outcome"] == "succeeded", attempt
+    with GatewayLoop(url) as loop:
+        for version in ("v4", "v5"):
+            sha = repo.commit(_files(base, version, replicas=1), version)
+            daemon.request_pass()
+            attempt = settled(daemon, sha, name=NAME)["last_attempt"]
+            assert attempt["outcome"] == "succeeded", attempt
+        time.sleep(0.5)
+    assert api.inspect_service(NAME)["Spec"]["UpdateConfig"]["Order"] == "start-first"
+    assert loop.failures == [] and loop.versions >= {"v4", "v5"}, (loop.failures[:5], loop.versions)

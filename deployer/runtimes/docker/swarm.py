@@ -135,6 +135,14 @@ class SwarmRuntime:
         seen = self.inspect(name)
         return seen.addresses if seen is not None else ()
 
+    def nodes_for(self, desired: DesiredService) -> tuple[str, ...]:
+        """The ready, active nodes ``desired``'s placement constraints allow: where an update may put a task."""
+        constraints = desired.placement.constraints if desired.placement is not None else []
+        with self.engine.errors(f"service {desired.name}: nodes"):
+            nodes = [node for node in self.engine.api().nodes() if node["Status"].get("State") == "ready"
+                     and node["Spec"].get("Availability") == "active" and eligible(node, constraints)]
+        return tuple(sorted(found.address for found in nodes_by_id(nodes).values()))
+
     def _with_tasks(self, services: list[dict[str, Any]]) -> dict[str, ActualService]:
         named = {str((s["Spec"].get("Labels") or {}).get(LABEL_SERVICE) or ""): s for s in services}
         named.pop("", None)
