@@ -179,7 +179,8 @@ class SwarmRuntime:
             nodes = self._ready_nodes(deployment)
             existing = self._find(name)
             spec = service_spec(deployment, image, ready_nodes=len(nodes), monitor=self.monitor,
-                                stop_timeout=self.stop_timeout)
+                                stop_timeout=self.stop_timeout,
+                                current_replicas=_replicas(existing) if existing is not None else 0)
             if existing is None:
                 self._create(deployment, spec)
             else:
@@ -335,10 +336,15 @@ class SwarmRuntime:
 
 
 def service_spec(deployment: Deployment, image: str, *, ready_nodes: int, monitor: float,
-                 stop_timeout: int = 10) -> dict[str, Any]:
-    """Keyword arguments for ``create_service``/``update_service`` (pure, so it is testable as data)."""
+                 stop_timeout: int = 10, current_replicas: int = 0) -> dict[str, Any]:
+    """Keyword arguments for ``create_service``/``update_service`` (pure, so it is testable as data).
+
+    A node "has room" only if no task of the service is on it now either: scaling down while
+    updating start-first let swarm place a new task on the node of a task still shutting down,
+    whose container still held the host port ("port is already allocated"; measured).
+    """
     desired = deployment.desired
-    order = UpdateOrder.choose(desired.replicas, ready_nodes)
+    order = UpdateOrder.choose(max(desired.replicas, current_replicas), ready_nodes)
     update = {"parallelism": 1, "order": order, "monitor": int(monitor * _SECOND)}
     service_labels = {**labels(deployment), LABEL_REPLICAS: str(desired.replicas)}
     return {
