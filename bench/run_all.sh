@@ -59,6 +59,7 @@ if [ "$quick" = 1 ]; then
   bench 600 bench/zero_downtime.py --redeploys 3 --failing 1 --boot 2
   bench 300 bench/reload_keepalive.py --changes 60
   bench 300 bench/artifacts.py --size-mb 50 --runs 2
+  [ "$docker" = on ] && bench 400 bench/swarm_nodes.py --runs 2
 else
   bench 420 bench/push_to_healthy.py --runs 7
   bench 420 bench/env_build.py --rounds 5
@@ -68,6 +69,7 @@ else
   bench 1200 bench/zero_downtime.py
   bench 600 bench/reload_keepalive.py
   bench 600 bench/artifacts.py
+  [ "$docker" = on ] && bench 600 bench/swarm_nodes.py --runs 4
 fi
 
 echo

@@ -33,7 +33,8 @@ class Reason(StrEnum):
     GATEWAY_FAILED = "GatewayFailed"
     INTERRUPTED = "Interrupted"
     CRASH_LOOP = "CrashLoop"  # passed its gate, died later (its runtime restarts it)
-    RECOVERED = "Recovered"  # after a crash loop, answers its health check again
+    RECOVERED = "Recovered"  # after a crash loop (or degraded), answers its health check again (runs in full)
+    DEGRADED = "Degraded"  # swarm runs fewer tasks than asked (a node lost, no suitable node): not the revision's fault
     INTERNAL_ERROR = "InternalError"
     STOPPED = "Stopped"
     RESTARTED = "Restarted"

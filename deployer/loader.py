@@ -84,7 +84,9 @@ _SERVICE_FIELD_HELP = {
     "gateway": "Path under which the gateway routes to the service.",
     "rollout": "How a new revision replaces the old one behind the gateway: blue-green (default) or recreate.",
     "resources": "Memory, CPU and GPU limits (docker and swarm).",
-    "replicas": "Number of replicas (swarm).",
+    "replicas": "Number of replicas (swarm): one task per node, so at most the ready nodes.",
+    "placement": "Swarm: spread the tasks over a node attribute (default node.id) and constrain the nodes "
+                 "(node.role==worker, node.labels.zone!=b).",
     "hooks": "Lifecycle hooks, relative to the service folder.",
     "docker": "Dockerfile and build arguments for the docker and swarm runtimes.",
     "files": "Files put in the service folder before start, mode 0600: a secret's value ({path: .env, secret: "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the Docker and Swarm tests use, as root with no systemd:
 # Debian's docker.io (dockerd in the background), busybox-static (test images are built
-# FROM scratch), docker-registry on 127.0.0.1:5000 and a single-node swarm.
+# FROM scratch), docker-registry on 127.0.0.1:5000 and a single-node swarm; iproute2 for the
+# two-node swarm the tests make themselves (scripts/two-node-swarm.sh, apart from this engine).
 # Idempotent: every step checks first, so it is safe to run before every test run.
 set -euo pipefail
 
@@ -20,7 +21,8 @@ install_packages() {
   [ -x /usr/sbin/dockerd ] || need+=(docker.io)
   dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
   [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
-  command -v ip >/dev/null 2>&1 || need+=(iproute2)  # the reliability suite's private dockerd needs a bridge
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)  # namespaces and bridges: the reliability suite's private dockerd, the two-node swarm
+  command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get update -qq

@@ -9,13 +9,14 @@ Code outside this package imports from here only.
 from deployer.errors import GatewayError, GatewayRejected, GatewayUnavailable
 from deployer.gateway.gateway import CONFIRM_SECONDS, Gateway, GatewayConfig, NginxGateway, build_gateway
 from deployer.gateway.render import generation_of
-from deployer.gateway.routes import MARKER_PATH, Route, RouteTable, Upstream, check_routes
+from deployer.gateway.routes import LOOPBACK, MARKER_PATH, Route, RouteTable, Upstream, check_routes
 from deployer.gateway.traffic import TrafficReader
 from deployer.model.traffic import LATENCY_BOUNDS, RevisionTraffic, quantile
 
 __all__ = [
     "CONFIRM_SECONDS",
     "LATENCY_BOUNDS",
+    "LOOPBACK",
     "MARKER_PATH",
     "Gateway",
     "GatewayConfig",

@@ -24,6 +24,7 @@ from deployer.model.manifest import (
     HealthSpec,
     HooksSpec,
     InfoSpec,
+    PlacementSpec,
     ResourcesSpec,
     RolloutSpec,
     RuntimeName,
@@ -33,7 +34,7 @@ from deployer.model.manifest import (
 _PROVENANCE = frozenset({"sha", "source"})
 # Fields added after revisions were first recorded: left out while unset (None or empty), so an
 # upgrade of deployer does not change the hash of (and so redeploy) every service.
-_ADDED_LATER = frozenset({"rollout", "files", "files_hash", "artifacts"})
+_ADDED_LATER = frozenset({"rollout", "files", "files_hash", "artifacts", "placement"})
 
 
 class DesiredService(BaseModel):
@@ -61,6 +62,7 @@ class DesiredService(BaseModel):
     rollout: RolloutSpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     replicas: int = 1
+    placement: PlacementSpec | None = None
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
     files: tuple[FileSpec, ...] = ()

@@ -69,10 +69,19 @@ class ServiceCrashed:
 
 
 @dataclass(frozen=True)
+class ServiceDegraded:
+    """A swarm service runs fewer tasks than asked (a node lost, no suitable node …); or all of them again."""
+
+    service: str
+    detail: str
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
 class PassFinished:
     source: str
     seconds: float
 
 
 Event = (AttemptStarted | AttemptFinished | CommitRefused | ServiceObserved | ServiceRemoved | ServiceCrashed
-         | PassFinished)
+         | ServiceDegraded | PassFinished)

@@ -230,6 +230,24 @@ class ResourcesSpec(Strict):
     gpus: int = Field(default=0, ge=0, le=64)
 
 
+# Swarm's own placement syntax, narrowed to what a service needs: spread over a node attribute;
+# constraints "ATTRIBUTE==VALUE" or "ATTRIBUTE!=VALUE" (node.role==worker, node.labels.zone!=b).
+_NODE_ATTRIBUTE = r"(node\.(id|hostname|role|platform\.os|platform\.arch)|(node|engine)\.labels\.[A-Za-z0-9_.-]{1,64})"
+SPREAD_PATTERN = rf"^{_NODE_ATTRIBUTE}$"
+CONSTRAINT_PATTERN = rf"^{_NODE_ATTRIBUTE} ?(==|!=) ?[A-Za-z0-9_.:/-]{{1,128}}$"
+
+
+class PlacementSpec(Strict):
+    """Where swarm places a service's tasks (``runtime: swarm`` only)."""
+
+    spread: Annotated[str, Field(pattern=SPREAD_PATTERN)] = Field(
+        default="node.id", description="spread the tasks evenly over the values of this node attribute "
+                                       "(node.id: one per node; node.labels.zone: over zones)")
+    constraints: list[Annotated[str, Field(pattern=CONSTRAINT_PATTERN)]] = Field(
+        default_factory=list, max_length=16,
+        description="nodes a task may run on, swarm's syntax: node.role==worker, node.labels.gpu==true")
+
+
 class HooksSpec(Strict):
     pre_deploy: RelPath | None = None
     post_deploy: RelPath | None = None
@@ -336,6 +354,9 @@ class ServiceManifest(Strict):
                                   "the gateway is on, recreate otherwise.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     replicas: int = Field(default=1, ge=1, le=100)
+    placement: PlacementSpec | None = Field(
+        default=None, description="runtime swarm: spread preference and node constraints of the tasks; "
+                                  "default: spread over node.id, no constraint")
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
     files: list[FileSpec] = Field(default_factory=list)
@@ -366,6 +387,14 @@ class ServiceManifest(Strict):
             raise ValueError(f"{', '.join(reserved)} is set by deployer and cannot be overridden")
         return value
 
+
+    @field_validator("placement")
+    @classmethod
+    def _placement_is_swarm(cls, value: PlacementSpec | None, info: ValidationInfo) -> PlacementSpec | None:
+        runtime = info.data.get("runtime")
+        if value is not None and runtime not in (None, "swarm"):
+            raise ValueError(f"placement applies to runtime swarm only (this service's runtime is {runtime})")
+        return value
 
     @field_validator("files")
     @classmethod

@@ -58,10 +58,11 @@ class DemoRunner:
         return revision.id, desired
 
     def run(self, desired: DesiredService, revision: int | None, attempt: int | None, *,
-            port: int | None = None) -> list[DemoResult]:
-        """Send every demo input to the service (on ``port``: a slot's, else its own) and record each answer."""
+            port: int | None = None, host: str = SERVICE_HOST) -> list[DemoResult]:
+        """Send every demo input to the service (on ``port``: a slot's, else its own; at ``host``: a swarm
+        node's address) and record each answer."""
         workdir = service_dir(self._sources.get(desired.source).checkout(desired.sha), desired.path)
-        base = f"http://{SERVICE_HOST}:{port or desired.port}"
+        base = f"http://{host}:{port or desired.port}"
         results = []
         for spec in desired.demo:
             if revision is not None:

@@ -21,7 +21,7 @@ from deployer.model.cause import readable_paths, root_cause
 from deployer.model.deployment import Deployment
 from deployer.reconcile.demos import DemoRunner
 from deployer.reconcile.resolve import SERVICE_HOST
-from deployer.runtimes.base import Reloads, Runtime
+from deployer.runtimes.base import Reloads, Runtime, SpreadsOverNodes
 from deployer.store import Store
 
 FAILED_CHECK_EVERY = 1.0  # seconds between asking the runtime whether a gated process died
@@ -95,7 +95,15 @@ class Gate:
         self._wait_healthy = wait_healthy or http.wait_healthy  # injectable: unit tests need no HTTP server
 
     def check(self, deployment: Deployment, runtime: Runtime, attempt: int, prefix: str) -> None:
-        desired, base = deployment.desired, f"http://{SERVICE_HOST}:{deployment.port}"
+        """Health, ``/info`` and demos, on every node where the new revision runs (one: this host)."""
+        hosts = _hosts(runtime, deployment.name)
+        for host in hosts:
+            where = f" on {host}" if len(hosts) > 1 or host != SERVICE_HOST else ""
+            self._check_on(deployment, runtime, attempt, prefix, host, where)
+
+    def _check_on(self, deployment: Deployment, runtime: Runtime, attempt: int, prefix: str, host: str,
+                  where: str) -> None:
+        desired, base = deployment.desired, f"http://{host}:{deployment.port}"
         with self._steps.step(attempt, f"{prefix}health") as step:
             try:
                 took = self._wait_healthy(f"{base}{desired.health.path}", timeout=desired.health.timeout,
@@ -107,20 +115,27 @@ class Gate:
                 step.output = readable_paths(runtime.logs(deployment.name, OUTPUT_KEPT))
                 cause = root_cause(step.output, errors_only=True)
                 if cause:
-                    raise HealthCheckFailed(f"{cause} — {exc}") from exc  # the cause first: a commit status is short
+                    raise HealthCheckFailed(f"{cause} — {exc}{where}") from exc  # the cause first: statuses are short
                 raise
-            step.output = f"healthy after {took:.2f}s"
+            step.output = f"healthy after {took:.2f}s{where}"
         if desired.info.expect:
             with self._steps.step(attempt, f"{prefix}info") as step:
                 check_info(self._http.client, f"{base}{desired.info.path}", desired.info.expect)
-                step.output = "matches " + ", ".join(sorted(desired.info.expect))
+                step.output = "matches " + ", ".join(sorted(desired.info.expect)) + where
         if desired.demo:
             with self._steps.step(attempt, f"{prefix}demo") as step:
-                results = self._demos.run(desired, deployment.revision, attempt, port=deployment.port)
-                step.output = "\n".join(result.summary for result in results)
+                results = self._demos.run(desired, deployment.revision, attempt, port=deployment.port, host=host)
+                step.output = "\n".join(result.summary + where for result in results)
                 failed = [result.summary for result in results if not result.ok]
                 if failed:
-                    raise DemoFailed("demo failed: " + "; ".join(failed))
+                    raise DemoFailed("demo failed" + where + ": " + "; ".join(failed))
+
+
+def _hosts(runtime: Runtime, instance: str) -> tuple[str, ...]:
+    """Where the instance answers: each node of a swarm service, else this host's loopback."""
+    if isinstance(runtime, SpreadsOverNodes):
+        return runtime.addresses(instance) or (SERVICE_HOST,)
+    return (SERVICE_HOST,)
 
 
 class _Watch:

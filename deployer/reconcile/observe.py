@@ -7,6 +7,9 @@ by name, at most ``budget`` a tick). Log tails and ``/info`` are read when a pag
 or the API asks (``snapshot``, cached briefly) and right after every attempt. A service whose
 process its runtime keeps restarting reads ``failed`` (``ServiceCrashed``, recorded by the
 Recorder) until it answers with no restart for a while; an in-place deploy reads ``starting``.
+A swarm service running fewer tasks than asked reads ``degraded``, with swarm's reason
+(``ServiceDegraded``, recorded as drift), until all its tasks run again; it is probed on the
+address of a node running one of its tasks.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from deployer.model.actual import ActualService, ServiceState
 from deployer.model.cause import root_cause
 from deployer.model.deployment import split_instance
 from deployer.model.desired import DesiredService
-from deployer.model.events import ServiceCrashed, ServiceObserved, ServiceRemoved
+from deployer.model.events import ServiceCrashed, ServiceDegraded, ServiceObserved, ServiceRemoved
 from deployer.model.status import SnapshotView
 from deployer.reconcile.crashes import CrashLoops
 from deployer.reconcile.events import EventBus
-from deployer.runtimes.base import Runtime
+from deployer.runtimes.base import Runtime, SpreadsOverNodes
 from deployer.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ SNAPSHOT_MAX_AGE = 10.0  # a page asking twice within this gets the same snapsho
 PROBE_THREADS = 8
 # What a crash-looping process reads as between its deaths (supervisord restarts it; docker "restarting").
 _CRASH_STATES = (ServiceState.RUNNING, ServiceState.STARTING, ServiceState.FAILED)
+_SERVING_STATES = (ServiceState.RUNNING.value, ServiceState.DEGRADED.value)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class Observer:
         self._written: dict[str, tuple[tuple[object, ...], float]] = {}  # name -> (what, when) last written
         self._pids: dict[str, int | None] = {}  # name -> the process last seen: a new one is probed at once
         self._crashes = CrashLoops()  # processes that died after their gate
+        self._degraded: dict[str, str] = {}  # swarm services running fewer tasks than asked -> why
+        self._placed: dict[str, str] = {}  # swarm services -> their tasks as the last listing said (node, state)
 
     # -- listings ------------------------------------------------------------
 
@@ -115,7 +121,8 @@ class Observer:
         if (running or crashed) and desired is not None and seen is not None:
             # A process that is not the one probed last (restarted: by its runtime, or a new supervisord)
             # has not answered yet as far as anyone knows: its health is asked now, not taken from before.
-            probe = self._watch(name, health_url(desired, port), fresh=fresh or restarted or crashed,
+            host = seen.addresses[0] if seen.addresses else SERVICE_HOST
+            probe = self._watch(name, health_url(desired, port, host), fresh=fresh or restarted or crashed,
                                 where=(seen.runtime, instance or name))
         if restarted and not fresh and seen is not None and seen.state in _CRASH_STATES:
             self._crashes.restarted(name, f"pid {self._pids.get(name)}, now {seen.pid or 'none'}")
@@ -131,13 +138,39 @@ class Observer:
                 return
             self._recovered(name)
         healthy = probe.ok if probe is not None else False
+        self._note_tasks(name, seen)
         detail = probe.detail if probe is not None else (seen.detail if seen is not None else "")
+        detail = _placed(detail, self._placed.get(name, "")) if probe is not None else detail
         same_spec = desired is not None and seen is not None and seen.spec_hash == desired.spec_hash
         running_revision = revision if revision is not None and same_spec else seen.revision if seen else None
         revision = running_revision if running else None
+        degraded = self._note_degraded(name, seen if running else None)
+        if degraded and seen is not None:
+            shown = f"degraded: {degraded}; {seen.detail}"
+            self._write(name, (ServiceState.DEGRADED.value, healthy, _noted(note, shown), revision), fresh)
+            return
         self._write(name, (state.value, healthy, _noted(note, detail), revision), fresh)
         if not running:
             self.unwatch(name)
+
+    def _note_tasks(self, name: str, seen: ActualService | None) -> None:
+        """A swarm service's tasks (which node, which state) stay in its detail between listings."""
+        if seen is not None and seen.tasks:
+            self._placed[name] = seen.detail
+        else:
+            self._placed.pop(name, None)
+
+    def _note_degraded(self, name: str, seen: ActualService | None) -> str:
+        """Announce a service becoming degraded (or running all its tasks again) once; returns why it is."""
+        why = seen.degraded if seen is not None else ""
+        was = self._degraded.pop(name, "")
+        if why:
+            self._degraded[name] = why
+            if not was:
+                self._events.publish(ServiceDegraded(name, f"runs fewer tasks than asked: {why}"))
+        elif was and seen is not None:
+            self._events.publish(ServiceDegraded(name, "runs all its tasks again", recovered=True))
+        return why
 
     def _mark_crashed(self, name: str, runtime_name: str, instance: str, what: str) -> str:
         """Remember (and announce once) that a service which passed its gate died; returns why, for people."""
@@ -205,7 +238,7 @@ class Observer:
         if isinstance(running, int) and (last is None or last[0][3] != running):
             self._store.services.set_running(name, running)
         self._written[name] = (observed, now)
-        self._events.publish(ServiceObserved(name, state == ServiceState.RUNNING.value, bool(healthy)))
+        self._events.publish(ServiceObserved(name, state in _SERVING_STATES, bool(healthy)))
 
     # -- the health cadence ----------------------------------------------------
 
@@ -233,7 +266,7 @@ class Observer:
         last = self._written.get(name)
         if last is None:
             return  # the next pass records it with its state
-        state, _, _, running = last[0]
+        state, _, said, running = last[0]
         crashed = self._crashes.why(name) is not None
         if not probe.ok and not crashed:
             died = self._died(name, watched)
@@ -247,7 +280,9 @@ class Observer:
         if why is not None:
             self._write(name, (ServiceState.FAILED.value, False, why, running), False)
             return
-        self._write(name, (state, probe.ok, probe.detail, running), False)
+        # A degraded service keeps saying why (swarm's reason) until the next pass looks again.
+        detail = said if state == ServiceState.DEGRADED.value else _placed(probe.detail, self._placed.get(name, ""))
+        self._write(name, (state, probe.ok, detail, running), False)
 
     def _died(self, name: str, watched: _Watched) -> str | None:
         """How the process of a service that does not answer died (exited, restarted), or None: it did not."""
@@ -305,7 +340,7 @@ class Observer:
         desired = desired or self.running_desired(name)
         if port is not None:
             path = desired.info.path if desired is not None else "/info"
-            info, error = self._http.fetch_info(f"http://{SERVICE_HOST}:{port}{path}")
+            info, error = self._http.fetch_info(f"http://{_host_of(runtime, instance or name)}:{port}{path}")
         self._store.observations.record_snapshot(name, logs_tail=logs, info=info, info_error=error)
 
     def running_desired(self, name: str) -> DesiredService | None:
@@ -334,16 +369,31 @@ def by_service(instances: Mapping[str, ActualService], active: Mapping[str, str]
     return services, strays
 
 
+def _host_of(runtime: Runtime | None, instance: str) -> str:
+    """Where an instance answers: a node running one of its tasks (swarm), else this host's loopback."""
+    if isinstance(runtime, SpreadsOverNodes):
+        try:
+            return next(iter(runtime.addresses(instance)), SERVICE_HOST)
+        except DeployerError:
+            return SERVICE_HOST
+    return SERVICE_HOST
+
+
+def _placed(probed: str, tasks: str) -> str:
+    """A probe's answer, then where the tasks run (swarm): ``HTTP 200; service … 2/2 tasks running (…)``."""
+    return f"{probed}; {tasks}" if tasks else probed
+
+
 def _noted(note: str, detail: str) -> str:
     return f"{note}; {detail}" if note else detail
 
 
-def health_url(desired: DesiredService, port: int | None = None) -> str:
-    return _health_url(port or desired.port, desired.health.path)
+def health_url(desired: DesiredService, port: int | None = None, host: str = SERVICE_HOST) -> str:
+    return _health_url(port or desired.port, desired.health.path, host)
 
 
-def _health_url(port: int, path: str) -> str:
-    return f"http://{SERVICE_HOST}:{port}{path}"
+def _health_url(port: int, path: str, host: str = SERVICE_HOST) -> str:
+    return f"http://{host}:{port}{path}"
 
 
 def _age(snapshot: SnapshotView) -> float:

@@ -21,7 +21,7 @@ from deployer.model.status import RevisionView, Trigger
 from deployer.reconcile.observe import Listing, Observer, by_service, health_url
 from deployer.reconcile.planning import PassInputs, PassPlan, hold_failed, plan_pass
 from deployer.reconcile.record import Recorder
-from deployer.reconcile.resolve import MANIFEST, ClaimedPorts, KnownPorts, Resolution, Resolver
+from deployer.reconcile.resolve import MANIFEST, SERVICE_HOST, ClaimedPorts, KnownPorts, Resolution, Resolver
 from deployer.reconcile.slots import Slots
 from deployer.reconcile.sources import SourceRegistry
 from deployer.source import GitSource
@@ -159,6 +159,7 @@ class PassPlanner:
         routed = {service: slot for service, (slot, _) in self._store.slots.routed().items()}
         seen, strays = by_service(listing.actual, routed)
         actual = {key: value for key, value in seen.items() if key in wanted}
+        self._slots.follow_nodes(actual)  # this source's services only: another's may be mid-update
         runtime_of = {view.name: view.runtime for view in self._store.views.services()} if listing.down else {}
         planned = plan_pass(PassInputs(
             desired=resolution.desired, revisions=recorded.revisions, inventory=inventory, actual=actual,
@@ -188,7 +189,8 @@ class PassPlanner:
 
     def _probe_unknown(self, current: PassView) -> None:
         """Steady running services never probed (the first pass after a start) are probed side by side now."""
-        steady = [(action.service, health_url(action.desired, self._slots.serving(action.service).port))
+        steady = [(action.service, health_url(action.desired, self._slots.serving(action.service).port,
+                                              seen.addresses[0] if seen.addresses else SERVICE_HOST))
                   for action in current.planned.plan.actions
                   if not action.changes and action.desired is not None
                   and (seen := current.actual.get(action.service)) is not None

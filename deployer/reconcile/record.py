@@ -3,7 +3,8 @@
 Resolution records nothing (``resolve.py``); this room writes its result: a revision per new spec
 (which becomes the desired one), a failed attempt once per broken commit for every service of the
 source (and a ``CommitRefused`` event, so Gitea shows it), once per problem for a single service;
-a crash loop after the gate (the observer's ``ServiceCrashed``) and its recovery, as drift attempts.
+a crash loop after the gate (the observer's ``ServiceCrashed``), a swarm service running fewer tasks
+than asked (``ServiceDegraded``) and their recoveries, as drift attempts.
 Checkouts nothing needs any more are pruned when a new head was recorded.
 """
 
@@ -14,7 +15,7 @@ import threading
 from dataclasses import replace
 
 from deployer.errors import DeployerError, Reason
-from deployer.model.events import AttemptFinished, CommitRefused, Event, ServiceCrashed
+from deployer.model.events import AttemptFinished, CommitRefused, Event, ServiceCrashed, ServiceDegraded
 from deployer.model.status import Outcome, RevisionView, Trigger
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.resolve import Resolution
@@ -76,14 +77,18 @@ class Recorder:
         """
         if isinstance(event, ServiceCrashed):
             self.crashed(event.service, event.detail, recovered=event.recovered)
+        elif isinstance(event, ServiceDegraded):
+            self.crashed(event.service, event.detail, recovered=event.recovered, reason=Reason.DEGRADED)
 
-    def crashed(self, service: str, detail: str, *, recovered: bool = False) -> None:
+    def crashed(self, service: str, detail: str, *, recovered: bool = False,
+                reason: Reason = Reason.CRASH_LOOP) -> None:
+        """A drift attempt; ``Degraded`` is not the revision's fault (it is not held, see ``last_failure``)."""
         view = self._store.views.service(service)
         revision = self._store.history.get_revision(view.running_revision) \
             if view is not None and view.running_revision else None
         if view is None or revision is None:
             return
-        outcome, reason = (Outcome.SUCCEEDED, Reason.RECOVERED) if recovered else (Outcome.FAILED, Reason.CRASH_LOOP)
+        outcome, reason = (Outcome.SUCCEEDED, Reason.RECOVERED) if recovered else (Outcome.FAILED, reason)
         message = f"revision {revision.id} ({revision.sha[:7]}) {detail}"
         attempt = self._store.history.start_attempt(service, revision.id, Trigger.DRIFT)
         self._store.history.finish_attempt(attempt, outcome, reason.value, message)

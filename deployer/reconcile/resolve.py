@@ -104,6 +104,9 @@ class Resolver:
             raise StalledError(f"{entry.name}: 'files' is not supported by runtime swarm (a task may start on "
                                "another node); use runtime docker, or secrets as environment",
                                reason=Reason.MANIFEST_INVALID)
+        if runtime != "swarm" and entry.placement is not None:
+            raise StalledError(f"{entry.name}: 'placement' applies to runtime swarm only (this service runs on "
+                               f"{runtime}, the default runtime of deployer.toml)", reason=Reason.MANIFEST_INVALID)
         if runtime == "supervisor" and not entry.command:
             raise StalledError(f"{entry.name}: 'command' is required for runtime supervisor",
                                reason=Reason.MANIFEST_INVALID)
@@ -171,8 +174,8 @@ def _desired(source: GitSource, sha: str, entry: ServiceManifest, checkout: Path
         port=port, env=dict(entry.env), secrets=tuple(entry.secrets), health=entry.health, info=entry.info,
         group=entry.group, demo=tuple(entry.demo), gateway=entry.gateway, rollout=entry.rollout,
         resources=entry.resources,
-        replicas=entry.replicas, hooks=entry.hooks, docker=entry.docker, files=tuple(entry.files),
-        artifacts=tuple(entry.artifacts),
+        replicas=entry.replicas, placement=entry.placement, hooks=entry.hooks, docker=entry.docker,
+        files=tuple(entry.files), artifacts=tuple(entry.artifacts),
     )
 
 

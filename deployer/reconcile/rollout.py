@@ -104,7 +104,7 @@ class Rollout:
             else:
                 how = self._roll_out(desired, revision.id, attempt, prefix="")
             self._store.services.set_running(desired.name, revision.id)
-            self.slots.route_swarm(desired)
+            self.slots.route_swarm(desired, self._runtime(desired))
             outcome, reason = Outcome.SUCCEEDED, _success_reason(trigger)
             message = f"revision {revision.id} ({desired.sha[:7]}) is healthy on port {desired.port}"
             message += f" ({how})" if how else ""
@@ -209,6 +209,7 @@ class Rollout:
             stopped = time.monotonic()  # recreate: from here the old process is gone until the gate passes
             if not place.blue_green:  # the page and API must not keep showing the old process's "healthy"
                 self._observer.replacing(desired.name, f"being replaced by revision {revision} (attempt {attempt})")
+            self.slots.widen_swarm_route(desired, runtime)
             with self._steps.step(attempt, f"{prefix}apply") as step:
                 try:
                     runtime.apply(deployment)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from deployer.gateway import GatewayUnavailable, Route
+from deployer.gateway import LOOPBACK, GatewayUnavailable, Route
 from deployer.model.desired import DesiredService
 from deployer.model.status import ServiceView
 from deployer.store import Store
@@ -54,6 +54,7 @@ class Router:
         self.available = True  # false while the gateway cannot be had (nginx missing, not starting)
         self.problem: str | None = None  # what the page says about the gateway (down, or repaired: drift)
         self._guard = threading.Lock()  # one route table change at a time (passes of two sources)
+        self._nodes: dict[str, tuple[str, ...]] = {}  # swarm service -> addresses of the nodes running its tasks
 
     def slot_ports(self, service: str) -> dict[str, int]:
         return self._store.slots.ports(service, self._slot_bounds, self._is_free)
@@ -113,6 +114,25 @@ class Router:
             self._applied = routes
             return True
 
+    def follow_nodes(self, addresses: Mapping[str, tuple[str, ...]]) -> bool:
+        """Swarm tasks moved (an update, a node lost or back): route to the nodes running them now.
+
+        ``addresses``: swarm service -> the nodes with a running task. A service with none keeps
+        its last nodes (nginx needs a server; a node that comes back is routed at once). The
+        gateway is applied only when the route table changes; returns whether it was.
+        """
+        with self._guard:
+            moved = {name: nodes for name, nodes in addresses.items() if nodes and self._nodes.get(name) != nodes}
+            if not moved:
+                return False
+            self._nodes.update(moved)
+            routes = tuple(self._routes({}))
+            if self._applied is not None and routes == self._applied:
+                return False
+            self.gateway.apply(routes)
+            self._applied = routes
+            return True
+
     def _routes(self, overrides: Mapping[str, Target]) -> list[Route]:
         targets = {name: Target(slot, port, None, None) for name, (slot, port) in self._store.slots.routed().items()}
         targets.update(overrides)
@@ -134,7 +154,9 @@ class Router:
     def _swarm_routes(self, views: Iterable[ServiceView], slotted: set[str]) -> list[Route]:
         """Swarm services keep their own start-first update; the gateway routes their path to the published port.
 
-        Swarm publishes the sticky port itself (host mode), so nginx serves only the path.
+        Swarm publishes the sticky port itself (host mode) on every node running a task, so nginx
+        serves only the path, with one server per node (``follow_nodes``); a node being updated
+        refuses connections and nginx passes the request on to the next one.
         """
         routes = []
         for view in views:
@@ -143,7 +165,10 @@ class Router:
             desired = self._desired(view.running_revision)
             if desired is None or desired.gateway is None:
                 continue
-            routes.append(Route(service=view.name, revision=view.running_revision, upstreams=(view.port,), port=None,
+            port = view.port
+            nodes = self._nodes.get(view.name, ())
+            upstreams = tuple((node, port) for node in nodes) if nodes and nodes != (LOOPBACK,) else (port,)
+            routes.append(Route(service=view.name, revision=view.running_revision, upstreams=upstreams, port=None,
                                 path=desired.gateway.path, strip_prefix=desired.gateway.strip_prefix))
         return routes
 

@@ -12,15 +12,17 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from deployer.errors import DeployerError
+from deployer.model.actual import ActualService
 from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
 from deployer.ports import is_free
 from deployer.reconcile.gate import Steps
 from deployer.reconcile.routing import Router, Target
-from deployer.runtimes.base import Runtime
+from deployer.runtimes.base import Runtime, SpreadsOverNodes
 from deployer.store import Store
 
 log = logging.getLogger(__name__)
@@ -123,15 +125,44 @@ class Slots:
                     runtime.remove(instance)
                 step.output = f"drained {router.drain:g}s, stopped {', '.join(old)}"
 
-    def route_swarm(self, desired: DesiredService) -> None:
+    def route_swarm(self, desired: DesiredService, runtime: Runtime) -> None:
         """A swarm service with a gateway path: the gateway routes it to its published port (not slotted)."""
         router = self.router
         if router is None or not router.available or desired.runtime != "swarm" or desired.gateway is None:
             return
         try:
+            if isinstance(runtime, SpreadsOverNodes):  # the nodes its new tasks run on, before the route is synced
+                router.follow_nodes({desired.name: runtime.addresses(desired.name)})
             router.sync(force=True)
         except DeployerError as exc:  # the service itself is deployed; its route follows at the next change
             log.warning("%s: the gateway did not take its route: %s", desired.name, exc)
+
+    def widen_swarm_route(self, desired: DesiredService, runtime: Runtime) -> None:
+        """Before a swarm update: route to every node a new task may land on, besides those serving now.
+
+        A start-first update may put the new task on another node and stop the old one before the
+        update is done; a node with no task refuses at once and nginx passes the request on, so
+        listing it early loses nothing. ``route_swarm`` narrows the route once the update is done.
+        """
+        router = self.router
+        if (router is None or not router.available or desired.gateway is None
+                or not isinstance(runtime, SpreadsOverNodes)):
+            return
+        try:
+            nodes = set(runtime.addresses(desired.name)) | set(runtime.nodes_for(desired))
+            router.follow_nodes({desired.name: tuple(sorted(nodes))})
+        except DeployerError as exc:  # routed as before: the update goes on
+            log.warning("%s: the gateway could not be widened to every node: %s", desired.name, exc)
+
+    def follow_nodes(self, actual: Mapping[str, ActualService]) -> None:
+        """Swarm tasks that moved since the last pass (a node lost or back) move the gateway's servers."""
+        router = self.router
+        if router is None or not router.available:
+            return
+        try:
+            router.follow_nodes({name: seen.addresses for name, seen in actual.items() if seen.addresses})
+        except DeployerError as exc:  # routed as before; the next pass tries again
+            log.warning("gateway: could not follow swarm tasks to their nodes: %s", exc)
 
     def leave_slots(self, name: str, runtime: Runtime) -> None:
         """The gateway was turned off: the service now serves on its own port; its slots go."""

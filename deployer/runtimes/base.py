@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from deployer.model.actual import ActualService
 from deployer.model.deployment import Deployment
+from deployer.model.desired import DesiredService
 
 
 class Runtime(Protocol):
@@ -61,3 +62,14 @@ class BuildsImages(Protocol):
 
     def build(self, deployment: Deployment) -> BuiltImage:
         """Build or reuse the image for ``deployment``; raise ``BuildError`` with the output tail."""
+
+
+@runtime_checkable
+class SpreadsOverNodes(Protocol):
+    """A runtime whose service answers on several machines (swarm): each is gated and probed where it runs."""
+
+    def addresses(self, name: str) -> tuple[str, ...]:
+        """The address of every node where ``name`` runs a task now (empty when none does)."""
+
+    def nodes_for(self, desired: DesiredService) -> tuple[str, ...]:
+        """The address of every node a task of ``desired`` may be placed on now (ready, allowed)."""

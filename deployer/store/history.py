@@ -20,7 +20,7 @@ from deployer.store.tables import OUTPUT_TAIL_CHARS, AttemptRow, RevisionRow, St
 
 # Failures that say nothing about the revision: the same spec is tried again.
 NOT_THE_REVISIONS_FAULT = (Reason.PORT_CONFLICT.value, Reason.RUNTIME_UNAVAILABLE.value, Reason.SECRET_MISSING.value,
-                           Reason.GATEWAY_FAILED.value)
+                           Reason.GATEWAY_FAILED.value, Reason.DEGRADED.value)
 INTERRUPTED_MESSAGE = "deployer stopped before this attempt finished; the next reconcile tries again"
 
 

@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from deployer.metrics import Metrics
+from deployer.model.actual import ServiceState
 from deployer.model.status import CacheUse
 from deployer.model.traffic import RevisionTraffic
 from deployer.operations import Operations
@@ -58,7 +59,7 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
                   gitea_url=deps.gitea_url, traffic=deps.traffic, artifacts=deps.artifacts)
     api = Api(deps.store, deps.reconciler, deps.queue, api_token=deps.api_token, gateway_url=deps.gateway_url,
               operations=deps.operations)
-    monitoring = Monitoring(deps.checks, deps.metrics)
+    monitoring = Monitoring(deps.checks, deps.metrics, degraded=lambda: degraded_services(deps.store))
     return Starlette(routes=[
         Route("/hooks/gitea", deps.webhook.handle, methods=["POST"]),
         Route("/", pages.index),
@@ -84,3 +85,8 @@ def build_app(deps: WebDeps, lifespan: Callable[[Starlette], AbstractAsyncContex
         Route("/healthz", monitoring.healthz),
         Route("/metrics", monitoring.metrics),
     ], lifespan=lifespan, exception_handlers=handlers(pages.store_down), middleware=[Middleware(SecurityHeaders)])
+
+
+def degraded_services(store: Store) -> dict[str, str]:
+    """Services observed running fewer tasks than asked, and why (read from the store, like the page)."""
+    return {view.name: view.detail for view in store.views.services() if view.state == ServiceState.DEGRADED.value}

@@ -1,7 +1,9 @@
 """``/healthz`` and ``/metrics``: how the daemon itself is watched.
 
 ``/healthz`` runs the checks it is given (store, runtimes …) and reports each one,
-503 when any fails; ``/metrics`` is the Prometheus text exposition.
+503 when any fails; it also names the degraded services (swarm: fewer tasks than asked)
+and why, which say nothing of the daemon's own health and so leave the status code alone.
+``/metrics`` is the Prometheus text exposition.
 """
 
 from __future__ import annotations
@@ -24,15 +26,22 @@ class Notice(Exception):
 
 
 class Monitoring:
-    def __init__(self, checks: Mapping[str, Callable[[], None]], metrics: Metrics) -> None:
+    def __init__(self, checks: Mapping[str, Callable[[], None]], metrics: Metrics, *,
+                 degraded: Callable[[], dict[str, str]] | None = None) -> None:
         self.checks = checks
         self._metrics = metrics
+        self._degraded = degraded
 
     async def healthz(self, request: Request) -> Response:
         report = await run_in_threadpool(run_checks, self.checks)
         ok = all(value == "ok" or value.startswith(NOTICE) for value in report.values())
-        return JSONResponse({"status": "ok" if ok else "failing", "checks": report},
-                            status_code=200 if ok else 503)
+        body: dict[str, object] = {"status": "ok" if ok else "failing", "checks": report}
+        if self._degraded is not None:
+            try:
+                body["degraded"] = await run_in_threadpool(self._degraded)
+            except Exception as exc:  # the store is down: its own check says so
+                body["degraded"] = {"": f"{type(exc).__name__}: {exc}"}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(self, request: Request) -> Response:
         body = self._metrics.exposition()

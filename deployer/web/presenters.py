@@ -84,12 +84,14 @@ class Condition:
 
 
 def condition(view: ServiceView) -> Condition:
-    """Deploying > stopped > failing > unhealthy > suspended > pending > drifting > pinned > healthy."""
+    """Deploying > stopped > degraded > failing > unhealthy > suspended > pending > drifting > pinned > healthy."""
     attempt = view.last_attempt
     if attempt is not None and attempt.outcome == Outcome.RUNNING.value:
         return Condition(Tone.BUSY, "deploying", f"attempt {attempt.id} ({attempt.trigger}) in progress")
     if view.override == OverrideKind.STOPPED.value:
         return Condition(Tone.IDLE, "stopped", _stopped(view))
+    if view.state == ServiceState.DEGRADED.value:  # swarm runs fewer tasks than asked: the detail says why
+        return Condition(Tone.WARN, "degraded", view.detail)
     if view.state == "failed" or (attempt is not None and attempt.outcome in _FAILED):
         return Condition(Tone.BAD, "failing", _failure(view, attempt))
     if view.state == "running" and not view.healthy:

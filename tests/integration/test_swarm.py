@@ -56,6 +56,9 @@ def test_spec_spreads_replicas_and_updates_start_first_when_a_node_is_spare(serv
     assert spec["labels"]["deployer.spec-hash"] == deployment.desired.spec_hash
     single = service_spec(deployment, "img", ready_nodes=2, monitor=1.0)
     assert single["update_config"]["Order"] == "stop-first"  # no spare node: the host port is taken
+    shrinking = service_spec(service_folder.deployment(5, replicas=1), "img", ready_nodes=2, monitor=1.0,
+                             current_replicas=2)
+    assert shrinking["update_config"]["Order"] == "stop-first"  # 2 tasks run now: no node is free for a new one
 
 
 @engine
@@ -171,4 +174,4 @@ def test_observe_is_one_listing(runtime: SwarmRuntime, folder: ServiceFolder) ->
     runtime.apply(folder.deployment(1))
     with engine_calls(runtime) as calls:
         assert runtime.observe()[folder.name].state is ServiceState.RUNNING
-    assert calls == ["services"]
+    assert calls == ["services", "tasks", "nodes"]  # one listing of each: services, their tasks, the nodes

@@ -196,3 +196,13 @@ def test_a_swarm_service_keeps_its_own_update_and_is_routed_by_path(world: dict[
     assert set(swarm.services) == {"replicated"} and store.slots.active("replicated") is None  # no slots
     route = next(route for route in gateway.tables[-1] if route.service == "replicated")
     assert (route.upstreams, route.port, route.path) == ((store.ports.of("replicated"),), None, "/ai/replicated/")
+    # Its tasks run on two nodes: one server per node; the same nodes again change nothing; a service
+    # with no running task keeps its last nodes (nginx needs a server; a node coming back is routed).
+    router, port, applied = reconciler.rooms.rollout.slots.router, store.ports.of("replicated"), len(gateway.tables)
+    assert router is not None and router.follow_nodes({"replicated": ("10.0.0.1", "10.0.0.2")})
+    route = next(route for route in gateway.tables[-1] if route.service == "replicated")
+    assert route.upstreams == (("10.0.0.1", port), ("10.0.0.2", port))
+    assert not router.follow_nodes({"replicated": ("10.0.0.1", "10.0.0.2")}) and len(gateway.tables) == applied + 1
+    assert not router.follow_nodes({"replicated": ()})
+    assert router.follow_nodes({"replicated": ("10.0.0.2",)})
+    assert next(r for r in gateway.tables[-1] if r.service == "replicated").upstreams == (("10.0.0.2", port),)

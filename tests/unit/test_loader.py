@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 RANGE = (8800, 8999)
 SERVICE_KEYS = (
     "name, path, runtime, command, requirements, port, env, secrets, health, info, group, demo, "
-    "gateway, rollout, resources, replicas, hooks, docker, files, artifacts"
+    "gateway, rollout, resources, replicas, placement, hooks, docker, files, artifacts"
 )
 
 
@@ -393,3 +393,16 @@ def test_schema_accepts_both_shapes() -> None:
     service = schema["$defs"]["ServiceManifest"]
     assert service["additionalProperties"] is False and service["required"] == ["name"]
     assert all("description" in prop for prop in service["properties"].values())
+
+
+def test_placement_is_swarms_and_speaks_its_syntax() -> None:
+    text = ("name: a\nruntime: swarm\nreplicas: 2\n"
+            "placement: {spread: node.labels.zone, constraints: [node.role==worker, 'node.labels.gpu != none']}\n")
+    placement = load_manifest(text).services[0].placement
+    assert placement is not None and placement.spread == "node.labels.zone"
+    assert placement.constraints == ["node.role==worker", "node.labels.gpu != none"]
+    assert load_manifest("name: a\nplacement: {}\n").services[0].placement.spread == "node.id"  # type: ignore[union-attr]
+    assert problems("name: a\nruntime: docker\nplacement: {spread: node.id}\n") == [
+        "service.yaml:3:12: placement: placement applies to runtime swarm only (this service's runtime is docker)"]
+    assert "placement.constraints[0]: must match" in problems("name: a\nplacement: {constraints: ['x==1; rm']}\n")[0]
+    assert "placement.spread: must match" in problems("name: a\nplacement: {spread: 'node.id }'}\n")[0]

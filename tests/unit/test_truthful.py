@@ -274,3 +274,34 @@ def test_a_health_failure_takes_only_error_lines_as_its_cause() -> None:
     assert root_cause(ordinary)  # elsewhere (a start that failed) the last lines are all there is
     broken = ordinary + "OSError: model.bin: No such file or directory\n"
     assert root_cause(broken, errors_only=True) == "OSError: model.bin: No such file or directory"
+
+
+def test_a_swarm_service_short_of_tasks_is_degraded_recorded_as_drift_and_not_held(world: dict[str, Any]) -> None:
+    from deployer.web.app import degraded_services
+    from deployer.web.presenters import condition
+
+    make_reconciler(world)
+    runtime: MemoryRuntime = world["runtime"]
+    store = world["store"]
+    world["repo"].commit(files(manifest({"name": "alpha", "path": "alpha"})), "alpha")
+    assert run(world) == {"alpha": "succeeded"}
+    why = "node 10.0.0.2 down; no suitable node (1 node not available for new tasks)"
+    runtime.services["alpha"] = replace(runtime.services["alpha"], degraded=why, addresses=("10.0.0.1",),
+                                        detail="service x img: 1/2 tasks running (10.0.0.1 running)")
+    assert run(world) == {"alpha": "noop"}  # swarm reschedules by itself: deployer does not redeploy
+    view = store.views.service("alpha")
+    assert view is not None and view.state == "degraded" and view.detail.startswith(f"degraded: {why}; service x")
+    assert (condition(view).label, condition(view).tone.value) == ("degraded", "warn")
+    assert degraded_services(store) == {"alpha": view.detail}
+    attempt = store.history.attempts("alpha", 1)[0]
+    assert (attempt.trigger, attempt.outcome, attempt.reason) == ("drift", "failed", "Degraded")
+    revision = store.history.get_revision(view.running_revision)
+    assert revision is not None and store.history.last_failure("alpha", revision.spec_hash) is None  # no fault of it
+    assert run(world) == {"alpha": "noop"} and store.history.attempts("alpha", 1)[0].id == attempt.id  # once
+
+    runtime.services["alpha"] = replace(runtime.services["alpha"], degraded="", addresses=("10.0.0.1", "10.0.0.2"))
+    assert run(world) == {"alpha": "noop"}
+    view = store.views.service("alpha")
+    assert view is not None and view.state == "running" and degraded_services(store) == {}
+    recovered = store.history.attempts("alpha", 1)[0]
+    assert (recovered.trigger, recovered.outcome, recovered.reason) == ("drift", "succeeded", "Recovered")

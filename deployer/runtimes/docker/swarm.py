@@ -21,6 +21,7 @@ from deployer.errors import ApplyError, BuildError, RuntimeUnavailable
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.cause import root_cause
 from deployer.model.deployment import Deployment
+from deployer.model.desired import DesiredService
 from deployer.runtimes.docker.engine import Engine, decode_tail, log_lines
 from deployer.runtimes.docker.images import ImageBuild, ImageBuilder
 from deployer.runtimes.docker.ownership import (
@@ -32,6 +33,7 @@ from deployer.runtimes.docker.ownership import (
     labels,
 )
 from deployer.runtimes.docker.spec import check_memory, command, environment, memory_bytes, nano_cpus
+from deployer.runtimes.docker.tasks import TaskSummary, eligible, nodes_by_id, summarise
 
 __all__ = ["SwarmRuntime", "UpdateOrder", "service_spec"]
 
@@ -111,23 +113,49 @@ class SwarmRuntime:
                                      "swarm services wait until it is one")
 
     def observe(self) -> dict[str, ActualService]:
-        """One service listing with task counts (label filter); unlabelled services are never seen."""
+        """One listing each of the managed services (label filter), their tasks and the nodes.
+
+        Unlabelled services are never seen. Tasks say where each replica runs and why some do not
+        (a node lost, no suitable node, an image pull that failed): a service with fewer running
+        than asked is ``degraded``.
+        """
         with self.engine.errors("swarm runtime: observe"):
             services = self.engine.api().services(filters={"label": MANAGED_FILTER}, status=True)
-        actual = {}
-        for service in services:
-            name = (service["Spec"].get("Labels") or {}).get(LABEL_SERVICE)
-            if name:
-                actual[name] = _actual(name, service)
-        return dict(sorted(actual.items()))
+            return dict(sorted(self._with_tasks(services).items()))
 
     def inspect(self, name: str) -> ActualService | None:
-        """The service's own entry only (a label filter on its name), with its task counts."""
+        """The service's own entry only (a label filter on its name), with its tasks."""
         with self.engine.errors(f"service {name}: inspect"):
             services = self.engine.api().services(filters={"label": [MANAGED_FILTER, f"{LABEL_SERVICE}={name}"]},
                                                   status=True)
-        found = [service for service in services if (service["Spec"].get("Labels") or {}).get(LABEL_SERVICE) == name]
-        return _actual(name, found[0]) if found else None
+            return self._with_tasks(services).get(name)
+
+    def addresses(self, name: str) -> tuple[str, ...]:
+        """Where ``name`` answers: the address of every ready node running one of its tasks."""
+        seen = self.inspect(name)
+        return seen.addresses if seen is not None else ()
+
+    def nodes_for(self, desired: DesiredService) -> tuple[str, ...]:
+        """The ready, active nodes ``desired``'s placement constraints allow: where an update may put a task."""
+        constraints = desired.placement.constraints if desired.placement is not None else []
+        with self.engine.errors(f"service {desired.name}: nodes"):
+            nodes = [node for node in self.engine.api().nodes() if node["Status"].get("State") == "ready"
+                     and node["Spec"].get("Availability") == "active" and eligible(node, constraints)]
+        return tuple(sorted(found.address for found in nodes_by_id(nodes).values()))
+
+    def _with_tasks(self, services: list[dict[str, Any]]) -> dict[str, ActualService]:
+        named = {str((s["Spec"].get("Labels") or {}).get(LABEL_SERVICE) or ""): s for s in services}
+        named.pop("", None)
+        if not named:
+            return {}
+        api = self.engine.api()
+        tasks = api.tasks(filters={"service": [s["ID"] for s in named.values()]})
+        nodes = nodes_by_id(api.nodes())
+        by_service: dict[str, list[dict[str, Any]]] = {}
+        for task in tasks:
+            by_service.setdefault(str(task.get("ServiceID")), []).append(task)
+        return {name: _actual(name, service, summarise(_replicas(service), by_service.get(service["ID"], []), nodes))
+                for name, service in named.items()}
 
     def build(self, deployment: Deployment) -> ImageBuild:
         """Build (or reuse) the image and make sure the registry has it; ``image`` is pinned by digest."""
@@ -151,7 +179,8 @@ class SwarmRuntime:
             nodes = self._ready_nodes(deployment)
             existing = self._find(name)
             spec = service_spec(deployment, image, ready_nodes=len(nodes), monitor=self.monitor,
-                                stop_timeout=self.stop_timeout)
+                                stop_timeout=self.stop_timeout,
+                                current_replicas=_replicas(existing) if existing is not None else 0)
             if existing is None:
                 self._create(deployment, spec)
             else:
@@ -201,15 +230,19 @@ class SwarmRuntime:
         return found[0] if found else None
 
     def _ready_nodes(self, deployment: Deployment) -> list[dict[str, Any]]:
-        """Ready, active nodes; refuse replicas or GPUs they cannot hold (tasks would wait forever)."""
-        nodes = [node for node in self.engine.api().nodes()
-                 if node["Status"].get("State") == "ready" and node["Spec"].get("Availability") == "active"]
+        """Ready, active nodes its constraints allow; refuse replicas or GPUs they cannot hold (tasks would wait
+        forever: "no suitable node")."""
         desired = deployment.desired
+        constraints = desired.placement.constraints if desired.placement is not None else []
+        nodes = [node for node in self.engine.api().nodes()
+                 if node["Status"].get("State") == "ready" and node["Spec"].get("Availability") == "active"
+                 and eligible(node, constraints)]
         if desired.replicas > len(nodes):
+            allowed = f" its placement constraints ({', '.join(constraints)}) allow" if constraints else ""
             raise ApplyError(
                 f"service {deployment.name}: replicas {desired.replicas} need {desired.replicas} swarm nodes, "
-                f"{len(nodes)} ready: ports are published in host mode, one task per node (no ingress mesh here); "
-                "lower replicas in service.yaml or add nodes"
+                f"{len(nodes)} ready{allowed}: ports are published in host mode, one task per node (no ingress mesh "
+                "here); lower replicas in service.yaml or add nodes"
             )
         if desired.resources.gpus and not any(_node_gpus(node) >= desired.resources.gpus for node in nodes):
             raise ApplyError(f"service {deployment.name}: no swarm node advertises {desired.resources.gpus} "
@@ -303,10 +336,15 @@ class SwarmRuntime:
 
 
 def service_spec(deployment: Deployment, image: str, *, ready_nodes: int, monitor: float,
-                 stop_timeout: int = 10) -> dict[str, Any]:
-    """Keyword arguments for ``create_service``/``update_service`` (pure, so it is testable as data)."""
+                 stop_timeout: int = 10, current_replicas: int = 0) -> dict[str, Any]:
+    """Keyword arguments for ``create_service``/``update_service`` (pure, so it is testable as data).
+
+    A node "has room" only if no task of the service is on it now either: scaling down while
+    updating start-first let swarm place a new task on the node of a task still shutting down,
+    whose container still held the host port ("port is already allocated"; measured).
+    """
     desired = deployment.desired
-    order = UpdateOrder.choose(desired.replicas, ready_nodes)
+    order = UpdateOrder.choose(max(desired.replicas, current_replicas), ready_nodes)
     update = {"parallelism": 1, "order": order, "monitor": int(monitor * _SECOND)}
     service_labels = {**labels(deployment), LABEL_REPLICAS: str(desired.replicas)}
     return {
@@ -337,8 +375,15 @@ def _task_template(deployment: Deployment, image: str, stop_timeout: int) -> Any
     return docker.types.TaskTemplate(
         container_spec=container, resources=resources,
         restart_policy=docker.types.RestartPolicy(condition="any", delay=_SECOND),
-        placement=docker.types.Placement(maxreplicas=1), force_update=0,
+        placement=_placement(desired), force_update=0,
     )
+
+
+def _placement(desired: DesiredService) -> Any:
+    """One task per node (each binds the host port), spread over ``placement.spread``, within its constraints."""
+    spread = desired.placement.spread if desired.placement is not None else "node.id"
+    constraints = list(desired.placement.constraints) if desired.placement is not None else None
+    return docker.types.Placement(constraints=constraints, preferences=[("spread", spread)], maxreplicas=1)
 
 
 def _healthcheck(start_seconds: float) -> Any:
@@ -366,18 +411,22 @@ def _task_error(task: dict[str, Any]) -> str:
     return str(status.get("Err") or status.get("Message") or status.get("State"))
 
 
-def _actual(name: str, service: dict[str, Any]) -> ActualService:
+def _actual(name: str, service: dict[str, Any], summary: TaskSummary) -> ActualService:
+    """Counted from the tasks (swarm's own RunningTasks still counts a task on a node that was lost)."""
     spec_labels = service["Spec"].get("Labels") or {}
-    counts = service.get("ServiceStatus") or {}
-    running, wanted = int(counts.get("RunningTasks") or 0), _replicas(service)
+    running, wanted = summary.running, _replicas(service)
     update = (service.get("UpdateStatus") or {}).get("State", "")
     image = str(service["Spec"]["TaskTemplate"]["ContainerSpec"].get("Image", "")).split("@", 1)[0]
     detail = f"service {str(service['ID'])[:12]} {image}: {running}/{wanted} tasks running"
+    if summary.tasks:
+        detail += " (" + ", ".join(str(task) for task in summary.tasks) + ")"
     revision = spec_labels.get(LABEL_REVISION, "")
+    busy = update in _UPDATE_BUSY
     return ActualService(
         name=name, runtime=RUNTIME_NAME, state=_state(running, wanted, update),
         spec_hash=spec_labels.get(LABEL_SPEC_HASH), revision=int(revision) if revision.isdigit() else None,
         detail=detail + (f", update {update.replace('_', ' ')}" if update else ""),
+        tasks=summary.tasks, addresses=summary.addresses, degraded="" if busy else summary.degraded,
     )
 
 
