@@ -19,5 +19,7 @@ workers=${TEST_WORKERS:-3}
 if [ "$workers" = 0 ]; then
   .venv/bin/pytest "$@"
 else
-  .venv/bin/pytest -n "$workers" --dist loadgroup "$@"
+  # A short base for the temporary dirs: xdist adds popen-gwN/ to each, and supervisord's unix socket
+  # (under a test's state dir) must stay within the 107 bytes a socket path may have.
+  .venv/bin/pytest -n "$workers" --dist loadgroup --basetemp="${TEST_BASETEMP:-/tmp/deployer-tests}" "$@"
 fi

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -81,6 +83,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_WINDOWS = itertools.count(random.randrange(300))
+
+
+def port_window() -> int:
+    """The first of 10 ports for a test daemon's services (or its gateway's slots).
+
+    Below the kernel's ephemeral range (32768+), so an outgoing connection never holds a port a
+    test service is about to bind; in a band of 3,000 ports of this xdist worker's own, so daemons
+    of concurrent workers never share a window; each call takes the next window of the band.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    band = 20000 + (int(worker) % 4 if worker.isdigit() else 0) * 3000
+    return band + (next(_WINDOWS) % 300) * 10
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -268,7 +285,7 @@ def write_config(root: Path, *, sources: str = "", extra: str = "", interval: fl
     connection never happens to hold a port a test service is about to bind.
     """
     port = free_port()
-    first = 20000 + (port % 1200) * 10
+    first = port_window()
     config = root / "deployer.toml"
     config.write_text(f"""
 [server]

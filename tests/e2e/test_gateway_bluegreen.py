@@ -24,6 +24,7 @@ from tests.helpers import (
     GitRepo,
     free_port,
     local_source,
+    port_window,
     start_daemon,
     stop_supervisord,
     wait_for,
@@ -76,7 +77,7 @@ def nginx() -> str:
 def make_world(tmp_path: Path, files: dict[str, str | bytes | None], *, drain: float = 0.5,
                extra: str = "", enabled: bool = True) -> dict[str, Any]:
     listen = free_port()
-    slots = 21000 + (listen % 400) * 10
+    slots = port_window()
     repo = GitRepo.create(tmp_path / "repo.git", tmp_path / "work")
     repo.commit(files, "v1")
     config, _ = write_config(tmp_path, sources=local_source("models"), extra=f"""

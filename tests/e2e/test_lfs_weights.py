@@ -109,8 +109,10 @@ def finished(world: dict[str, Any], sha: str) -> dict[str, Any]:
         service = world["daemon"].service("bert")
         attempts = service["attempts"] if service else []
         newest = attempts[0] if attempts else None
-        done = newest is not None and newest["outcome"] != "running" and service is not None
-        return service if done and service["desired_sha"] == sha else None
+        shas = {revision["id"]: revision["sha"] for revision in service["revisions"]} if service else {}
+        # the attempt at sha itself: desired_sha moves when the revision is recorded, before its attempt starts
+        done = newest is not None and newest["outcome"] != "running" and shas.get(newest["revision"]) == sha
+        return service if done else None
 
     return wait_for(check, 90, f"an attempt at {sha[:7]} finished")
 

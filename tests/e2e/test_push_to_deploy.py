@@ -30,6 +30,7 @@ from tests.helpers import (
     make_wheel,
     metric,
     more_passes,
+    port_window,
     queue_drained,
     start_daemon,
     stop_supervisord,
@@ -56,7 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     known = gitea.add_repo(OWNER, REPO, [])
     repo.on_commit = known.shas.append
     port = free_port()
-    first = 20000 + (port % 1200) * 10  # a port window below the ephemeral range
+    first = port_window()
     config = root / "deployer.toml"
     config.write_text(f"""
 [server]

@@ -34,7 +34,7 @@ import pytest
 from deployer.store import Store
 from tests.browser import Browser, find, text_of
 from tests.e2e.test_demo import files, settled
-from tests.helpers import ROOT, GitRepo, free_port, start_daemon, stop_supervisord
+from tests.helpers import ROOT, GitRepo, free_port, port_window, start_daemon, stop_supervisord
 
 OUTPUT = ROOT / "test-output"
 HOSTILE = "<script>alert(1)</script>"
@@ -154,7 +154,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterato
     repo = GitRepo.create(root / "repo.git", root / "work")
     repo.commit(tree(), "two classifiers and an oddball")
     port = free_port()
-    first = 20000 + (port % 400) * 10
+    first = port_window()
     (root / "deployer.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"

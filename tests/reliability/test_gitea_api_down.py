@@ -18,7 +18,7 @@ import pytest
 
 from tests import gitea_payloads as gp
 from tests.gitea_standin import GiteaStandIn
-from tests.helpers import GitRepo, free_port, start_daemon, stop_supervisord, wait_for
+from tests.helpers import GitRepo, free_port, port_window, start_daemon, stop_supervisord, wait_for
 from tests.reliability.harness import SERVER, RequestLoop, answer, serving, state_of, wait_idle_history
 
 SECRET = "gitea-down-secret"
@@ -46,7 +46,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     gitea.up()
     repo.on_commit = gitea.add_repo(OWNER, REPO, []).shas.append
     port = free_port()
-    first = 20000 + (port % 1200) * 10
+    first = port_window()
     config = tmp_path / "deployer.toml"
     config.write_text(f"""
 [server]

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 # AF_UNIX paths are limited to 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
+_SUPERVISORD_SUFFIX = 8  # supervisord binds "<path>.<pid>" first, then renames it to <path>
 _POLL_SECONDS = 0.1
 # stopProcessGroup waits for the program to exit: up to its stopwaitsecs (10 in the template).
 _STOP_ALLOWANCE = 60.0
@@ -80,8 +81,9 @@ class SupervisorRuntime:
         self.user = user
         self.start_timeout = start_timeout
         self.orphan_grace = orphan_grace
-        if len(str(self.socket_path).encode()) > _MAX_SOCKET_PATH:
-            raise ConfigError(f"supervisor socket path {self.socket_path} is too long for a unix socket")
+        if len(str(self.socket_path).encode()) > _MAX_SOCKET_PATH - _SUPERVISORD_SUFFIX:
+            raise ConfigError(f"supervisor socket path {self.socket_path} is too long for a unix socket (at most "
+                              f"{_MAX_SOCKET_PATH - _SUPERVISORD_SUFFIX} bytes): choose a shorter [paths] state_dir")
         self.rpc = SupervisorRpc(self.socket_path, include_dir=self.include_dir, timeout=rpc_timeout)
         self.embedded_supervisord = EmbeddedSupervisord(
             SupervisorPaths(self.home, self.socket_path, self.include_dir, self.log_dir), self.rpc)
