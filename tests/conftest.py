@@ -18,11 +18,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     A module's tests stay on one worker, so its module fixtures (a daemon, a repository) are made
     once and its tests see them in order; every test that uses the shared Docker engine runs on one
-    worker, since those tests share the engine, its swarm and the images a session removes at its end.
+    worker, since those tests share the engine, its swarm and the images a session removes at its end;
+    so do the two-node swarm's (tests/swarm2: one swarm, made by the session that runs them).
     Without xdist the marks do nothing.
     """
     for item in items:
-        group = "docker-engine" if "docker_api" in item.fixturenames else item.nodeid.split("::")[0]
+        module = item.nodeid.split("::")[0]
+        if "docker_api" in item.fixturenames:
+            group = "docker-engine"
+        elif module.startswith("tests/swarm2/"):  # one two-node swarm per session, made and removed by a worker
+            group = "swarm2"
+        else:
+            group = module
         item.add_marker(pytest.mark.xdist_group(group))
 
 
