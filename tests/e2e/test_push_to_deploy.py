@@ -25,16 +25,15 @@ from tests.helpers import (
     EXAMPLE,
     Daemon,
     GitRepo,
-    free_port,
     git,
     make_wheel,
     metric,
     more_passes,
-    port_window,
     queue_drained,
     start_daemon,
     stop_supervisord,
     wait_for,
+    write_config,
 )
 
 SECRET = "e2e-webhook-secret"
@@ -56,24 +55,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     gitea.up()
     known = gitea.add_repo(OWNER, REPO, [])
     repo.on_commit = known.shas.append
-    port = free_port()
-    first = port_window()
-    config = root / "deployer.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[gitea]
-url = "{gitea.url}"
-clone_base = "file://{root / 'gitea'}"
-allowed_owners = ["{OWNER}"]
-[reconcile]
-interval = 1
-poll_interval = 3600
-[ports]
-range = "{first}-{first + 9}"
-[paths]
-state_dir = "{root / 'state'}"
-""")
+    gitea_section = (f'[gitea]\nurl = "{gitea.url}"\nclone_base = "file://{root}/gitea"\n'
+                     f'allowed_owners = ["{OWNER}"]\n')
+    config, _ = write_config(root, extra=gitea_section)
     daemon = start_daemon(config, root / "state",
                           env={"DEPLOYER_WEBHOOK_SECRET": SECRET, "DEPLOYER_GITEA_TOKEN": gitea.token})
     try:

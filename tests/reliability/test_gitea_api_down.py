@@ -18,7 +18,7 @@ import pytest
 
 from tests import gitea_payloads as gp
 from tests.gitea_standin import GiteaStandIn
-from tests.helpers import GitRepo, free_port, port_window, start_daemon, stop_supervisord, wait_for
+from tests.helpers import GitRepo, start_daemon, stop_supervisord, wait_for, write_config
 from tests.reliability.harness import SERVER, RequestLoop, answer, serving, state_of, wait_idle_history
 
 SECRET = "gitea-down-secret"
@@ -45,24 +45,9 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     gitea = GiteaStandIn()
     gitea.up()
     repo.on_commit = gitea.add_repo(OWNER, REPO, []).shas.append
-    port = free_port()
-    first = port_window()
-    config = tmp_path / "deployer.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[gitea]
-url = "{gitea.url}"
-clone_base = "file://{tmp_path / 'gitea'}"
-allowed_owners = ["{OWNER}"]
-[reconcile]
-interval = 1
-poll_interval = 3600
-[ports]
-range = "{first}-{first + 9}"
-[paths]
-state_dir = "{tmp_path / 'state'}"
-""")
+    gitea_section = (f'[gitea]\nurl = "{gitea.url}"\nclone_base = "file://{tmp_path}/gitea"\n'
+                     f'allowed_owners = ["{OWNER}"]\n')
+    config, _ = write_config(tmp_path, extra=gitea_section)
     daemon = start_daemon(config, tmp_path / "state",
                           env={"DEPLOYER_WEBHOOK_SECRET": SECRET, "DEPLOYER_GITEA_TOKEN": gitea.token})
     try:
