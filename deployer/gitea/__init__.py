@@ -16,7 +16,7 @@ from deployer.gitea.client import (
     split_repo,
 )
 from deployer.gitea.onboard import CheckLine, CheckTargets, HookChange, HookMemory, HookSpec, check, ensure_hook
-from deployer.gitea.status import StatusReporter, state_for
+from deployer.gitea.status import Retry, StatusReporter, state_for
 from deployer.gitea.webhook import (
     PushEvent,
     WebhookError,
@@ -39,6 +39,7 @@ __all__ = [
     "HookMemory",
     "HookSpec",
     "PushEvent",
+    "Retry",
     "StatusReporter",
     "WebhookError",
     "check",

@@ -62,6 +62,18 @@ class _Job:
         return f"{self.context}={self.state.value} on {self.repo}@{self.sha[:7]}"
 
 
+@dataclass(frozen=True)
+class Retry:
+    """How long a status is retried: until it is ``max_age`` seconds old (or, when given, after
+    ``max_tries``), waiting ``first_delay`` doubling up to ``max_delay``, shortened by up to ``jitter``."""
+
+    max_tries: int | None = None
+    max_age: float = 3600.0
+    first_delay: float = 1.0
+    max_delay: float = 60.0
+    jitter: float = 0.2
+
+
 @dataclass
 class _Backoff:
     first: float
@@ -89,16 +101,15 @@ class StatusReporter:
     """
 
     def __init__(self, client: GiteaClient | None, *, context_prefix: str = "deployer", public_url: str = "",
-                 max_tries: int | None = None, max_age: float = 3600.0, first_delay: float = 1.0,
-                 max_delay: float = 60.0, jitter: float = 0.2,
-                 max_queue: int = 1000, clock: Callable[[], float] = time.monotonic,
+                 retry: Retry | None = None, max_queue: int = 1000, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] | None = None) -> None:
+        retry = retry or Retry()
         self._client = client
         self._prefix = context_prefix.strip("/")
         self._public_url = public_url.rstrip("/")
-        self._max_tries = None if max_tries is None else max(1, max_tries)
-        self._max_age = max_age
-        self._backoff = _Backoff(first_delay, max_delay, jitter)
+        self._max_tries = None if retry.max_tries is None else max(1, retry.max_tries)
+        self._max_age = retry.max_age
+        self._backoff = _Backoff(retry.first_delay, retry.max_delay, retry.jitter)
         self._max_queue = max_queue
         self._clock = clock
         self._sleep = sleep

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from deployer.gitea import CommitState, GiteaClient, StatusReporter
+from deployer.gitea import CommitState, GiteaClient, Retry, StatusReporter
 from tests.gitea_standin import GiteaStandIn
 from tests.helpers import wait_for
 
@@ -18,6 +18,8 @@ SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
 REPO = "acme/models"
 PUBLIC = "http://deployer.example:8700"
 MakeReporter = Callable[..., StatusReporter]
+
+RETRY_FIELDS = ("max_tries", "max_age", "first_delay", "max_delay", "jitter")
 
 
 @pytest.fixture
@@ -33,7 +35,8 @@ def make_reporter(repo: GiteaStandIn) -> Iterator[MakeReporter]:
     def make(token: str | None = None, *, start: bool = True, **options: Any) -> StatusReporter:
         client = GiteaClient(repo.url, token or repo.token, timeout=1.0)
         options = {"public_url": PUBLIC, "first_delay": 0.02, "max_delay": 0.1, "max_tries": 100, **options}
-        reporter = StatusReporter(client, **options)
+        retry = Retry(**{key: options.pop(key) for key in RETRY_FIELDS if key in options})
+        reporter = StatusReporter(client, retry=retry, **options)
         made.append((reporter, client))
         if start:
             reporter.start()
