@@ -94,7 +94,10 @@ def _lose_node_two(daemon: Any, two_nodes: TwoNodes, url: str) -> None:
                            "the service degraded")
         print(f"degraded on the API {time.monotonic() - stopped:.1f}s after node 2's engine stopped")
         assert f"node {lost} down" in service["detail"] and "1/2 tasks running" in service["detail"]
-        assert "no suitable node" in service["detail"]  # swarm's own reason for the task it cannot place
+        # swarm's own reason for the task it cannot place, once it has tried to place it again
+        service = wait_for(lambda: (s := daemon.service(NAME)) and "no suitable node" in s["detail"] and s, 30,
+                           "swarm's reason for the task it cannot place")
+        assert service["state"] == "degraded", service
         assert NAME in daemon.get("/healthz").json()["degraded"]
         page = daemon.get(f"/services/{NAME}").text
         assert "degraded" in page and f"node {lost} down" in page
