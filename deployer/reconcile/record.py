@@ -109,14 +109,7 @@ class Recorder:
 
     def _prune_checkouts(self, source: str, head: str) -> None:
         """A new head was recorded: drop checkouts nothing needs (running, last good and recent ones stay)."""
-        keep = {head}
-        for view in self._store.views.services():
-            if view.source != source:
-                continue
-            keep.update(sha for sha in (view.running_sha, view.desired_sha) if sha)
-            good = self._store.history.last_good_revision(view.name)
-            if good is not None:
-                keep.add(good.sha)
+        keep = {head} | self._store.history.kept_commits(source)
         removed = self._sources.prune_checkouts(source, head, keep)
         if removed:
             log.info("source %s: removed %d old checkout(s)", source, len(removed))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from deployer.errors import Reason
 from deployer.model.desired import DesiredService
 from deployer.model.status import AttemptView, Outcome, RevisionView, StepView, Trigger
 from deployer.store.engine import Database, StoreError
-from deployer.store.tables import OUTPUT_TAIL_CHARS, AttemptRow, RevisionRow, StepRow, utcnow
+from deployer.store.tables import OUTPUT_TAIL_CHARS, AttemptRow, RevisionRow, ServiceRow, StepRow, utcnow
 
 # Failures that say nothing about the revision: the same spec is tried again.
 NOT_THE_REVISIONS_FAULT = (Reason.PORT_CONFLICT.value, Reason.RUNTIME_UNAVAILABLE.value, Reason.SECRET_MISSING.value,
@@ -72,6 +72,21 @@ class History:
         with self._db.transaction("last_good_revision") as session:
             row = session.scalar(query)
             return None if row is None else revision_view(row)
+
+    def kept_commits(self, source: str) -> set[str]:
+        """The commits a source's checkouts must keep: each of its services' running, desired and last
+        good revision's (two queries, however many services)."""
+        ours = select(ServiceRow.name).where(ServiceRow.source == source)
+        referenced = select(RevisionRow.sha).where(RevisionRow.id.in_(
+            select(ServiceRow.running_revision_id).where(ServiceRow.source == source)
+            .union(select(ServiceRow.desired_revision_id).where(ServiceRow.source == source))))
+        newest_good = (select(func.max(RevisionRow.id))
+                       .join(AttemptRow, AttemptRow.revision_id == RevisionRow.id)
+                       .where(RevisionRow.service.in_(ours), AttemptRow.outcome == Outcome.SUCCEEDED.value)
+                       .group_by(RevisionRow.service))
+        with self._db.transaction("kept_commits") as session:
+            return set(session.scalars(referenced)) | set(
+                session.scalars(select(RevisionRow.sha).where(RevisionRow.id.in_(newest_good))))
 
     def failed_revision(self, service: str, spec_hash: str) -> bool:
         """True when the newest finished attempt at this spec failed or was rolled back (see ``last_failure``)."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from deployer.model.status import DeliveryResult
 from deployer.safety import strip_credentials
@@ -90,13 +90,18 @@ class Deliveries:
 
     def record(self, deliveries: Sequence[Delivery]) -> None:
         """Many audit rows in one transaction; what a column cannot hold (a NUL, a long ref) is cut or replaced."""
-        rows = [DeliveryRow(delivery_id=storable(d.delivery_id)[:100], event=storable(d.event)[:SHORT],
-                            repository=storable(d.repository)[:200], ref=storable(d.ref)[:255],
-                            after=storable(d.after)[:SHA], result=DeliveryResult(d.result).value,
-                            detail=storable(d.detail))
+        if not deliveries:
+            return
+        now = utcnow()
+        rows = [{"delivery_id": storable(d.delivery_id)[:100], "event": storable(d.event)[:SHORT],
+                 "repository": storable(d.repository)[:200], "ref": storable(d.ref)[:255],
+                 "after": storable(d.after)[:SHA], "result": DeliveryResult(d.result).value,
+                 "detail": storable(d.detail), "received_at": now}
                 for d in deliveries]
+        # one multi-row INSERT, no ORM objects: a burst's audit batch must not hold the interpreter
+        # (the event loop acknowledging webhooks shares it) longer than the rows need
         with self._db.transaction("record_deliveries", write=True) as session:
-            session.add_all(rows)
+            session.execute(insert(DeliveryRow), rows)
 
     def recent_accepted(self, limit: int = 10000) -> list[tuple[str, str, str]]:
         """(repository, ref, after) of the newest accepted pushes, newest first: the dedupe memory at start."""
