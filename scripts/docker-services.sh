@@ -33,16 +33,8 @@ install_packages() {
 
 engine_answers() { timeout 10 "$DOCKER" info >/dev/null 2>&1; }
 
-wait_until() {  # wait_until SECONDS WHAT COMMAND...
-  local seconds=$1 what=$2
-  shift 2
-  for _ in $(seq 1 $((seconds * 5))); do
-    "$@" && return 0
-    sleep 0.2
-  done
-  log "$what did not come up within ${seconds}s"
-  return 1
-}
+# shellcheck source=scripts/wait-until.sh
+. "$(dirname "${BASH_SOURCE[0]}")/wait-until.sh"
 
 start_dockerd() {
   engine_answers && return 0

@@ -41,16 +41,8 @@ registry_answers() { curl -fs -o /dev/null --max-time 2 "http://$REGISTRY_ADDR/v
 ns_exists() { [ -e "/var/run/netns/$1" ]; }
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-wait_until() {  # wait_until SECONDS WHAT COMMAND...
-  local seconds=$1 what=$2
-  shift 2
-  for _ in $(seq 1 $((seconds * 5))); do
-    "$@" && return 0
-    sleep 0.2
-  done
-  log "$what did not come up within ${seconds}s"
-  return 1
-}
+# shellcheck source=scripts/wait-until.sh
+. "$(dirname "${BASH_SOURCE[0]}")/wait-until.sh"
 
 need_tools() {
   local need=()
