@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from deployer.errors import DeployerError
 from deployer.health import HttpChecks, Probe
-from deployer.model.actual import ActualService, ServiceState
+from deployer.model.actual import ActualService, ServiceState, Task
 from deployer.model.cause import root_cause
 from deployer.model.deployment import split_instance
 from deployer.model.desired import DesiredService
@@ -81,6 +81,7 @@ class Observer:
         self._crashes = CrashLoops()  # processes that died after their gate
         self._degraded: dict[str, str] = {}  # swarm services running fewer tasks than asked -> why
         self._placed: dict[str, str] = {}  # swarm services -> their tasks as the last listing said (node, state)
+        self._tasks: dict[str, tuple[Task, ...]] = {}  # the same, as data, for the API
 
     # -- listings ------------------------------------------------------------
 
@@ -157,8 +158,14 @@ class Observer:
         """A swarm service's tasks (which node, which state) stay in its detail between listings."""
         if seen is not None and seen.tasks:
             self._placed[name] = seen.detail
+            self._tasks[name] = seen.tasks
         else:
             self._placed.pop(name, None)
+            self._tasks.pop(name, None)
+
+    def tasks(self, name: str) -> tuple[Task, ...]:
+        """A swarm service's tasks as the last listing saw them (node, state, error); () for others."""
+        return self._tasks.get(name, ())
 
     def _note_degraded(self, name: str, seen: ActualService | None) -> str:
         """Announce a service becoming degraded (or running all its tasks again) once; returns why it is."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from deployer.demo import DemoResult
 from deployer.errors import Reason, UnknownService
+from deployer.model.actual import Task
 from deployer.model.desired import DesiredService
 from deployer.model.events import PassFinished
 from deployer.model.plan import Action
@@ -144,6 +145,10 @@ class Reconciler:
         """What the page says about the gateway: down (and why), or a dead nginx restarted (drift)."""
         router = self.rooms.rollout.slots.router
         return router.problem if router is not None else None
+
+    def tasks(self, name: str) -> tuple[Task, ...]:
+        """A swarm service's tasks (node, state, error) as last observed; () for other runtimes."""
+        return self.rooms.observer.tasks(name)
 
     def snapshot(self, name: str) -> SnapshotView | None:
         """Log tail and ``/info`` for the pages: read now unless read moments ago."""

@@ -73,6 +73,8 @@ class Api:
         data["revisions"] = [revision_json(revision) for revision in detail.revisions]
         data["attempts"] = [attempt_json(attempt, steps=True) for attempt in detail.attempts]
         data["overrides"] = [override_json(override) for override in detail.overrides]
+        data["tasks"] = [{"node": task.node, "state": task.state, "error": task.error}
+                         for task in self.reconciler.tasks(name)]  # swarm: each task's node and state
         return JSONResponse(data)
 
     async def diff(self, request: Request) -> Response:

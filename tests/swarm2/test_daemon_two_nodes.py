@@ -62,6 +62,11 @@ def test_rolling_update_through_the_gateway_and_a_lost_node(tmp_path: Path, two_
         daemon.request_pass()
         first = settled(daemon, repo.shas[-1], name=NAME)
         assert first["last_attempt"]["outcome"] == "succeeded", first["last_attempt"]
+        # each task's node and state, as data: one running task on each node
+        running = lambda s: sorted(task["node"] for task in s["tasks"] if task["state"] == "running")  # noqa: E731
+        tasks = wait_for(lambda: (s := daemon.service(NAME)) and running(s) == sorted(two_nodes.nodes) and s, 30,
+                         "a running task on each node in the API")["tasks"]
+        assert all(set(task) == {"node", "state", "error"} for task in tasks), tasks
         steps = [step["output"] for step in first["attempts"][0]["steps"] if step["name"] == "health"]
         assert steps and all(node in " ".join(steps) for node in two_nodes.nodes), steps  # gated on each node
         url = f"{gateway}/ai/{NAME}/version"
