@@ -110,7 +110,13 @@ def listening_tcp_ports() -> set[int] | None:
     Reads /proc/net/tcp and tcp6 only: a cheap answer to "does anything listen on port N?", where
     finding *who* listens means walking every process's file descriptors.
     """
-    ports: set[int] = set()
+    sockets = listening_tcp_sockets()
+    return None if sockets is None else set(sockets)
+
+
+def listening_tcp_sockets() -> dict[int, set[int]] | None:
+    """Each local TCP port in LISTEN state → the inodes of its listening sockets (see ``listening_tcp_ports``)."""
+    sockets: dict[int, set[int]] = {}
     for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
         try:
             rows = table.read_text(encoding="ascii").splitlines()[1:]
@@ -119,7 +125,25 @@ def listening_tcp_ports() -> set[int] | None:
         except OSError:
             return None
         for row in rows:
-            fields = row.split()  # sl local_address rem_address st ...
-            if len(fields) > 3 and fields[3] == _TCP_LISTEN:
-                ports.add(int(fields[1].rpartition(":")[2], 16))
-    return ports
+            fields = row.split()  # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if len(fields) > 9 and fields[3] == _TCP_LISTEN:
+                sockets.setdefault(int(fields[1].rpartition(":")[2], 16), set()).add(int(fields[9]))
+    return sockets
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` has open (empty when it is gone or not ours to read)."""
+    inodes: set[int] = set()
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"{fd_dir}/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes

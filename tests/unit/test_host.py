@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
-from deployer.host import listening_tcp_ports
+from deployer.host import listening_tcp_ports, listening_tcp_sockets, socket_inodes
 
 
 def test_listening_ports_are_read_from_the_kernels_tables() -> None:
@@ -16,3 +17,15 @@ def test_listening_ports_are_read_from_the_kernels_tables() -> None:
             listener.listen()
             assert port in (listening_tcp_ports() or set())
         assert port not in (listening_tcp_ports() or set())
+
+
+def test_a_listeners_socket_inode_names_the_process_holding_it() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        inodes = (listening_tcp_sockets() or {}).get(port, set())
+        assert len(inodes) == 1
+        assert inodes <= socket_inodes(os.getpid())
+    assert port not in (listening_tcp_sockets() or {})
+    assert socket_inodes(2**22 + 12345) == set()  # no such process: nothing, no error

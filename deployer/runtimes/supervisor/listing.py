@@ -61,11 +61,17 @@ class ProcessListing:
         """Every program of the embedded supervisord is deployer's; elsewhere, those logging into our dir."""
         return self._embedded or Path(str(info.get("stdout_logfile") or "")).parent == self._paths.log_dir
 
-    def port_holders(self, names: Collection[str] | None, files: dict[str, ProgramFile] | None = None
-                     ) -> list[PortHolder]:
-        """Who holds the ports of the programs ``names`` (every program: None), one socket listing."""
+    def port_holders(self, names: Collection[str] | None, files: dict[str, ProgramFile] | None = None,
+                     started: dict[str, int] | None = None) -> list[PortHolder]:
+        """Who holds the ports of the programs ``names`` (every program: None), one socket listing.
+
+        ``started``: the pid supervisord gave each program it is starting, from the same listing
+        (a port held only by that process has no other holder to find).
+        """
         files = read_program_files(self._paths.include_dir) if files is None else files
-        programs = [_program_process(program) for name, program in files.items() if names is None or name in names]
+        started = started or {}
+        programs = [_program_process(program, started.get(name)) for name, program in files.items()
+                    if names is None or name in names]
         wanted = [program for program in programs if program is not None]
         if not wanted:
             return []
@@ -75,7 +81,8 @@ class ProcessListing:
                            ) -> dict[str, ActualService]:
         """Name who holds the port of a service that is not running (one socket listing)."""
         waiting = [name for name, seen in actual.items() if seen.state is not ServiceState.RUNNING]
-        for holder in self.port_holders(waiting, files) if waiting else []:
+        started = {name: pid for name in waiting if (pid := actual[name].pid)}
+        for holder in self.port_holders(waiting, files, started) if waiting else []:
             seen = actual[holder.service]
             actual[holder.service] = replace(seen, detail=_joined(holder.describe(), seen.detail))
         return actual
@@ -127,8 +134,8 @@ def _joined(*parts: str) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def _program_process(program: ProgramFile) -> ProgramProcess | None:
+def _program_process(program: ProgramFile, pid: int | None = None) -> ProgramProcess | None:
     port, settings = program.port(), program.settings()
     if port is None or settings is None:
         return None
-    return ProgramProcess(program.name, port, settings.argv, settings.directory)
+    return ProgramProcess(program.name, port, settings.argv, settings.directory, pid)

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from deployer.host import alive, listening_tcp_ports
+from deployer.host import alive, listening_tcp_sockets, socket_inodes
 
 log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.05
@@ -34,6 +34,7 @@ class ProgramProcess:
     port: int
     argv: tuple[str, ...]
     directory: str | None
+    pid: int | None = None  # the process a live supervisord of ours started for it, when it has one
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def port_holders(
     """Listeners on the programs' ports, except children of the live supervisord pids given."""
     by_port = {program.port: program for program in programs}
     holders: dict[tuple[int, int | None], PortHolder] = {}
-    for conn in _listeners(set(by_port)):
+    for conn in _listeners(by_port):
         key = (conn.laddr.port, conn.pid)
         if key not in holders:
             holder = _classify(by_port[conn.laddr.port], conn.pid, socket_path, supervisors)
@@ -106,10 +107,18 @@ def reap(holders: Iterable[PortHolder], *, grace: float) -> list[Orphan]:
     return reaped
 
 
-def _listeners(ports: Collection[int]) -> list[Any]:
-    listening = listening_tcp_ports()
-    if listening is not None:  # nothing listens on these ports: no need to find owners
-        ports = set(ports) & listening
+def _listeners(by_port: dict[int, ProgramProcess]) -> list[Any]:
+    """Listening sockets on these ports, found by walking every process (psutil) only when needed.
+
+    Cheap answers first, from the kernel's socket tables: a port nothing listens on has no
+    holder, nor does one whose every listening socket is open in the process our supervisord
+    started for the program (a program starting up, before supervisord calls it RUNNING).
+    """
+    listening = listening_tcp_sockets()
+    ports = set(by_port)
+    if listening is not None:
+        ports = {port for port in ports & listening.keys()
+                 if not _own_listener(by_port[port], listening[port])}
     if not ports:
         return []
     try:
@@ -119,6 +128,10 @@ def _listeners(ports: Collection[int]) -> list[Any]:
         return []
     return [conn for conn in connections
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in ports]
+
+
+def _own_listener(program: ProgramProcess, inodes: set[int]) -> bool:
+    return program.pid is not None and inodes <= socket_inodes(program.pid)
 
 
 def _classify(program: ProgramProcess, pid: int | None, socket_path: Path,
