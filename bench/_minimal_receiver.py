@@ -33,4 +33,5 @@ def app(secret: bytes) -> Starlette:
 
 if __name__ == "__main__":
     uvicorn.run(app(sys.argv[2].encode()), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                loop="uvloop", http="httptools",  # as deployer serve
                 access_log=False)

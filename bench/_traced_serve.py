@@ -168,7 +168,7 @@ def what_if(names: str) -> None:
     """
     patches = {"stop-process": _stop_process, "inline-route": _inline_route, "audit-batch": _audit_batch,
                "switch-interval": _switch_interval, "no-passes": _no_passes, "no-audit": _no_audit,
-               "no-port-scan": _no_port_scan}
+               "no-port-scan": _no_port_scan, "gil-probe": _gil_probe}
     for name in names.split(","):
         if name not in patches:
             raise SystemExit(f"unknown BENCH_WHATIF {name!r} (known: {', '.join(patches)})")
@@ -266,6 +266,62 @@ def _no_port_scan() -> None:
     from deployer.runtimes.supervisor import listing
 
     listing.port_holders = lambda *args, **kwargs: []  # type: ignore[attr-defined]
+
+
+def _gil_probe() -> None:
+    """Diagnosis, not a proposal: appends to ``$BENCH_GIL_PROBE`` (JSON lines, on time.monotonic's clock)
+    every garbage collection longer than 2 ms, every time a thread sleeping 1 ms at a time woke more than
+    5 ms late (it waited for the GIL), and every time the event loop did (``looplag``: the loop was busy
+    or waited) — what keeps acknowledgements waiting. webhook_burst.py keeps the file in results/profiles
+    and records the burst's start on the same clock (``started_monotonic``)."""
+    import gc
+    import json as json_module
+
+    path = Path(os.environ.get("BENCH_GIL_PROBE") or os.devnull)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = path.open("a", buffering=1)  # lives as long as the process
+    started: dict[str, float] = {}
+
+    def collected(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started["gc"] = time.monotonic()
+            return
+        took = time.monotonic() - started.get("gc", time.monotonic())
+        if took > 0.002:
+            out.write(json_module.dumps({"n": f"gc{info['generation']}", "t0": started["gc"], "t1": time.monotonic(),
+                                         "collected": info["collected"]}) + "\n")
+
+    def lag() -> None:
+        while True:
+            asked = time.monotonic()
+            time.sleep(0.001)
+            woke = time.monotonic()
+            if woke - asked > 0.006:
+                out.write(json_module.dumps({"n": "lag", "t0": asked, "t1": woke}) + "\n")
+
+    async def loop_lag() -> None:
+        import asyncio
+
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(0.001)
+            woke = time.monotonic()
+            if woke - asked > 0.006:
+                out.write(json_module.dumps({"n": "looplag", "t0": asked, "t1": woke}) + "\n")
+
+    import uvicorn
+
+    real_startup = uvicorn.Server.startup
+
+    async def startup(self: Any, *args: Any, **kwargs: Any) -> None:
+        import asyncio
+
+        self._gil_probe_task = asyncio.get_running_loop().create_task(loop_lag())
+        await real_startup(self, *args, **kwargs)
+
+    uvicorn.Server.startup = startup  # type: ignore[method-assign]
+    gc.callbacks.append(collected)
+    threading.Thread(target=lag, name="gil-probe", daemon=True).start()
 
 
 def _switch_interval() -> None:

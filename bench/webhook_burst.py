@@ -33,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    RESULTS,
     ROOT,
     Cleanup,
     DaemonProc,
@@ -79,6 +80,7 @@ class Burst:
     statuses: dict[str, int] = field(default_factory=dict)
     late_starts: int = 0  # requests that left more than 5 ms after their scheduled time
     duration: float = 0.0
+    started: float = 0.0  # time.monotonic() at the first request (system-wide: lines up with daemon-side traces)
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (sent, seconds after the start; latency)
 
 
@@ -127,7 +129,7 @@ async def _send(port: int, request: bytes, timeout: float) -> tuple[str, float]:
 async def _burst(port: int, plan: list[tuple[Path, str, bytes]], rate: float, timeout: float) -> Burst:
     result = Burst()
     tasks = []
-    started = time.monotonic()
+    started = result.started = time.monotonic()
     for index, (bare, sha, request) in enumerate(plan):
         due = started + index / rate
         delay = due - time.monotonic()
@@ -199,8 +201,10 @@ def main() -> int:
                               port_first=window, port_count=args.repos + 10,
                               extra=f'[gitea]\nclone_base = "file://{root / "gitea"}"\nallowed_owners = ["{OWNER}"]\n')
         no_passes = root / "no-passes.flag"  # the no-passes isolation drops passes once this exists
+        gil_probe = RESULTS / "profiles" / f"gil-probe-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
         daemon = start_daemon(cleanup, config, root / "state", what_if=args.what_if,
-                              env={"DEPLOYER_WEBHOOK_SECRET": SECRET, "BENCH_NO_PASSES_FLAG": str(no_passes)})
+                              env={"DEPLOYER_WEBHOOK_SECRET": SECRET, "BENCH_NO_PASSES_FLAG": str(no_passes),
+                                   "BENCH_GIL_PROBE": str(gil_probe)})
         db = root / "state" / "deployer.db"
         log("first deploy of every repository (setup, not measured)")
         for repo in repos:
@@ -315,7 +319,7 @@ def main() -> int:
             report.notes.append(profile_note("daemon during the burst, GIL holders", spy.summary()))
         report.samples = {"profile": spy.summary(), "deployer_ms": sorted(ms), "baseline_ms": sorted(base_ms),
                           "statuses": measured.statuses, "baseline_statuses": baseline.statuses,
-                          "timeline": measured.timeline, "cpu": cpu,
+                          "timeline": measured.timeline, "started_monotonic": measured.started, "cpu": cpu,
                           "settle_s": settle, "coalesce": {"deploys": coalesce_deploys,
                                                            "statuses": coalesced.statuses,
                                                            "settle_s": coalesce_settle}}

@@ -348,5 +348,7 @@ def serve(settings: Settings, *, config_dir: Path | None = None, log_level: str 
     # frozen, the cyclic collector stops walking it, so a full collection no longer pauses every
     # thread, the acknowledging event loop among them, for tens of milliseconds.
     gc.freeze()
+    # uvloop and httptools: socket calls and HTTP parsing in C, holding the GIL, so answering a
+    # request no longer waits for the passes' threads at every send and receive.
     uvicorn.run(daemon.app, host=settings.server.host, port=settings.server.port, log_level="warning",
-                access_log=False, lifespan="on")
+                access_log=False, lifespan="on", loop="uvloop", http="httptools")
