@@ -10,12 +10,16 @@ import hashlib
 import hmac
 import json
 import sys
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from deployer.web.protocol import BoundedHttpToolsProtocol  # after the path is set
 
 
 def app(secret: bytes) -> Starlette:
@@ -33,5 +37,5 @@ def app(secret: bytes) -> Starlette:
 
 if __name__ == "__main__":
     uvicorn.run(app(sys.argv[2].encode()), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-                loop="uvloop", http="httptools",  # as deployer serve
+                loop="uvloop", http=BoundedHttpToolsProtocol,  # as deployer serve
                 access_log=False)

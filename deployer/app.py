@@ -44,6 +44,7 @@ from deployer.source import HttpToken
 from deployer.store import Store
 from deployer.web.app import WebDeps, build_app
 from deployer.web.monitoring import Notice
+from deployer.web.protocol import BoundedHttpToolsProtocol
 from deployer.web.webhook import GiteaRouting, WebhookReceiver
 
 log = logging.getLogger("deployer")
@@ -351,4 +352,4 @@ def serve(settings: Settings, *, config_dir: Path | None = None, log_level: str 
     # uvloop and httptools: socket calls and HTTP parsing in C, holding the GIL, so answering a
     # request no longer waits for the passes' threads at every send and receive.
     uvicorn.run(daemon.app, host=settings.server.host, port=settings.server.port, log_level="warning",
-                access_log=False, lifespan="on", loop="uvloop", http="httptools")
+                access_log=False, lifespan="on", loop="uvloop", http=BoundedHttpToolsProtocol)

@@ -7,11 +7,14 @@ before anything is written; and no stored row can ever stop ``deployer serve`` a
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from deployer.store import Store
@@ -107,3 +110,46 @@ def test_a_stored_source_deployer_cannot_follow_does_not_stop_start_up(world: di
     page = daemon.get("/").text
     assert "acme/-bad" in page and "not followed" in page
     assert "stored source skipped" in daemon.log()
+
+
+def _raw(daemon: Daemon, head: bytes, filler: int) -> bytes:
+    """Sends ``head`` then ``filler`` bytes more of header lines; what the daemon answered (b"" if nothing)."""
+    host, _, port = daemon.url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        try:
+            conn.sendall(head)
+            line = b"X-Filler: " + b"a" * 8000 + b"\r\n"
+            for _ in range(filler // len(line)):
+                conn.sendall(line)
+            conn.sendall(b"\r\n")
+        except OSError:  # closed on us mid-send: read what it said before
+            pass
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+        return answer
+
+
+def test_a_request_head_larger_than_the_bound_is_refused_431_and_the_daemon_goes_on(world: dict[str, Any]) -> None:
+    daemon: Daemon = world["daemon"]
+    answer = _raw(daemon, b"POST /hooks/gitea HTTP/1.1\r\nHost: x\r\n", 8 * 2**20)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    long_url = _raw(daemon, b"GET /api/services?q=" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n", 0)
+    assert long_url.startswith(b"HTTP/1.1 431 "), long_url[:200]
+    assert daemon.get("/healthz").status_code == 200
+    assert "refused a request from 127.0.0.1" in daemon.log()
+
+
+def test_large_headers_under_the_bound_and_large_bodies_are_served_on_one_connection(
+        world: dict[str, Any]) -> None:
+    daemon: Daemon = world["daemon"]
+    payload = repo_push(world, "acme", "big-message")
+    payload["head_commit"] = {**(payload.get("head_commit") or {}), "message": "x" * 900_000}  # a body near 1 MiB
+    body = gp.encode(payload)
+    headers = gp.headers(body, SECRET, content_type="json", event="push", delivery=str(uuid.uuid4()))
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:  # keep-alive: one connection throughout
+        big = client.post("/hooks/gitea", content=body, headers={**headers, "X-Large": "b" * 40_000})
+        assert big.status_code == 202, big.text
+        assert client.get("/healthz", headers={"X-Large": "c" * 40_000}).status_code == 200
+        assert client.get("/api/services").status_code == 200
