@@ -89,9 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--retry", action="store_true",
                            help="try the service's held failed revision again (needs SERVICE)")
     _remote(commands, follow, "demo", "run the demo inputs against the running revision now", _demo, service=True)
-    for name, helptext, parent in (("rollback", "deploy an earlier revision and pin it", follow),
-                                   ("pin", "hold a service at a revision (default: the running one)", remote)):
-        command = _remote(commands, parent, name, helptext, _act, service=True)
+    for name, helptext in (("rollback", "deploy an earlier revision and pin it"),
+                           ("pin", "hold a service at a revision (default: the running one)")):
+        command = _remote(commands, follow, name, helptext, _act, service=True)
         command.add_argument("revision", type=int, nargs="?")
         command.add_argument("--why", default="")
     for name, helptext in (("stop", "stop services and keep them stopped until started"),
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the outcome")
     for name, helptext in (("unpin", "follow the branch again"), ("resume", "reconcile a suspended service again"),
                            ("suspend", "stop reconciling a service, leaving it as it is")):
-        command = _remote(commands, remote, name, helptext, _act, service=True)
+        command = _remote(commands, follow, name, helptext, _act, service=True)
         command.add_argument("--why", default="")
     _gitea_commands(commands, common)
     return parser
@@ -344,20 +344,13 @@ def _act(args: argparse.Namespace) -> int:
     from deployer.client import newest_attempts
 
     client = _client(args)
-    before = newest_attempts(client, [args.service]) if args.command == "rollback" else {}
+    before = newest_attempts(client, [args.service])
     body = {"who": f"{getpass.getuser()}@{socket.gethostname()}", "why": args.why,
             "revision": getattr(args, "revision", None)}
     data = client.post(f"/api/services/{args.service}/{args.command}", body)
-    if args.command != "rollback":
-        return _print_json(data) if args.json else _said(data["message"])
     if not args.json:
         print(data["message"])
     return _followed(args, client, data, before)
-
-
-def _said(message: str) -> int:
-    print(message)
-    return EXIT_OK
 
 
 @dataclass(frozen=True)

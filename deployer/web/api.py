@@ -170,12 +170,11 @@ class Api:
             done = await run_in_threadpool(self._act, name, action, body)
         answer = {"service": done.service, "message": done.message,
                   "override": override_json(done.override) if done.override else None}
-        if action != "rollback":
-            self.queue.request(done.source, Trigger.CLI, fetch=False)
-            return JSONResponse(answer, status_code=202)
-        # A rollback names the revision to run: it is deployed even if it failed once before.
-        deployed = self.queue.request(done.source, Trigger.ROLLBACK, fetch=False, retry=frozenset({done.service}))
-        operation = self.operations.track("rollback", {done.service: deployed}, self._service_line(since))
+        if action == "rollback":  # it names the revision to run: deployed even if it failed once before
+            deployed = self.queue.request(done.source, Trigger.ROLLBACK, fetch=False, retry=frozenset({done.service}))
+        else:  # the pass that acts on the override (an unpin deploys the branch's head, a resume what drifted)
+            deployed = self.queue.request(done.source, Trigger.CLI, fetch=False)
+        operation = self.operations.track(action, {done.service: deployed}, self._service_line(since))
         return JSONResponse({**answer, **operation_json(operation)}, status_code=202)
 
     def _act(self, name: str, action: str, body: dict[str, Any]) -> Done:

@@ -172,7 +172,9 @@ def test_rollback_pins_and_the_pin_holds_across_new_commits(world: dict[str, Any
     page = daemon.get("/services/text-classify").text
     assert "pinned" in page and "v2 mislabels reviews" in page
 
-    assert cli(world, "unpin", "text-classify").returncode == 0
+    unpinned = cli(world, "unpin", "text-classify")  # follows the pass it asked for: it deploys the head
+    assert unpinned.returncode == 0, unpinned.stdout + unpinned.stderr
+    assert "succeeded" in unpinned.stdout and "health" in unpinned.stdout, unpinned.stdout
     serving(daemon, newer)
 
 
@@ -180,7 +182,9 @@ def test_suspend_leaves_the_service_alone_until_resumed(world: dict[str, Any]) -
     repo, daemon = world["repo"], world["daemon"]
     following(world)
     version = head_version(repo)
-    assert cli(world, "suspend", "text-classify", "--why", "load test").returncode == 0
+    suspended = cli(world, "suspend", "text-classify", "--why", "load test")
+    assert suspended.returncode == 0, suspended.stdout + suspended.stderr
+    assert "text-classify suspended" in suspended.stdout and "noop" in suspended.stdout, suspended.stdout
     newer = next_version()
     repo.commit({"service.yaml": manifest(newer)}, "a commit the suspension leaves alone")
     assert cli(world, "reconcile").returncode == 0
@@ -194,7 +198,9 @@ def test_suspend_leaves_the_service_alone_until_resumed(world: dict[str, Any]) -
     page = daemon.get("/services/text-classify").text
     assert "suspended" in page and "load test" in page
 
-    assert cli(world, "resume", "text-classify").returncode == 0
+    resumed = cli(world, "resume", "text-classify")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "succeeded" in resumed.stdout, resumed.stdout  # the deploy of the commit held back meanwhile
     serving(daemon, newer)
     assert cli(world, "plan").returncode == 0
 

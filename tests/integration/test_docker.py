@@ -293,8 +293,11 @@ def test_files_are_copied_into_the_container_before_start(runtime: DockerRuntime
     runtime.apply(deployment)
     wait_for(lambda: healthy(folder.port), 10, "/health")
     assert http_get(folder.port, "/conf.txt").text == "value-from-a-secret\n"
-    run = docker_api.exec_create(folder.name, ["stat", "-c", "%a %u", "/www/conf.txt"])
-    assert docker_api.exec_start(run["Id"]).decode().strip() == "600 0"
+    def stat() -> str:  # an exec's output is now and then empty on a loaded engine (attach race): ask again
+        run = docker_api.exec_create(folder.name, ["stat", "-c", "%a %u", "/www/conf.txt"])
+        return str(docker_api.exec_start(run["Id"]).decode().strip())
+
+    assert wait_for(stat, 10, "stat of /www/conf.txt in the container") == "600 0"
     assert not (folder.path / "www" / "conf.txt").exists()  # nothing written into the build context
     image = docker_api.inspect_container(folder.name)["Image"]
     fresh = docker_api.create_container(image, command=["cat", "/www/conf.txt"], labels={TEST_LABEL: "true"})
