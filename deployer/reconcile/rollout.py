@@ -10,6 +10,7 @@ Every step is recorded; every attempt ends with a recorded outcome on every path
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from deployer.artifacts import Artifacts
 from deployer.build import EnvBuilder
 from deployer.errors import BuildError, DeployerError, Reason, StalledError
 from deployer.hooks import HookRunner
-from deployer.model.actual import ServiceState
+from deployer.model.actual import ActualService, ServiceState
 from deployer.model.cause import readable_paths
 from deployer.model.deployment import SLOTS, Deployment, instance_name
 from deployer.model.desired import DesiredService
@@ -145,6 +146,9 @@ class Rollout:
             message = f"internal error: {type(exc).__name__}"
         finally:
             message += f" ({note})" if note else ""
+            # Observed first: once the attempt reads finished, the service's state says what runs now
+            # (not the "starting" a replacement in place recorded, for the moment in between).
+            seen = self._observe_after(running)
             try:
                 self._store.history.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
             except StoreError as exc:  # left RUNNING; the service's next attempt ends it as interrupted
@@ -152,7 +156,7 @@ class Rollout:
                 log.error("%s: cannot record the end of attempt %d: %s", desired.name, attempt, exc)
             self._events.publish(AttemptFinished(desired.name, desired.source, desired.sha, revision.id, attempt,
                                                  trigger, outcome, reason, message, time.monotonic() - started))
-            self._observe_after(running)
+            self._capture_after(running, seen)
         log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message,
                  extra={"service": desired.name, "revision": revision.id, "attempt": attempt})
         return outcome
@@ -346,18 +350,25 @@ class Rollout:
             return f"; could not stop it either: {exc}"
         return "; no earlier good revision, so it was stopped"
 
-    def _observe_after(self, running: DesiredService) -> None:
-        """After every attempt: the state, a fresh probe on the serving instance's own paths, a snapshot."""
+    def _observe_after(self, running: DesiredService) -> ActualService | None:
+        """At the end of every attempt: the serving instance's state and a fresh probe on its own paths."""
         try:
             place = self.slots.serving(running.name)
-            instance = instance_name(running.name, place.slot)
-            seen = self._runtime(running).inspect(instance)
-            self._observer.record(running.name, running, seen, fresh=True, port=place.port, instance=instance)
+            seen = self._runtime(running).inspect(instance_name(running.name, place.slot))
+            self._observer.record(running.name, running, seen, fresh=True, port=place.port,
+                                  instance=instance_name(running.name, place.slot))
+            return seen
+        except Exception as exc:  # observation is best effort: the attempt must still be recorded as finished
+            log.warning("%s: could not observe after the attempt: %s", running.name, exc)
+            return None
+
+    def _capture_after(self, running: DesiredService, seen: ActualService | None) -> None:
+        """Then its log tail and ``/info`` (slower: read once the attempt is recorded)."""
+        place = self.slots.serving(running.name)
+        with contextlib.suppress(DeployerError):  # a snapshot is best effort too; the probe job reads /info later
             if seen is not None:
                 self._observer.capture(running.name, seen.runtime, place.port or running.port, running,
-                                       instance=instance)
-        except DeployerError as exc:
-            log.warning("%s: could not observe after the attempt: %s", running.name, exc)
+                                       instance=instance_name(running.name, place.slot))
 
     def _revision_desired(self, revision: int) -> DesiredService | None:
         found = self._store.history.get_revision(revision)

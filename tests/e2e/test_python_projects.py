@@ -164,7 +164,6 @@ def build_step(service: dict[str, Any]) -> dict[str, Any]:
 def test_a_locked_project_serves_the_version_its_lock_pins(world: dict[str, Any], name: str, lock: str) -> None:
     service = finished(world["daemon"], name)
     assert service["last_attempt"]["outcome"] == "succeeded", service["last_attempt"]
-    # supervisord says "starting" until the program's startsecs have passed, though the gate saw it answer
     service = wait_for(lambda: (seen := world["daemon"].service(name)) and seen["state"] == "running"
                        and seen["healthy"] and seen, 30, f"{name} running and healthy")
     answer = httpx.get(f"http://127.0.0.1:{service['port']}/health", timeout=5).json()

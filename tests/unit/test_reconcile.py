@@ -424,3 +424,24 @@ def test_a_revert_to_the_tree_that_runs_is_converged_not_failing(world: dict[str
     view = store.views.service("alpha")
     assert view is not None and view.running_sha == view.desired_sha == head
     assert view.running_revision == view.desired_revision
+
+
+def test_when_an_attempt_reads_finished_the_service_already_shows_what_runs(world: dict[str, Any],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redeploy in place records "starting"; the state after it is recorded before the attempt's end,
+    so nobody reads a succeeded attempt beside a service still "starting"."""
+    store: Store = world["store"]
+    world["repo"].commit(files(two_services()), "two services")
+    run(world)
+    seen_at_finish: list[tuple[str, str, bool]] = []
+    finish = store.history.finish_attempt
+
+    def finishing(attempt: int, outcome: Any, *args: Any, **kwargs: Any) -> None:
+        view = next(view for view in store.views.services() if view.name == "alpha")
+        seen_at_finish.append((outcome.value, view.state, view.healthy))
+        finish(attempt, outcome, *args, **kwargs)
+
+    monkeypatch.setattr(store.history, "finish_attempt", finishing)
+    world["repo"].commit(files(two_services(), alpha="print('a2')\n"), "alpha changes")
+    assert run(world)["alpha"] == "succeeded"
+    assert seen_at_finish == [("succeeded", "running", True)]
