@@ -75,6 +75,7 @@ def install() -> None:
     from deployer.reconcile.execute import PassExecutor
     from deployer.reconcile.observe import Observer
     from deployer.reconcile.planner import PassPlanner
+    from deployer.reconcile.prepare import Preparation
     from deployer.reconcile.resolve import Resolver
     from deployer.reconcile.rollout import Gate, Rollout
     from deployer.runtimes.docker import DockerRuntime, ImageBuilder, SwarmRuntime
@@ -100,8 +101,8 @@ def install() -> None:
     _methods(Reconciler, "rec", ["reconcile_source", "deploy"])
     _methods(PassPlanner, "rec", ["_recorded_commit", "_plan", "_probe_unknown"])
     _methods(PassExecutor, "rec", ["_execute_isolated", "_apply", "_leave"])
-    _methods(Rollout, "rollout", ["deploy", "remove", "_roll_out", "_prepare", "_hooks", "_roll_back",
-                                  "_observe_after"])
+    _methods(Rollout, "rollout", ["deploy", "remove", "_roll_out", "_roll_back", "_observe_after", "_capture_after"])
+    _methods(Preparation, "rollout", ["prepare"])
     _methods(Gate, "gate", ["check"])
     _methods(Observer, "observe", ["list", "record", "probe_due", "probe_unknown", "snapshot", "capture",
                                    "running_desired"])

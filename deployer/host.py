@@ -103,19 +103,13 @@ def flock(path: Path) -> Iterator[None]:
 _TCP_LISTEN = "0A"  # the kernel's TCP_LISTEN state in /proc/net/tcp's "st" column
 
 
-def listening_tcp_ports() -> set[int] | None:
-    """Local TCP ports in LISTEN state in this network namespace; None when the kernel's tables
-    cannot be read.
-
-    Reads /proc/net/tcp and tcp6 only: a cheap answer to "does anything listen on port N?", where
-    finding *who* listens means walking every process's file descriptors.
-    """
-    sockets = listening_tcp_sockets()
-    return None if sockets is None else set(sockets)
-
-
 def listening_tcp_sockets() -> dict[int, set[int]] | None:
-    """Each local TCP port in LISTEN state → the inodes of its listening sockets (see ``listening_tcp_ports``)."""
+    """Each local TCP port in LISTEN state in this network namespace → the inodes of its listening sockets;
+    None when the kernel's tables cannot be read.
+
+    Reads /proc/net/tcp and tcp6 only: a cheap answer to "does anything listen on port N?" (and is it
+    this process's socket?), where finding *who* listens means walking every process's file descriptors.
+    """
     sockets: dict[int, set[int]] = {}
     for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
         try:

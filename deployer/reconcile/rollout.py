@@ -15,12 +15,12 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployer.artifacts import Artifacts
 from deployer.build import EnvBuilder
-from deployer.errors import BuildError, DeployerError, Reason, StalledError
+from deployer.errors import DeployerError, Reason
 from deployer.hooks import HookRunner
 from deployer.model.actual import ActualService, ServiceState
 from deployer.model.cause import readable_paths
@@ -31,12 +31,11 @@ from deployer.model.status import Outcome, RevisionView, ServiceView, Trigger
 from deployer.reconcile.events import EventBus
 from deployer.reconcile.gate import Gate, HookSteps, Steps
 from deployer.reconcile.observe import Observer
-from deployer.reconcile.resolve import SERVICE_HOST, argv, read_files, service_dir
+from deployer.reconcile.prepare import Preparation
 from deployer.reconcile.routing import Router
 from deployer.reconcile.slots import NotSwitched, Placement, Slots
 from deployer.reconcile.sources import SourceRegistry
-from deployer.runtimes.base import BuildsImages, Runtime
-from deployer.safety import UnsafePath, write_inside
+from deployer.runtimes.base import Runtime
 from deployer.secrets import SecretStore
 from deployer.store import Store, StoreError
 
@@ -81,6 +80,8 @@ class Rollout:
         # never recorded, so the next pass gates it again (verify_only) and records it.
         self.unrecorded: dict[str, int] = {}  # service -> its attempt left RUNNING in the store
         self.slots = Slots(store, parts.router, self._steps)
+        self._preparation = Preparation(parts.runtimes, parts.builder, parts.secrets, parts.sources, self._steps,
+                                        builds=parts.builds, artifacts=parts.artifacts)
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -148,7 +149,7 @@ class Rollout:
             message += f" ({note})" if note else ""
             # Observed first: once the attempt reads finished, the service's state says what runs now
             # (not the "starting" a replacement in place recorded, for the moment in between).
-            seen = self._observe_after(running)
+            observed = self._observe_after(running)
             try:
                 self._store.history.finish_attempt(attempt, outcome, reason, message, rolled_back_to=rolled_back_to)
             except StoreError as exc:  # left RUNNING; the service's next attempt ends it as interrupted
@@ -156,7 +157,7 @@ class Rollout:
                 log.error("%s: cannot record the end of attempt %d: %s", desired.name, attempt, exc)
             self._events.publish(AttemptFinished(desired.name, desired.source, desired.sha, revision.id, attempt,
                                                  trigger, outcome, reason, message, time.monotonic() - started))
-            self._capture_after(running, seen)
+            self._capture_after(running, observed)
         log.info("%s: %s (%s) %s", desired.name, outcome.value, reason, message,
                  extra={"service": desired.name, "revision": revision.id, "attempt": attempt})
         return outcome
@@ -202,7 +203,7 @@ class Rollout:
         runtime = self._runtime(desired)
         place = self.slots.placement(desired)
         try:
-            deployment = self._prepare(desired, revision, attempt, prefix, place)
+            deployment = self._preparation.prepare(desired, revision, attempt, prefix, place)
         except DeployerError as exc:
             raise NotStarted(exc) from exc
         try:
@@ -249,70 +250,6 @@ class Rollout:
                            slot_port=place.port)
         self._gate.check(check, self._runtime(desired), attempt, "")
 
-    def _prepare(self, desired: DesiredService, revision: int, attempt: int, prefix: str,
-                 place: Placement) -> Deployment:
-        """Checkout (its Git LFS files, its artifacts), then build: a Python environment or an image (containers)."""
-        with self._steps.step(attempt, f"{prefix}checkout") as step:
-            source = self._parts.sources.get(desired.source)
-            checkout = source.checkout(desired.sha)
-            workdir = service_dir(checkout, desired.path)
-            step.output = f"{desired.sha[:7]} at {workdir}"
-        pointers = source.lfs_pointers(desired.sha, workdir)
-        if pointers:  # Git LFS files: the real ones replace their pointers before anything builds or starts
-            with self._steps.step(attempt, f"{prefix}lfs") as step:
-                step.output = source.materialise_lfs(desired.sha, workdir, pointers).summary()
-        if desired.artifacts and self._parts.artifacts is not None:  # before anything of the revision runs
-            with self._steps.step(attempt, f"{prefix}artifacts") as step:
-                step.output = self._parts.artifacts.place(desired.name, desired.artifacts, workdir).summary()
-        secret_env = self._parts.secrets.resolve(desired.secrets, service=desired.name)
-        files = self._files(desired, workdir, attempt, prefix,
-                            into_checkout=not isinstance(self._runtime(desired), BuildsImages))
-        port = place.port if place.port is not None else desired.port
-        environment = {**desired.env, "PORT": str(port), "HOST": SERVICE_HOST}
-        deployment = Deployment(desired=desired, revision=revision, workdir=workdir, argv=argv(desired.command, port),
-                                environment=environment, secret_env=secret_env, slot=place.slot,
-                                slot_port=place.port, files=files)
-        runtime = self._runtime(desired)
-        with self._steps.step(attempt, f"{prefix}build") as step, self._parts.builds:
-            try:
-                if isinstance(runtime, BuildsImages):
-                    image = runtime.build(deployment)
-                    step.output = f"reused image {image.image}" if image.reused else image.output_tail
-                    return deployment
-                built = self._parts.builder.ensure(workdir, desired.requirements)
-            except BuildError as exc:
-                step.output = f"{exc}\n{exc.output}".strip()
-                raise
-            done = f"reused environment {built.key[:12]}" if built.reused else built.output_tail
-            step.output = f"{built.summary}\n{done}"
-        return replace(deployment, env_dir=built.env_dir)
-
-    def _files(self, desired: DesiredService, workdir: Path, attempt: int, prefix: str, *,
-               into_checkout: bool) -> tuple[tuple[str, bytes], ...]:
-        """The ``files:`` contents; a process runtime's are written into the checkout now (0600).
-
-        A container runtime copies them into the container before it starts (never into the image).
-        """
-        if not desired.files:
-            return ()
-        with self._steps.step(attempt, f"{prefix}files") as step:
-            contents = read_files(desired.name, desired.files, workdir, self._parts.secrets)
-            missing = [entry.secret for entry in desired.files if entry.secret and contents.get(entry.path) is None]
-            if missing:
-                self._parts.secrets.resolve(missing, service=desired.name)  # raises SecretMissing naming them
-            ready = tuple((path, data) for path, data in contents.items() if data is not None)
-            if into_checkout:
-                for path, data in ready:
-                    try:
-                        write_inside(workdir, path, data, mode=0o600)
-                    except (UnsafePath, OSError) as exc:
-                        raise StalledError(f"{desired.name}: files: cannot write {path}: {exc}",
-                                           reason=Reason.APPLY_FAILED) from None
-            step.output = "\n".join(f"{entry.path} (mode 0600) from " + (f"secret {entry.secret}" if entry.secret
-                                                                        else f"{entry.from_}")
-                                    for entry in desired.files)
-        return ready
-
     def _roll_back(self, name: str, failed_revision: int, attempt: int, *,
                    again: RevisionView | None = None) -> RevisionView | None:
         """Put the last good revision (or ``again``) back; return it, or None when there is none or it fails too."""
@@ -350,23 +287,23 @@ class Rollout:
             return f"; could not stop it either: {exc}"
         return "; no earlier good revision, so it was stopped"
 
-    def _observe_after(self, running: DesiredService) -> ActualService | None:
+    def _observe_after(self, running: DesiredService) -> tuple[ActualService, Placement] | None:
         """At the end of every attempt: the serving instance's state and a fresh probe on its own paths."""
         try:
             place = self.slots.serving(running.name)
-            seen = self._runtime(running).inspect(instance_name(running.name, place.slot))
-            self._observer.record(running.name, running, seen, fresh=True, port=place.port,
-                                  instance=instance_name(running.name, place.slot))
-            return seen
+            instance = instance_name(running.name, place.slot)
+            seen = self._runtime(running).inspect(instance)
+            self._observer.record(running.name, running, seen, fresh=True, port=place.port, instance=instance)
         except Exception as exc:  # observation is best effort: the attempt must still be recorded as finished
             log.warning("%s: could not observe after the attempt: %s", running.name, exc)
             return None
+        return (seen, place) if seen is not None else None
 
-    def _capture_after(self, running: DesiredService, seen: ActualService | None) -> None:
-        """Then its log tail and ``/info`` (slower: read once the attempt is recorded)."""
-        place = self.slots.serving(running.name)
-        with contextlib.suppress(DeployerError):  # a snapshot is best effort too; the probe job reads /info later
-            if seen is not None:
+    def _capture_after(self, running: DesiredService, observed: tuple[ActualService, Placement] | None) -> None:
+        """Then its log tail and ``/info`` (slower: read once the attempt is recorded); best effort too."""
+        if observed is not None:
+            seen, place = observed
+            with contextlib.suppress(DeployerError):
                 self._observer.capture(running.name, seen.runtime, place.port or running.port, running,
                                        instance=instance_name(running.name, place.slot))
 

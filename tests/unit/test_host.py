@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from deployer.host import listening_tcp_ports, listening_tcp_sockets, socket_inodes
+from deployer.host import listening_tcp_sockets, socket_inodes
 
 
 def test_listening_ports_are_read_from_the_kernels_tables() -> None:
@@ -13,10 +13,10 @@ def test_listening_ports_are_read_from_the_kernels_tables() -> None:
         with socket.socket(family, socket.SOCK_STREAM) as listener:
             listener.bind((address, 0))
             port = listener.getsockname()[1]
-            assert port not in (listening_tcp_ports() or set())  # bound, not listening
+            assert port not in (listening_tcp_sockets() or {})  # bound, not listening
             listener.listen()
-            assert port in (listening_tcp_ports() or set())
-        assert port not in (listening_tcp_ports() or set())
+            assert port in (listening_tcp_sockets() or {})
+        assert port not in (listening_tcp_sockets() or {})
 
 
 def test_a_listeners_socket_inode_names_the_process_holding_it() -> None:
